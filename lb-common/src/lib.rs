@@ -1,0 +1,145 @@
+//! The xdpvs map ABI: every key and value the XDP program and the daemon exchange.
+//!
+//! Rules (see docs/ARCHITECTURE.md): `#[repr(C)]`, no implicit padding, no `bool`,
+//! `Option` or enums in map values (integers plus named constants), addresses and ports in
+//! network byte order as noted per field, and a size assertion per type. Map names and
+//! capacities are defined here once. When a value layout changes, the map name gets a new
+//! version suffix so an old pinned map is never read with a new layout.
+#![no_std]
+
+pub mod hash;
+pub mod maps;
+pub mod reason;
+
+/// `ServiceKey::family` / `RealServer::family` for IPv4.
+pub const FAMILY_IPV4: u8 = 4;
+/// `ServiceKey::family` / `RealServer::family` for IPv6 (keys are ready; the path is not).
+pub const FAMILY_IPV6: u8 = 6;
+
+/// IANA protocol numbers used in `ServiceKey::proto`.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// LVS `sh`: hash of the client (source) address.
+pub const SCHED_SH: u32 = 1;
+/// LVS `dh`: hash of the destination address.
+pub const SCHED_DH: u32 = 2;
+
+/// LVS direct routing ("gatewaying", `ipvsadm -g`): only the MAC addresses are rewritten.
+pub const FWD_DR: u32 = 1;
+
+/// Number of scheduling slots per virtual service. Each slot holds a real-server index;
+/// the program picks `slot = hash & (SCHED_SLOTS - 1)`. A power of two so the index is a mask.
+pub const SCHED_SLOTS: u32 = 4096;
+
+/// A `SCHED_TABLE` slot with no real server (every real has weight 0).
+pub const REAL_NONE: u32 = u32::MAX;
+
+/// An address as four 32-bit words holding the address bytes in network order (word 0 is
+/// bytes 0..4 read in memory order). IPv4 uses word 0; words 1..3 are zero.
+pub type AddrWords = [u32; 4];
+
+/// Converts an IPv4 address to `AddrWords`.
+pub const fn ipv4_words(octets: [u8; 4]) -> AddrWords {
+    [u32::from_ne_bytes(octets), 0, 0, 0]
+}
+
+/// Converts an IPv6 address to `AddrWords`.
+pub const fn ipv6_words(o: [u8; 16]) -> AddrWords {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// Key of `SERVICES`: one virtual service (VIP, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// Virtual address, network order (see [`AddrWords`]).
+    pub addr: AddrWords,
+    /// Virtual port, network byte order.
+    pub port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+}
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Row in `SCHED_TABLE` and index in `SERVICE_STATS`; below `MAX_SERVICES`.
+    pub id: u32,
+    /// `SCHED_SH` or `SCHED_DH`.
+    pub scheduler: u32,
+    /// `FWD_DR`.
+    pub forwarding: u32,
+    /// Seed of the flow hash (host order). Equal seeds and configs give equal choices
+    /// on every director.
+    pub hash_seed: u32,
+    /// Reserved for per-service flags; zero.
+    pub flags: u32,
+}
+
+/// Key of `VIPS`: a virtual address, whatever its ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    /// Virtual address, network order (see [`AddrWords`]).
+    pub addr: AddrWords,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`, widened to u32 so the key has no padding.
+    pub family: u32,
+}
+
+/// Value of `REALS`: one real server of one virtual service (LVS "destination").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealServer {
+    /// Real server address, network order (see [`AddrWords`]).
+    pub addr: AddrWords,
+    /// Interface the real is reached through (host order), from the director's routing
+    /// table; the program looks the next hop up on this interface with `bpf_fib_lookup`.
+    pub ifindex: u32,
+    /// Real port, network byte order; equals the virtual port under direct routing.
+    pub port: u16,
+    /// `FAMILY_IPV4` or `FAMILY_IPV6`.
+    pub family: u8,
+    /// Reserved; zero.
+    pub flags: u8,
+}
+
+/// Value of `SERVICE_STATS` and `REAL_STATS` (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded, Ethernet header included.
+    pub bytes: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 20);
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<RealServer>() == 24);
+const _: () = assert!(core::mem::size_of::<Counters>() == 16);
+const _: () = assert!(SCHED_SLOTS.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is repr(C), made of integers only, and has no padding (sizes are
+    // asserted above), so every bit pattern is valid and no byte is uninitialised.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ServiceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RealServer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Counters {}
+}
