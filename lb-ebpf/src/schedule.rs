@@ -1,0 +1,37 @@
+//! Picks the real server: the flow hash indexes the service's row of `SCHED_TABLE`,
+//! which the daemon filled in proportion to the reals' weights (lb-userspace
+//! `scheduler`). The hash is `lb_common::hash`, so the daemon can predict every choice.
+
+use lb_common::{
+    REAL_NONE, RealServer, SCHED_DH, SCHED_SLOTS, ServiceValue,
+    hash::{addr_hash, slot_of},
+    reason::Reason,
+};
+
+use crate::{
+    maps::{REALS, SCHED_TABLE},
+    parse::Ipv4Meta,
+};
+
+/// The real index and real server for this packet.
+#[inline(always)]
+pub fn pick(service: ServiceValue, ip: &Ipv4Meta) -> Result<(u32, RealServer), Reason> {
+    // sh hashes the client address, dh the destination address.
+    let addr = if service.scheduler == SCHED_DH {
+        &ip.dst
+    } else {
+        &ip.src
+    };
+    let slot = slot_of(addr_hash(addr, service.hash_seed));
+    let index = service
+        .id
+        .checked_mul(SCHED_SLOTS)
+        .and_then(|row| row.checked_add(slot))
+        .ok_or(Reason::DropInternal)?;
+    let real_index = *SCHED_TABLE.get(index).ok_or(Reason::DropInternal)?;
+    if real_index == REAL_NONE {
+        return Err(Reason::DropNoReal);
+    }
+    let real = REALS.get(real_index).ok_or(Reason::DropInternal)?;
+    Ok((real_index, *real))
+}
