@@ -1,0 +1,667 @@
+//! The daemon's configuration file: YAML, read with spans so every error names the file,
+//! line, column and field (`services[0].reals[2].weight`). Validation is complete before
+//! anything touches the kernel: a bad file attaches nothing.
+//!
+//! The schema is documented with an example in docs/CONFIG.md.
+
+use std::{
+    collections::HashSet,
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Highest weight a real server may have, as in ipvsadm.
+pub const MAX_WEIGHT: u32 = 65_535;
+
+/// A configuration error, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// YAML syntax, an unknown field, or a value of the wrong type.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A well-formed value that is not allowed.
+    #[error("{path}:{at}: {message}")]
+    Invalid {
+        path: PathBuf,
+        at: Origin,
+        message: String,
+    },
+}
+
+/// Where a value came from: line, column and field path, for error messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Origin {
+    pub line: u32,
+    pub column: u32,
+    pub field: String,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.field)
+    }
+}
+
+/// Transport protocol of a virtual service.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::IPPROTO_TCP,
+            Protocol::Udp => lb_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// Scheduler, by its LVS name.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Source hashing: the client address picks the real.
+    Sh,
+    /// Destination hashing: the destination address picks the real.
+    Dh,
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::Sh => "sh",
+            Scheduler::Dh => "dh",
+        })
+    }
+}
+
+/// Forwarding method, by its LVS name.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Forwarding {
+    /// Direct routing (`ipvsadm -g`): the real answers the client directly.
+    #[default]
+    Dr,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (native XDP): the fast path. Fails if the driver lacks XDP.
+    #[default]
+    Driver,
+    /// In the generic (skb) path: works on any interface, much slower. For testing.
+    Generic,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub director: Director,
+    pub limits: Limits,
+    pub services: Vec<Service>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Director {
+    /// Interfaces the XDP program is attached to.
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    /// Seed of the flow hash. Directors that share it (and the services) choose alike.
+    pub hash_seed: u32,
+}
+
+/// Map capacities, fixed when the program is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_services: u32,
+    pub max_reals: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_services: lb_common::maps::MAX_SERVICES,
+            max_reals: lb_common::maps::MAX_REALS,
+        }
+    }
+}
+
+/// A virtual service.
+#[derive(Clone, Debug)]
+pub struct Service {
+    pub name: Option<String>,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
+    pub reals: Vec<Real>,
+    pub origin: Origin,
+}
+
+impl fmt::Display for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}:{}", self.protocol, self.address, self.port)
+    }
+}
+
+/// A real server of a virtual service.
+#[derive(Clone, Debug)]
+pub struct Real {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    pub origin: Origin,
+}
+
+// ---- the file as written ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    director: RawDirector,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+    #[serde(default)]
+    services: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDirector {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    xdp_mode: XdpMode,
+    #[serde(default)]
+    hash_seed: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_services: Option<Spanned<u32>>,
+    max_reals: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(default)]
+    name: Option<String>,
+    address: Spanned<IpAddr>,
+    port: Spanned<u16>,
+    protocol: Protocol,
+    scheduler: Scheduler,
+    #[serde(default)]
+    forwarding: Forwarding,
+    #[serde(default)]
+    reals: Vec<Spanned<RawReal>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReal {
+    address: Spanned<IpAddr>,
+    #[serde(default)]
+    port: Option<Spanned<u16>>,
+    #[serde(default = "default_weight")]
+    weight: Spanned<u32>,
+}
+
+fn default_weight() -> Spanned<u32> {
+    Spanned::new(
+        1,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and validates configuration text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Validator { path }.config(raw)
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+fn origin<T>(value: &Spanned<T>, field: impl Into<String>) -> Origin {
+    Origin {
+        line: value.referenced.line() as u32,
+        column: value.referenced.column() as u32,
+        field: field.into(),
+    }
+}
+
+impl Validator<'_> {
+    fn invalid(&self, at: Origin, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_owned(),
+            at,
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let director = self.director(raw.director)?;
+        let limits = self.limits(raw.limits)?;
+        let mut services = Vec::with_capacity(raw.services.len());
+        let mut seen = HashSet::new();
+        for (i, s) in raw.services.into_iter().enumerate() {
+            let service = self.service(s, i)?;
+            if !seen.insert((service.address, service.port, service.protocol)) {
+                return Err(self.invalid(
+                    service.origin.clone(),
+                    format!("virtual service {service} is defined twice"),
+                ));
+            }
+            services.push(service);
+        }
+        let Some(last) = services.last() else {
+            return Ok(Config {
+                director,
+                limits,
+                services,
+            });
+        };
+        if services.len() > limits.max_services as usize {
+            return Err(self.invalid(
+                last.origin.clone(),
+                format!(
+                    "{} services exceed limits.max_services = {}",
+                    services.len(),
+                    limits.max_services
+                ),
+            ));
+        }
+        let reals: usize = services.iter().map(|s| s.reals.len()).sum();
+        if reals > limits.max_reals as usize {
+            return Err(self.invalid(
+                last.origin.clone(),
+                format!(
+                    "{reals} real servers in all exceed limits.max_reals = {}",
+                    limits.max_reals
+                ),
+            ));
+        }
+        Ok(Config {
+            director,
+            limits,
+            services,
+        })
+    }
+
+    fn director(&self, raw: RawDirector) -> Result<Director, ConfigError> {
+        if raw.interfaces.value.is_empty() {
+            return Err(self.invalid(
+                origin(&raw.interfaces, "director.interfaces"),
+                "at least one interface is needed",
+            ));
+        }
+        let mut interfaces = Vec::new();
+        for (i, name) in raw.interfaces.value.iter().enumerate() {
+            let at = origin(name, format!("director.interfaces[{i}]"));
+            let n = &name.value;
+            // IFNAMSIZ is 16 with the terminating NUL.
+            if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', '\0']) || n == "." {
+                return Err(self.invalid(at, format!("{n:?} is not a valid interface name")));
+            }
+            if interfaces.contains(n) {
+                return Err(self.invalid(at, format!("interface {n} is listed twice")));
+            }
+            interfaces.push(n.clone());
+        }
+        Ok(Director {
+            interfaces,
+            xdp_mode: raw.xdp_mode,
+            hash_seed: raw.hash_seed,
+        })
+    }
+
+    fn limits(&self, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
+        let mut limits = Limits::default();
+        let Some(raw) = raw else { return Ok(limits) };
+        if let Some(v) = raw.max_services {
+            // The scheduling table holds max_services * SCHED_SLOTS u32 entries.
+            if v.value == 0 || v.value > 65_536 {
+                return Err(self.invalid(
+                    origin(&v, "limits.max_services"),
+                    format!("{} is outside 1..=65536", v.value),
+                ));
+            }
+            limits.max_services = v.value;
+        }
+        if let Some(v) = raw.max_reals {
+            if v.value == 0 || v.value > 1 << 20 {
+                return Err(self.invalid(
+                    origin(&v, "limits.max_reals"),
+                    format!("{} is outside 1..=1048576", v.value),
+                ));
+            }
+            limits.max_reals = v.value;
+        }
+        Ok(limits)
+    }
+
+    fn service(&self, raw: Spanned<RawService>, i: usize) -> Result<Service, ConfigError> {
+        let field = format!("services[{i}]");
+        let at = origin(&raw, field.clone());
+        let s = raw.value;
+        let address = s.address.value;
+        if !address.is_ipv4() {
+            return Err(self.invalid(
+                origin(&s.address, format!("{field}.address")),
+                format!("{address}: IPv6 virtual services are not supported yet"),
+            ));
+        }
+        if address.is_unspecified() || address.is_multicast() || is_broadcast(address) {
+            return Err(self.invalid(
+                origin(&s.address, format!("{field}.address")),
+                format!("{address} cannot be a virtual address"),
+            ));
+        }
+        if s.port.value == 0 {
+            return Err(self.invalid(
+                origin(&s.port, format!("{field}.port")),
+                "port 0 (every port) is not supported yet; name the port",
+            ));
+        }
+        let mut reals = Vec::with_capacity(s.reals.len());
+        for (j, r) in s.reals.into_iter().enumerate() {
+            let real = self.real(r, &format!("{field}.reals[{j}]"), s.port.value, address)?;
+            if reals.iter().any(|o: &Real| o.address == real.address) {
+                return Err(self.invalid(
+                    real.origin,
+                    format!("real server {} is listed twice", real.address),
+                ));
+            }
+            reals.push(real);
+        }
+        Ok(Service {
+            name: s.name,
+            address,
+            port: s.port.value,
+            protocol: s.protocol,
+            scheduler: s.scheduler,
+            forwarding: s.forwarding,
+            reals,
+            origin: at,
+        })
+    }
+
+    fn real(
+        &self,
+        raw: Spanned<RawReal>,
+        field: &str,
+        service_port: u16,
+        vip: IpAddr,
+    ) -> Result<Real, ConfigError> {
+        let at = origin(&raw, field);
+        let r = raw.value;
+        let address = r.address.value;
+        let address_at = origin(&r.address, format!("{field}.address"));
+        if address.is_ipv4() != vip.is_ipv4() {
+            return Err(self.invalid(
+                address_at,
+                format!("real {address} is not of the virtual address's family"),
+            ));
+        }
+        if address.is_unspecified()
+            || address.is_multicast()
+            || address.is_loopback()
+            || is_broadcast(address)
+        {
+            return Err(self.invalid(address_at, format!("{address} cannot be a real server")));
+        }
+        if address == vip {
+            return Err(self.invalid(address_at, "a real server cannot be the virtual address"));
+        }
+        let port = match r.port {
+            None => service_port,
+            // Direct routing leaves the packet untouched: the real must listen on the
+            // virtual port (as in LVS, where -g ignores a real's port).
+            Some(p) if p.value != service_port => {
+                return Err(self.invalid(
+                    origin(&p, format!("{field}.port")),
+                    format!(
+                        "direct routing cannot change the port: {} differs from the \
+                         service port {service_port}",
+                        p.value
+                    ),
+                ));
+            }
+            Some(p) => p.value,
+        };
+        if r.weight.value > MAX_WEIGHT {
+            return Err(self.invalid(
+                origin(&r.weight, format!("{field}.weight")),
+                format!(
+                    "{} is above the maximum weight {MAX_WEIGHT}",
+                    r.weight.value
+                ),
+            ));
+        }
+        Ok(Real {
+            address,
+            port,
+            weight: r.weight.value,
+            origin: at,
+        })
+    }
+}
+
+fn is_broadcast(a: IpAddr) -> bool {
+    matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "\
+director:
+  interfaces: [eth0]
+  hash_seed: 7
+services:
+  - name: web
+    address: 192.0.2.100
+    port: 80
+    protocol: tcp
+    scheduler: sh
+    reals:
+      - address: 192.0.2.11
+        weight: 2
+      - address: 192.0.2.12
+  - address: 192.0.2.100
+    port: 53
+    protocol: udp
+    scheduler: dh
+    forwarding: dr
+    reals: []
+";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.yaml"))
+    }
+
+    fn error(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.director.interfaces, ["eth0"]);
+        assert_eq!(c.director.xdp_mode, XdpMode::Driver);
+        assert_eq!(c.director.hash_seed, 7);
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.services.len(), 2);
+        let web = &c.services[0];
+        assert_eq!(web.name.as_deref(), Some("web"));
+        assert_eq!(
+            (web.port, web.protocol, web.scheduler),
+            (80, Protocol::Tcp, Scheduler::Sh)
+        );
+        assert_eq!(web.reals[0].weight, 2);
+        assert_eq!(web.reals[1].weight, 1, "weight defaults to 1");
+        assert_eq!(
+            web.reals[1].port, 80,
+            "a DR real's port defaults to the service port"
+        );
+        assert_eq!(web.reals[1].origin.line, 13);
+        assert_eq!(c.services[1].scheduler, Scheduler::Dh);
+    }
+
+    /// Replaces `from` in the good config and expects an error containing each of `want`.
+    fn expect_error(from: &str, to: &str, want: &[&str]) {
+        assert!(GOOD.contains(from), "{from:?} not in the base config");
+        let e = error(&GOOD.replacen(from, to, 1));
+        for w in want {
+            assert!(e.contains(w), "error {e:?} should contain {w:?}");
+        }
+    }
+
+    #[test]
+    fn semantic_errors_name_file_line_and_field() {
+        expect_error(
+            "weight: 2",
+            "weight: 70000",
+            &[
+                "test.yaml:12:",
+                "services[0].reals[0].weight",
+                "70000 is above",
+            ],
+        );
+        expect_error(
+            "port: 53",
+            "port: 0",
+            &["test.yaml:15:", "services[1].port", "port 0"],
+        );
+        expect_error(
+            "address: 192.0.2.12",
+            "address: 192.0.2.11",
+            &["test.yaml:13:", "services[0].reals[1]", "listed twice"],
+        );
+        expect_error(
+            "address: 192.0.2.12",
+            "address: 192.0.2.12\n        port: 8080",
+            &["services[0].reals[1].port", "cannot change the port"],
+        );
+        expect_error(
+            "address: 192.0.2.12",
+            "address: 2001:db8::12",
+            &["services[0].reals[1].address", "family"],
+        );
+        expect_error(
+            "  - address: 192.0.2.100\n    port: 53",
+            "  - address: 2001:db8::100\n    port: 53",
+            &["test.yaml:14:", "services[1].address", "IPv6"],
+        );
+        expect_error(
+            "port: 53\n    protocol: udp",
+            "port: 80\n    protocol: tcp",
+            &["services[1]", "defined twice"],
+        );
+        expect_error(
+            "[eth0]",
+            "[]",
+            &["test.yaml:2:", "director.interfaces", "at least one"],
+        );
+        expect_error(
+            "[eth0]",
+            "[eth0, eth0]",
+            &["director.interfaces[1]", "twice"],
+        );
+        expect_error(
+            "[eth0]",
+            "[a-very-long-interface-name]",
+            &["director.interfaces[0]", "not a valid interface name"],
+        );
+        expect_error(
+            "address: 192.0.2.11",
+            "address: 192.0.2.100",
+            &[
+                "services[0].reals[0].address",
+                "cannot be the virtual address",
+            ],
+        );
+    }
+
+    #[test]
+    fn schema_errors_name_the_line() {
+        for (from, to, want) in [
+            ("scheduler: sh", "scheduler: rr", "rr"),
+            ("protocol: tcp", "protocol: sctp", "sctp"),
+            ("weight: 2", "weight: -1", "weight"),
+            ("weight: 2", "wieght: 2", "wieght"),
+            ("address: 192.0.2.11", "address: 192.0.2.311", "192.0.2.311"),
+            ("port: 80", "port: 65536", "65536"),
+        ] {
+            let e = error(&GOOD.replacen(from, to, 1));
+            assert!(e.starts_with("test.yaml: "), "{e}");
+            assert!(e.contains(want), "error {e:?} should mention {want:?}");
+            assert!(e.contains("line"), "error {e:?} should give the line");
+        }
+        let e = error("director: [");
+        assert!(e.contains("line"), "{e}");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let tight = GOOD.replace(
+            "services:",
+            "limits:\n  max_services: 1\n  max_reals: 8\nservices:",
+        );
+        let e = error(&tight);
+        assert!(e.contains("limits.max_services = 1"), "{e}");
+        let e = error(&GOOD.replace("services:", "limits:\n  max_reals: 1\nservices:"));
+        assert!(e.contains("limits.max_reals = 1"), "{e}");
+        let e = error(&GOOD.replace("services:", "limits:\n  max_services: 0\nservices:"));
+        assert!(
+            e.contains("limits.max_services") && e.contains("outside"),
+            "{e}"
+        );
+    }
+}

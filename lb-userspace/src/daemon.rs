@@ -1,0 +1,130 @@
+//! The running director: load the configuration, program the maps, keep the reals'
+//! neighbour entries, attach, wait for signals, and undo it all on the way out.
+
+use std::{net::IpAddr, path::Path};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    config::{Config, ConfigError},
+    dataplane::{Dataplane, DataplaneError},
+    neighbour::{ManagedNeighbours, NeighbourError, Netlink},
+    plan::{self, Plan, PlanError},
+    stats,
+};
+
+/// Line printed on standard output once the program is attached and the maps are filled.
+pub const READY: &str = "xdpvs: ready";
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{path}:{source}")]
+    Plan {
+        path: String,
+        #[source]
+        source: PlanError,
+    },
+    #[error(transparent)]
+    Neighbour(#[from] NeighbourError),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("signal handling: {0}")]
+    Signal(#[source] std::io::Error),
+}
+
+impl DaemonError {
+    /// Exit status: 2 for a configuration the daemon refuses, 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Config(_) | DaemonError::Plan { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Everything that must be undone when the daemon stops. Dropping it detaches the program
+/// (the bpf_link goes with its descriptor) and removes the managed neighbour entries, on
+/// every path out, errors and panics included.
+struct Running {
+    dataplane: Dataplane,
+    neighbours: ManagedNeighbours,
+    plan: Plan,
+}
+
+fn start(config_path: &Path) -> Result<Running, DaemonError> {
+    let config = Config::load(config_path)?;
+    let mut netlink = Netlink::open()?;
+    let plan = plan::compile(&config, |a: IpAddr| netlink.route(a)).map_err(|source| {
+        DaemonError::Plan {
+            path: config_path.display().to_string(),
+            source,
+        }
+    })?;
+    let mut dataplane = Dataplane::load(config.limits)?;
+    dataplane.apply(&plan)?;
+    let mut neighbours = ManagedNeighbours::new(netlink);
+    for r in plan.services.iter().flat_map(|s| &s.reals) {
+        neighbours.ensure(r.value.ifindex, r.address)?;
+    }
+    for interface in &config.director.interfaces {
+        dataplane.attach(interface, config.director.xdp_mode)?;
+        log::info!(
+            "attached to {interface} ({:?} mode)",
+            config.director.xdp_mode
+        );
+    }
+    Ok(Running {
+        dataplane,
+        neighbours,
+        plan,
+    })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signal)?;
+    let mut running = start(config_path)?;
+    let reals: usize = running.plan.services.iter().map(|s| s.reals.len()).sum();
+    println!(
+        "{READY} services={} reals={}",
+        running.plan.services.len(),
+        reals
+    );
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = usr1.recv() => print_report(&running),
+        }
+    }
+    log::info!("stopping");
+    running.dataplane.detach_all();
+    running.neighbours.release();
+    print_report(&running);
+    Ok(())
+}
+
+fn print_report(running: &Running) {
+    match running.dataplane.snapshot(&running.plan) {
+        Ok(snapshot) => print!("{}", stats::report(&running.plan, &snapshot)),
+        Err(e) => log::warn!("reading counters: {e}"),
+    }
+}
+
+/// Validates a configuration file without touching the kernel; returns a summary.
+pub fn check_config(config_path: &Path) -> Result<String, DaemonError> {
+    let config = Config::load(config_path)?;
+    let reals: usize = config.services.iter().map(|s| s.reals.len()).sum();
+    Ok(format!(
+        "{}: ok, {} services, {} reals, interfaces {}",
+        config_path.display(),
+        config.services.len(),
+        reals,
+        config.director.interfaces.join(",")
+    ))
+}
