@@ -79,9 +79,13 @@ reasons! {
     DropFragNeeded = 14, "drop_frag_needed", Drop;
     /// A map held an index out of range: a daemon bug, counted not crashed.
     DropInternal = 15, "drop_internal", Drop;
+    /// IPv4 forwarding is off on the interface towards the real: `bpf_fib_lookup` refuses
+    /// (BPF_FIB_LKUP_RET_FWD_DISABLED) even for output lookups. The daemon turns it on for
+    /// the reals' interfaces; this counts packets while someone has turned it off again.
+    DropForwardingOff = 16, "drop_forwarding_off", Drop;
 }
 
 /// Number of reason codes: the size of the `REASONS` array.
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 17;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

@@ -3,12 +3,14 @@
 //!
 //! The next hop comes from the kernel's FIB and neighbour table (`bpf_fib_lookup`), so
 //! MAC changes, interface moves and routes are followed without the daemon in the loop.
-//! The lookup is made as output on the real's interface (`BPF_FIB_LOOKUP_OUTPUT`), so the
-//! director needs no IP forwarding enabled (an input lookup would return FWD_DISABLED).
+//! The lookup is made as output on the real's interface (`BPF_FIB_LOOKUP_OUTPUT`), so
+//! routes through other interfaces are not considered. The kernel still requires IPv4
+//! forwarding on that interface (it returns FWD_DISABLED otherwise, output or not); the
+//! daemon enables it, see lb-userspace `forwarding`.
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
         BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup,
     },
     helpers::generated,
@@ -43,6 +45,7 @@ pub fn direct_route(ctx: &XdpContext, real: &RealServer, tot_len: u16) -> Result
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Reason::DropNoNeighbour),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Reason::DropFragNeeded),
+        BPF_FIB_LKUP_RET_FWD_DISABLED => return Err(Reason::DropForwardingOff),
         _ => return Err(Reason::DropNoRoute),
     }
     let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Reason::DropInternal)?;
