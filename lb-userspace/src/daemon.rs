@@ -8,6 +8,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::{
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError},
+    forwarding::{ForwardingError, ForwardingGuard},
     neighbour::{ManagedNeighbours, NeighbourError, Netlink},
     plan::{self, Plan, PlanError},
     stats,
@@ -31,6 +32,8 @@ pub enum DaemonError {
     Neighbour(#[from] NeighbourError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
+    #[error("enabling IPv4 forwarding: {0}")]
+    Forwarding(#[from] ForwardingError),
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -51,6 +54,7 @@ impl DaemonError {
 struct Running {
     dataplane: Dataplane,
     neighbours: ManagedNeighbours,
+    forwarding: ForwardingGuard,
     plan: Plan,
 }
 
@@ -66,8 +70,10 @@ fn start(config_path: &Path) -> Result<Running, DaemonError> {
     let mut dataplane = Dataplane::load(config.limits)?;
     dataplane.apply(&plan)?;
     let mut neighbours = ManagedNeighbours::new(netlink);
+    let mut forwarding = ForwardingGuard::default();
     for r in plan.services.iter().flat_map(|s| &s.reals) {
         neighbours.ensure(r.value.ifindex, r.address)?;
+        forwarding.ensure(r.value.ifindex)?;
     }
     for interface in &config.director.interfaces {
         dataplane.attach(interface, config.director.xdp_mode)?;
@@ -79,6 +85,7 @@ fn start(config_path: &Path) -> Result<Running, DaemonError> {
     Ok(Running {
         dataplane,
         neighbours,
+        forwarding,
         plan,
     })
 }
@@ -105,6 +112,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     log::info!("stopping");
     running.dataplane.detach_all();
     running.neighbours.release();
+    running.forwarding.restore();
     print_report(&running);
     Ok(())
 }
