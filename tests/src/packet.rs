@@ -1,0 +1,119 @@
+//! Frames for packet-level tests, built byte by byte.
+
+use std::net::Ipv4Addr;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+/// An Ethernet frame.
+pub fn ethernet(dst: [u8; 6], src: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// IPv4 header fields that tests vary.
+#[derive(Clone, Debug)]
+pub struct Ipv4 {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub proto: u8,
+    pub ttl: u8,
+    /// Flags and fragment offset, host order (0x2000 = more fragments).
+    pub frag: u16,
+    /// Options, a multiple of 4 bytes.
+    pub options: Vec<u8>,
+}
+
+impl Ipv4 {
+    pub fn new(src: Ipv4Addr, dst: Ipv4Addr, proto: u8) -> Ipv4 {
+        Ipv4 {
+            src,
+            dst,
+            proto,
+            ttl: 64,
+            frag: 0x4000, // don't fragment
+            options: Vec::new(),
+        }
+    }
+
+    /// The datagram: header (with checksum) and payload.
+    pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
+        let ihl = 20 + self.options.len();
+        let total = (ihl + payload.len()) as u16;
+        let mut h = Vec::with_capacity(ihl + payload.len());
+        h.push(0x40 | (ihl / 4) as u8);
+        h.push(0);
+        h.extend_from_slice(&total.to_be_bytes());
+        h.extend_from_slice(&0x1234u16.to_be_bytes());
+        h.extend_from_slice(&self.frag.to_be_bytes());
+        h.push(self.ttl);
+        h.push(self.proto);
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&self.options);
+        let sum = checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        h.extend_from_slice(payload);
+        h
+    }
+}
+
+/// A TCP header with the given flags (0x02 = SYN) and no options; checksum left zero
+/// (the program neither checks nor changes it under direct routing).
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20);
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&1u32.to_be_bytes());
+    t.extend_from_slice(&0u32.to_be_bytes());
+    t.push(5 << 4);
+    t.push(flags);
+    t.extend_from_slice(&64240u16.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]);
+    t
+}
+
+/// A UDP datagram (header and payload); checksum left zero (allowed over IPv4).
+pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8 + payload.len());
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    u
+}
+
+/// The Internet checksum (RFC 1071).
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    for pair in bytes.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_header_checksum_verifies() {
+        let p = Ipv4::new([192, 0, 2, 1].into(), [192, 0, 2, 100].into(), 6).packet(&tcp(1, 80, 2));
+        assert_eq!(checksum(&p[..20]), 0, "a valid header sums to zero");
+        assert_eq!(p.len(), 40);
+        assert_eq!(u16::from_be_bytes([p[2], p[3]]), 40);
+    }
+}

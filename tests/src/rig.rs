@@ -1,0 +1,274 @@
+//! The direct-routing rig: a client, a director and N real servers on one L2 segment
+//! (a bridge in a "switch" namespace), as in an LVS-DR install.
+//!
+//! ```text
+//!   client 192.0.2.2  (+ sources 198.51.100.0/24, 203.0.113.0/24 on lo)
+//!      |
+//!   [switch: br0] ---- director 192.0.2.1, VIP 192.0.2.100 on eth0, xdpvs on eth0
+//!      |
+//!   real i 192.0.2.(11+i), VIP on lo, arp_ignore=1 arp_announce=2
+//! ```
+//! The reals route the extra client sources via the client and have no route through
+//! the director, and the director does not forward IP: replies can only go straight
+//! from a real to the client.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{IpAddr, Ipv4Addr},
+    path::PathBuf,
+    process::{Child, ExitStatus, Stdio},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    cleanup,
+    netns::{Netns, unique_prefix},
+    xdpvs_bin,
+};
+
+pub const DIRECTOR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
+/// Client source prefixes, all local to the client (on its lo).
+pub const CLIENT_PREFIXES: [[u8; 3]; 2] = [[198, 51, 100], [203, 0, 113]];
+
+/// The address of real `i` (0-based).
+pub fn real_address(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(192, 0, 2, 11 + i as u8)
+}
+
+/// Every client source address the rig provides (508 of them).
+pub fn client_sources() -> Vec<IpAddr> {
+    CLIENT_PREFIXES
+        .iter()
+        .flat_map(|p| (1..=254u8).map(move |h| IpAddr::from([p[0], p[1], p[2], h])))
+        .collect()
+}
+
+/// A running `xdpvs daemon` inside the director namespace.
+pub struct Daemon {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    /// Lines the daemon printed on standard output so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Lines the daemon printed on standard error so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the daemon to exit (SIGKILL after `limit`); returns its status and output.
+    pub fn wait(mut self, limit: Duration) -> (ExitStatus, Vec<String>, Vec<String>) {
+        let start = Instant::now();
+        let status = loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                break status;
+            }
+            if start.elapsed() > limit {
+                let _ = self.child.kill();
+                break self.child.wait().unwrap_or_else(|e| panic!("wait: {e}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Let the reader threads drain the pipes.
+        std::thread::sleep(Duration::from_millis(100));
+        cleanup::unregister_daemon(self.child.id());
+        (status, self.stdout(), self.stderr())
+    }
+
+    /// SIGTERM, then [`Daemon::wait`].
+    pub fn stop(self) -> (ExitStatus, Vec<String>, Vec<String>) {
+        self.signal(libc::SIGTERM);
+        self.wait(Duration::from_secs(20))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        cleanup::unregister_daemon(self.child.id());
+    }
+}
+
+fn collect_lines(
+    reader: impl std::io::Read + Send + 'static,
+    into: Arc<Mutex<Vec<String>>>,
+    ready: Option<mpsc::Sender<()>>,
+) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines() {
+            let Ok(line) = line else { break };
+            let is_ready = line.starts_with(lb_userspace::daemon::READY);
+            into.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            if is_ready && let Some(tx) = &ready {
+                let _ = tx.send(());
+            }
+        }
+    });
+}
+
+/// Client, director, reals and the switch between them.
+pub struct DrRig {
+    pub prefix: String,
+    pub client: Netns,
+    pub director: Netns,
+    pub reals: Vec<Netns>,
+    pub switch: Netns,
+    dir: PathBuf,
+}
+
+impl DrRig {
+    /// Builds the rig with `reals` real servers. Panics (after cleaning up) on failure.
+    pub fn new(reals: usize) -> DrRig {
+        crate::require_root();
+        let prefix = unique_prefix();
+        let switch = Netns::create(&format!("{prefix}-sw"));
+        switch.ip("link add br0 type bridge");
+        switch.ip("link set br0 up");
+        let plug = |ns: &Netns, port: &str| {
+            switch.ip(&format!(
+                "link add {port} type veth peer name eth0 netns {}",
+                ns.name()
+            ));
+            switch.ip(&format!("link set {port} master br0 up"));
+            ns.ip("link set eth0 up");
+        };
+
+        let client = Netns::create(&format!("{prefix}-cl"));
+        plug(&client, "cl");
+        client.ip(&format!("addr add {CLIENT}/24 dev eth0"));
+        for p in CLIENT_PREFIXES {
+            client.ip(&format!("addr add {}.{}.{}.1/24 dev lo", p[0], p[1], p[2]));
+        }
+        client.sysctl("net/ipv4/conf/all/arp_announce", "2");
+
+        let director = Netns::create(&format!("{prefix}-dir"));
+        plug(&director, "dir");
+        director.ip(&format!("addr add {DIRECTOR}/24 dev eth0"));
+        director.ip(&format!("addr add {VIP}/32 dev eth0"));
+        director.sysctl("net/ipv4/ip_forward", "0");
+        // XDP_TX frames into a veth are only received by its peer when the peer has NAPI
+        // (GRO or an XDP program); see ../shared/TOOLCHAIN.md.
+        switch.exec("ethtool", &["-K", "dir", "gro", "on"]);
+
+        let mut real_ns = Vec::new();
+        for i in 0..reals {
+            let ns = Netns::create(&format!("{prefix}-r{i}"));
+            plug(&ns, &format!("r{i}"));
+            ns.ip(&format!("addr add {}/24 dev eth0", real_address(i)));
+            ns.ip(&format!("addr add {VIP}/32 dev lo"));
+            for key in ["all", "eth0"] {
+                ns.sysctl(&format!("net/ipv4/conf/{key}/arp_ignore"), "1");
+                ns.sysctl(&format!("net/ipv4/conf/{key}/arp_announce"), "2");
+            }
+            for p in CLIENT_PREFIXES {
+                ns.ip(&format!(
+                    "route add {}.{}.{}.0/24 via {CLIENT}",
+                    p[0], p[1], p[2]
+                ));
+            }
+            real_ns.push(ns);
+        }
+
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        DrRig {
+            prefix,
+            client,
+            director,
+            reals: real_ns,
+            switch,
+            dir,
+        }
+    }
+
+    /// Writes a configuration file for the daemon and returns its path.
+    pub fn write_config(&self, yaml: &str) -> PathBuf {
+        let path = self.dir.join("xdpvs.yaml");
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
+    }
+
+    /// Starts `xdpvs daemon` in the director namespace; waits for it to be ready, or
+    /// returns it as it is after it exits or after `limit` (check with `Daemon::wait`).
+    pub fn start_daemon(&self, config: &std::path::Path, limit: Duration) -> (Daemon, bool) {
+        let mut cmd = self.director.command(&xdpvs_bin());
+        cmd.arg("daemon")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting xdpvs: {e}"));
+        cleanup::register_daemon(child.id());
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            collect_lines(out, stdout.clone(), Some(tx));
+        }
+        if let Some(err) = child.stderr.take() {
+            collect_lines(err, stderr.clone(), None);
+        }
+        let mut daemon = Daemon {
+            child,
+            stdout,
+            stderr,
+        };
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+                return (daemon, true);
+            }
+            if let Ok(Some(_)) = daemon.child.try_wait() {
+                break;
+            }
+        }
+        (daemon, false)
+    }
+
+    /// Whether an XDP program is attached to the director's eth0.
+    pub fn director_has_xdp(&self) -> bool {
+        self.director.ip("link show dev eth0").contains("xdp")
+    }
+
+    /// The director's neighbour table, as `ip -d neigh` prints it.
+    pub fn director_neighbours(&self) -> String {
+        self.director.ip("-d neigh show dev eth0")
+    }
+}
+
+impl Drop for DrRig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,154 @@
+//! Real servers and clients: plain sockets on threads that live inside the namespaces.
+//! A server answers every request with its banner, so the client learns which real
+//! answered.
+
+use std::{
+    io::{self, Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::netns::Netns;
+
+const POLL: Duration = Duration::from_millis(20);
+
+/// A running server thread; stops and joins on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    served: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A TCP server in `ns` on `bind`: reads one line, answers `banner` and a newline.
+pub fn tcp_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (s, n, banner) = (stop.clone(), served.clone(), format!("{banner}\n"));
+    let thread = ns.spawn(move || {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = ready_tx.send(());
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((mut conn, _)) => {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut buf = [0u8; 256];
+                    let mut got = 0;
+                    while got < buf.len() {
+                        match conn.read(&mut buf[got..]) {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => {
+                                got += k;
+                                if buf[..got].contains(&b'\n') {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    if conn.write_all(banner.as_bytes()).is_ok() {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
+                Err(_) => std::thread::sleep(POLL),
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("tcp server on {bind} did not start"));
+    Server {
+        stop,
+        served,
+        thread: Some(thread),
+    }
+}
+
+/// A UDP server in `ns` bound to `bind` (bind the VIP itself, so replies leave from it):
+/// answers every datagram with `banner`.
+pub fn udp_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (s, n, banner) = (stop.clone(), served.clone(), banner.to_owned());
+    let thread = ns.spawn(move || {
+        let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        sock.set_read_timeout(Some(POLL))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = ready_tx.send(());
+        let mut buf = [0u8; 2048];
+        while !s.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = sock.recv_from(&mut buf)
+                && sock.send_to(banner.as_bytes(), from).is_ok()
+            {
+                n.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("udp server on {bind} did not start"));
+    Server {
+        stop,
+        served,
+        thread: Some(thread),
+    }
+}
+
+/// One TCP request from `src` (any port) to `dst`; returns the answer without its newline.
+/// Call it on a thread inside the client's namespace.
+pub fn tcp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<String> {
+    let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+    sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+    sock.connect_timeout(&SockAddr::from(dst), timeout)?;
+    sock.set_read_timeout(Some(timeout))?;
+    let mut stream: std::net::TcpStream = sock.into();
+    stream.write_all(b"hello\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer.trim_end().to_owned())
+}
+
+/// One UDP request from `src` to `dst`, retried up to `tries` times; returns the answer.
+pub fn udp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration, tries: u32) -> io::Result<String> {
+    let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
+    sock.connect(dst)?;
+    sock.set_read_timeout(Some(timeout))?;
+    let mut buf = [0u8; 2048];
+    let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
+    for _ in 0..tries.max(1) {
+        sock.send(b"hello")?;
+        match sock.recv(&mut buf) {
+            Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
