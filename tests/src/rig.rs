@@ -11,6 +11,10 @@
 //! The reals route the extra client sources via the client and have no route through
 //! the director, and the director does not forward IP: replies can only go straight
 //! from a real to the client.
+//!
+//! Two things differ from a NIC, both because the director's frames leave by XDP_TX into
+//! a veth: the director's switch-side port runs `xdpvs_pass` (veth only receives XDP_TX
+//! frames on a peer that runs XDP), and the client computes its own checksums.
 
 use std::{
     io::{BufRead, BufReader},
@@ -140,6 +144,7 @@ pub struct DrRig {
     pub director: Netns,
     pub reals: Vec<Netns>,
     pub switch: Netns,
+    _peer_pass: aya::Ebpf,
     dir: PathBuf,
 }
 
@@ -167,15 +172,20 @@ impl DrRig {
             client.ip(&format!("addr add {}.{}.{}.1/24 dev lo", p[0], p[1], p[2]));
         }
         client.sysctl("net/ipv4/conf/all/arp_announce", "2");
+        // veth leaves TCP/UDP checksums partial and marks the skb so the receiver trusts
+        // them; an XDP_TX'd frame loses that mark, so the real would count a checksum error
+        // and drop it. A NIC completes checksums before the wire; here the client must.
+        client.exec("ethtool", &["-K", "eth0", "tx", "off"]);
 
         let director = Netns::create(&format!("{prefix}-dir"));
         plug(&director, "dir");
         director.ip(&format!("addr add {DIRECTOR}/24 dev eth0"));
         director.ip(&format!("addr add {VIP}/32 dev eth0"));
         director.sysctl("net/ipv4/ip_forward", "0");
-        // XDP_TX frames into a veth are only received by its peer when the peer has NAPI
-        // (GRO or an XDP program); see ../shared/TOOLCHAIN.md.
-        switch.exec("ethtool", &["-K", "dir", "gro", "on"]);
+        // The director's XDP_TX frames go to its veth peer, which only picks them up when
+        // it runs XDP itself (GRO on the peer did not do it here: the frames were counted
+        // as sent and never received). A real NIC has no such need.
+        let peer_pass = attach_pass(&switch, "dir");
 
         let mut real_ns = Vec::new();
         for i in 0..reals {
@@ -204,6 +214,7 @@ impl DrRig {
             director,
             reals: real_ns,
             switch,
+            _peer_pass: peer_pass,
             dir,
         }
     }
@@ -258,13 +269,43 @@ impl DrRig {
 
     /// Whether an XDP program is attached to the director's eth0.
     pub fn director_has_xdp(&self) -> bool {
-        self.director.ip("link show dev eth0").contains("xdp")
+        self.director.ip("link show dev eth0").contains("prog/xdp")
     }
 
     /// The director's neighbour table, as `ip -d neigh` prints it.
     pub fn director_neighbours(&self) -> String {
         self.director.ip("-d neigh show dev eth0")
     }
+}
+
+/// Loads `xdpvs_pass` and attaches it to `interface` in `ns`; detached when the returned
+/// object drops (or the namespace goes).
+pub fn attach_pass(ns: &Netns, interface: &str) -> aya::Ebpf {
+    use lb_common::maps;
+    let interface = interface.to_owned();
+    ns.enter(move || {
+        // The object's maps are created too; keep them small.
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(maps::SERVICES, 1)
+            .map_max_entries(maps::VIPS, 1)
+            .map_max_entries(maps::SERVICE_STATS, 1)
+            .map_max_entries(maps::SCHED_TABLE, lb_common::SCHED_SLOTS)
+            .map_max_entries(maps::REALS, 1)
+            .map_max_entries(maps::REAL_STATS, 1)
+            .load(lb_userspace::dataplane::BPF_OBJECT)
+            .unwrap_or_else(|e| panic!("loading the XDP object: {e}"));
+        let program: &mut aya::programs::Xdp = ebpf
+            .program_mut(lb_userspace::dataplane::PASS_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("no XDP program xdpvs_pass in the object"));
+        program
+            .load()
+            .unwrap_or_else(|e| panic!("loading xdpvs_pass: {e}"));
+        program
+            .attach(&interface, aya::programs::xdp::XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attaching xdpvs_pass to {interface}: {e}"));
+        ebpf
+    })
 }
 
 impl Drop for DrRig {
