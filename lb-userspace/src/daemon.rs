@@ -90,8 +90,24 @@ fn start(config_path: &Path) -> Result<Running, DaemonError> {
     })
 }
 
+/// Unblocks the signals the daemon acts on. A signal mask is inherited across exec, so a
+/// parent that blocked them (a test harness, a supervisor) would leave the daemon deaf.
+fn unblock_signals() {
+    // SAFETY: sigset manipulation on a zeroed, owned set; pthread_sigmask on this thread,
+    // which is the one the runtime's signal handling is set up from.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
+    unblock_signals();
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signal)?;
