@@ -1,1 +1,149 @@
-fn main() {}
+//! `cargo xtask`: set-up, build, test and demo for xdpvs.
+//!
+//! xtask depends on nothing of xdpvs itself, so `cargo xtask setup` runs on a fresh machine
+//! before the eBPF toolchain exists.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo xdpvs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what a fresh machine lacks (nightly rust-src, bpf-linker, Debian packages).
+    Setup,
+    /// Build the XDP program (nightly) and the daemon (stable) with the program embedded.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run every check and test: formatting, lints, unit, packet and end-to-end tests.
+    Test {
+        /// Arguments passed on to `cargo test` after `--` (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, start a client, a director and three reals in namespaces, send traffic
+    /// through xdpvs and show which real answered, with the counters.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.command {
+        Task::Setup => setup::ensure(),
+        Task::Build { release } => {
+            setup::ensure()?;
+            let mut args = vec!["build", "--workspace", "--bins"];
+            if release {
+                args.push("--release");
+            }
+            cargo(&root, &args)
+        }
+        Task::Test { args } => test(&root, &args),
+        Task::Demo => {
+            setup::ensure()?;
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "-p",
+                    "lb-userspace",
+                    "-p",
+                    "xdpvs-testbed",
+                    "--bins",
+                ],
+            )?;
+            let target = target_dir(&root);
+            run(Command::new(target.join("debug/xdpvs-demo"))
+                .env("XDPVS_BIN", target.join("debug/xdpvs")))
+        }
+    }
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    setup::ensure()?;
+    step("formatting");
+    cargo(root, &["fmt", "--all", "--", "--check"])?;
+    run(Command::new("cargo")
+        .current_dir(root.join("lb-ebpf"))
+        .args(["fmt", "--", "--check"]))?;
+    step("lints (userspace, stable)");
+    cargo(
+        root,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    step("lints (XDP program, nightly)");
+    run(Command::new("rustup")
+        .current_dir(root.join("lb-ebpf"))
+        .args(["run", "nightly", "cargo", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(target_dir(root).join("bpf"))
+        .args(["--", "-D", "warnings"])
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    step("build");
+    cargo(root, &["build", "--workspace", "--all-targets"])?;
+    step("tests");
+    let bin = target_dir(root).join("debug/xdpvs");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["test", "--workspace"])
+        .env("XDPVS_BIN", &bin);
+    if !extra.is_empty() {
+        cmd.arg("--").args(extra);
+    }
+    run(&mut cmd)
+}
+
+fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    run(Command::new("cargo").current_dir(root).args(args))
+}
+
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+        .to_path_buf()
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
