@@ -13,8 +13,7 @@ use lb_common::{
 
 /// Virtual services by (VIP, port, protocol).
 #[map(name = "XDPVS_SVC_V1")]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> =
-    HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Virtual addresses, whatever the port: tells "VIP, unknown port" from "not a VIP".
 #[map(name = "XDPVS_VIP_V1")]
