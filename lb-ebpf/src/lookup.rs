@@ -12,7 +12,7 @@ pub fn is_vip(addr: &AddrWords) -> bool {
         family: FAMILY_IPV4 as u32,
     };
     // SAFETY: the value is only tested for presence, never read after a concurrent delete.
-    unsafe { VIPS.get(&key) }.is_some()
+    unsafe { VIPS.get(key) }.is_some()
 }
 
 /// The virtual service for (VIP, port, protocol).
@@ -25,7 +25,7 @@ pub fn service(addr: &AddrWords, port: u16, proto: u8) -> Result<ServiceValue, R
         family: FAMILY_IPV4,
     };
     // SAFETY: the value is copied out at once; the daemon replaces values whole.
-    unsafe { SERVICES.get(&key) }
+    unsafe { SERVICES.get(key) }
         .copied()
         .ok_or(Reason::PassVipNoService)
 }

@@ -14,6 +14,9 @@ use crate::{
     stats,
 };
 
+/// How long start-up waits for the reals' neighbour entries to resolve.
+const NEIGHBOUR_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Line printed on standard output once the program is attached and the maps are filled.
 pub const READY: &str = "xdpvs: ready";
 
@@ -74,6 +77,13 @@ fn start(config_path: &Path) -> Result<Running, DaemonError> {
     for r in plan.services.iter().flat_map(|s| &s.reals) {
         neighbours.ensure(r.value.ifindex, r.address)?;
         forwarding.ensure(r.value.ifindex)?;
+    }
+    // Attach only once the reals' MACs are known, so the first packets are not dropped
+    // as drop_no_neighbour. A real that does not answer ARP does not hold up the start.
+    for address in neighbours.wait_resolved(NEIGHBOUR_WAIT) {
+        log::warn!(
+            "real server {address} does not answer ARP/ND yet; its packets are dropped until it does"
+        );
     }
     for interface in &config.director.interfaces {
         dataplane.attach(interface, config.director.xdp_mode)?;

@@ -64,8 +64,16 @@ const NDA_DST: u16 = 1;
 const NDA_FLAGS_EXT: u16 = 15;
 const NTF_EXT_LEARNED: u8 = 0x10;
 const NTF_EXT_MANAGED: u32 = 0x1;
+const NUD_REACHABLE: u16 = 0x02;
+const NUD_STALE: u16 = 0x04;
+const NUD_DELAY: u16 = 0x08;
+const NUD_PROBE: u16 = 0x10;
 const NUD_NOARP: u16 = 0x40;
 const NUD_PERMANENT: u16 = 0x80;
+/// States with a usable link-layer address (the kernel's NUD_VALID): what
+/// `bpf_fib_lookup` needs to answer SUCCESS.
+const NUD_VALID: u16 =
+    NUD_PERMANENT | NUD_NOARP | NUD_REACHABLE | NUD_PROBE | NUD_STALE | NUD_DELAY;
 
 /// An rtnetlink socket for route look-ups and neighbour entries.
 pub struct Netlink {
@@ -306,6 +314,29 @@ impl ManagedNeighbours {
         self.netlink.manage(ifindex, address)?;
         self.entries.push((ifindex, address));
         Ok(())
+    }
+
+    /// Waits up to `limit` for every managed entry to have a link-layer address; returns
+    /// the addresses still unresolved (a real that is down, for instance).
+    pub fn wait_resolved(&mut self, limit: std::time::Duration) -> Vec<IpAddr> {
+        let start = std::time::Instant::now();
+        loop {
+            let pending: Vec<(u32, IpAddr)> = self
+                .entries
+                .iter()
+                .copied()
+                .filter(|&(ifindex, address)| {
+                    !matches!(
+                        self.netlink.neighbour_state(ifindex, address),
+                        Ok(Some(state)) if state & NUD_VALID != 0
+                    )
+                })
+                .collect();
+            if pending.is_empty() || start.elapsed() >= limit {
+                return pending.into_iter().map(|(_, a)| a).collect();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Removes every entry this daemon made.

@@ -482,17 +482,28 @@ fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
         .collect()
 }
 
+/// The program loaded (not attached) with the plan in its maps.
+fn loaded(plan: &Plan) -> Dataplane {
+    let mut dp = Dataplane::load(Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    dp.apply(plan).unwrap_or_else(|e| panic!("{e}"));
+    dp
+}
+
+/// A test run with an ingress interface needs that interface's XDP receive queue
+/// registered, which veth does once any XDP program is attached. `xdpvs_pass` is used, not
+/// the program under test, so stray traffic on the veth (IPv6 router solicitations, ...)
+/// never reaches the counters the tests read.
+fn register_rx_queue(director: &Director) -> aya::Ebpf {
+    xdpvs_testbed::rig::attach_pass(&director.ns, "xa0")
+}
+
 #[test]
 fn every_parse_branch_gives_its_action_bytes_and_reason() {
     let director = Director::new();
     let failures = director.ns.enter(|| {
         let plan = director.plan();
-        let mut dp = Dataplane::load(Default::default()).unwrap_or_else(|e| panic!("{e}"));
-        dp.apply(&plan).unwrap_or_else(|e| panic!("{e}"));
-        // A test run with an ingress interface needs that interface's XDP receive queue
-        // registered, which veth does once an XDP program is attached.
-        dp.attach("xa0", lb_userspace::config::XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dp = loaded(&plan);
+        let _registered = register_rx_queue(&director);
         let mut failures = Vec::new();
         for case in cases(&plan) {
             let before = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
@@ -558,10 +569,8 @@ fn forwarded_packets_are_counted_per_service_and_real() {
     let director = Director::new();
     director.ns.enter(|| {
         let plan = director.plan();
-        let mut dp = Dataplane::load(Default::default()).unwrap_or_else(|e| panic!("{e}"));
-        dp.apply(&plan).unwrap_or_else(|e| panic!("{e}"));
-        dp.attach("xa0", lb_userspace::config::XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let dp = loaded(&plan);
+        let _registered = register_rx_queue(&director);
         let frame = tcp_syn("198.51.100.7", "192.0.2.100", 80);
         let ctx = xdp_md(frame.len(), director.xa0);
         let result = dp
