@@ -665,3 +665,17 @@ services:
         );
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+
+    #[test]
+    fn the_example_in_deploy_is_valid() {
+        let text = include_str!("../../deploy/xdpvs.yaml");
+        let c =
+            Config::parse(text, Path::new("deploy/xdpvs.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services.len(), 2);
+        assert_eq!(c.services[0].reals[2].weight, 0);
+    }
+}

@@ -53,12 +53,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints the error (each error's message already carries its cause) and returns the
+/// exit status: 2 for a refused configuration, 1 otherwise.
 fn report(e: &daemon::DaemonError) -> u8 {
     eprintln!("xdpvs: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        eprintln!("  caused by: {s}");
-        source = s.source();
-    }
     e.exit_code() as u8
 }
