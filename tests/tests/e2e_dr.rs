@@ -199,9 +199,16 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
         "director"
     );
 
-    // Replies went straight from the reals to the client: the director never forwards
-    // IP itself (ip_forward is off; forwarding is on only for eth0 as input, and no real
-    // routes through the director), and its program saw no packet from the VIP.
+    // Replies went straight from the reals to the client. They could not have come
+    // through the director: it owns the VIP and drops packets sourced from it as
+    // martians (routing one real's replies via the director makes its connections time
+    // out above; tried by mutation). And the director's kernel forwarded nothing at all.
+    assert_eq!(
+        forwarded_by_kernel(&rig),
+        0,
+        "the director's stack forwarded packets"
+    );
+
     let (status, stdout, stderr) = daemon.stop();
     assert!(status.success(), "daemon exit {status}: {stderr:#?}");
     let web_line = report_line(&stdout, "service tcp 192.0.2.100:80");
@@ -243,6 +250,23 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
         .director
         .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/eth0/forwarding"));
     assert_eq!(fwd.unwrap_or_default().trim(), "0");
+}
+
+/// `Ip: ForwDatagrams` of the director's namespace (from /proc/thread-self: /proc/self
+/// would name the main thread's namespace).
+fn forwarded_by_kernel(rig: &DrRig) -> u64 {
+    let snmp = rig
+        .director
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .unwrap_or_else(|e| panic!("reading snmp: {e}"));
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == "ForwDatagrams")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Ip ForwDatagrams in {snmp}"))
 }
 
 /// Starts the daemon on a bad configuration; returns its exit code and standard error.
