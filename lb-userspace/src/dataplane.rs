@@ -1,15 +1,13 @@
 //! The only code that touches the XDP program and its maps: load (with the configured
 //! capacities), write a plan into the maps, attach and detach, read counters.
 
-use std::collections::HashSet;
-
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapError, PerCpuArray},
     programs::{ProgramError, Xdp, xdp::XdpLinkId},
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VipKey, maps,
+    Counters, RealServer, SCHED_SLOTS, VipKey, maps,
     reason::{REASON_COUNT, Reason},
 };
 
@@ -68,6 +66,33 @@ impl Snapshot {
     pub fn reason(&self, reason: Reason) -> u64 {
         self.reasons.get(reason as usize).copied().unwrap_or(0)
     }
+}
+
+/// Makes a hash map hold exactly `wanted`: inserts or updates each entry, then removes
+/// the keys that are not wanted.
+fn sync_hash_map<K, V>(
+    map: &mut aya::maps::Map,
+    name: &'static str,
+    wanted: std::collections::HashMap<K, V>,
+) -> Result<(), DataplaneError>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod,
+{
+    let e = map_err(name);
+    let mut map: HashMap<_, K, V> = HashMap::try_from(map).map_err(&e)?;
+    for (k, v) in &wanted {
+        map.insert(k, v, 0).map_err(&e)?;
+    }
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|k| !wanted.contains_key(k))
+        .collect();
+    for k in stale {
+        map.remove(&k).map_err(&e)?;
+    }
+    Ok(())
 }
 
 /// The loaded XDP program and its maps.
@@ -173,47 +198,19 @@ impl Dataplane {
                 }
             }
         }
-        {
-            let e = map_err(maps::SERVICES);
-            let mut services: HashMap<_, ServiceKey, ServiceValue> =
-                HashMap::try_from(self.map_mut(maps::SERVICES)?).map_err(&e)?;
-            let wanted: HashSet<ServiceKey> = plan.services.iter().map(|s| s.key).collect();
-            for s in &plan.services {
-                services.insert(s.key, s.value, 0).map_err(&e)?;
-            }
-            let stale: Vec<ServiceKey> = services
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted.contains(k))
-                .collect();
-            for k in stale {
-                services.remove(&k).map_err(&e)?;
-            }
-        }
-        {
-            let e = map_err(maps::VIPS);
-            let mut vips: HashMap<_, VipKey, u32> =
-                HashMap::try_from(self.map_mut(maps::VIPS)?).map_err(&e)?;
-            let wanted: HashSet<VipKey> = plan
-                .services
-                .iter()
-                .map(|s| VipKey {
-                    addr: s.key.addr,
-                    family: u32::from(s.key.family),
-                })
-                .collect();
-            for k in &wanted {
-                vips.insert(k, 0, 0).map_err(&e)?;
-            }
-            let stale: Vec<VipKey> = vips
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| !wanted.contains(k))
-                .collect();
-            for k in stale {
-                vips.remove(&k).map_err(&e)?;
-            }
-        }
+        sync_hash_map(
+            self.map_mut(maps::SERVICES)?,
+            maps::SERVICES,
+            plan.services.iter().map(|s| (s.key, s.value)).collect(),
+        )?;
+        let vips = plan.services.iter().map(|s| {
+            let key = VipKey {
+                addr: s.key.addr,
+                family: u32::from(s.key.family),
+            };
+            (key, 0u32)
+        });
+        sync_hash_map(self.map_mut(maps::VIPS)?, maps::VIPS, vips.collect())?;
         Ok(())
     }
 

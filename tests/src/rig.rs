@@ -37,6 +37,34 @@ pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
 /// Client source prefixes, all local to the client (on its lo).
 pub const CLIENT_PREFIXES: [[u8; 3]; 2] = [[198, 51, 100], [203, 0, 113]];
 
+/// The configuration the demo shows and the end-to-end test checks: a weighted `sh` web
+/// service and a `dns` service over the rig's three reals.
+pub const DR_CONFIG: &str = "\
+director:
+  interfaces: [eth0]
+  xdp_mode: driver
+  hash_seed: 1
+services:
+  - name: web
+    address: 192.0.2.100
+    port: 80
+    protocol: tcp
+    scheduler: sh
+    reals:
+      - {address: 192.0.2.11, weight: 1}
+      - {address: 192.0.2.12, weight: 2}
+      - {address: 192.0.2.13, weight: 3}
+  - name: dns
+    address: 192.0.2.100
+    port: 53
+    protocol: udp
+    scheduler: sh
+    reals:
+      - {address: 192.0.2.11}
+      - {address: 192.0.2.12}
+      - {address: 192.0.2.13}
+";
+
 /// The address of real `i` (0-based).
 pub fn real_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 11 + i as u8)

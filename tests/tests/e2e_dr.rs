@@ -15,38 +15,13 @@ use lb_userspace::{
     plan::{self, Plan},
 };
 use xdpvs_testbed::{
-    rig::{CLIENT, DIRECTOR, DrRig, VIP, client_sources, real_address},
+    rig::{CLIENT, DIRECTOR, DR_CONFIG, DrRig, VIP, client_sources, real_address},
     traffic::{Server, tcp_ask, tcp_server, udp_ask, udp_server},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-const CONFIG: &str = "\
-director:
-  interfaces: [eth0]
-  hash_seed: 1
-services:
-  - name: web
-    address: 192.0.2.100
-    port: 80
-    protocol: tcp
-    scheduler: sh
-    reals:
-      - {address: 192.0.2.11, weight: 1}
-      - {address: 192.0.2.12, weight: 2}
-      - {address: 192.0.2.13, weight: 3}
-  - name: dns
-    address: 192.0.2.100
-    port: 53
-    protocol: udp
-    scheduler: sh
-    reals:
-      - {address: 192.0.2.11}
-      - {address: 192.0.2.12}
-      - {address: 192.0.2.13}
-";
-
-/// The daemon's own plan for CONFIG (the interface does not affect any choice).
+/// The daemon's own plan for DR_CONFIG (the interface does not affect any choice).
 fn expected_plan(yaml: &str) -> Plan {
     let config = Config::parse(yaml, Path::new("e2e.yaml")).unwrap_or_else(|e| panic!("{e}"));
     plan::compile(&config, |_| {
@@ -99,7 +74,7 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
         SocketAddr::new(DIRECTOR.into(), 8022),
         "director",
     );
-    let config = rig.write_config(CONFIG);
+    let config = rig.write_config(DR_CONFIG);
     let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
     assert!(
@@ -114,7 +89,7 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
             .unwrap_or_else(|| panic!("no neighbour entry for real {i}: {neighbours}"));
         assert!(line.contains("managed"), "{line}");
     }
-    let plan = expected_plan(CONFIG);
+    let plan = expected_plan(DR_CONFIG);
     let web = plan
         .service(VIP.into(), 80, Protocol::Tcp)
         .unwrap_or_else(|| panic!("web"));
@@ -285,20 +260,20 @@ fn refused(rig: &DrRig, yaml: &str) -> (i32, String) {
 #[test]
 fn bad_configurations_attach_nothing_and_say_why() {
     let rig = DrRig::new(1);
-    let (code, err) = refused(&rig, &CONFIG.replace("weight: 3", "weight: 70000"));
+    let (code, err) = refused(&rig, &DR_CONFIG.replace("weight: 3", "weight: 70000"));
     assert_eq!(code, 2, "{err}");
     assert!(
-        err.contains("xdpvs.yaml:13:") && err.contains("services[0].reals[2].weight"),
+        err.contains("xdpvs.yaml:14:") && err.contains("services[0].reals[2].weight"),
         "{err}"
     );
 
-    let (code, err) = refused(&rig, &CONFIG.replace("scheduler: sh", "scheduler: lc"));
+    let (code, err) = refused(&rig, &DR_CONFIG.replace("scheduler: sh", "scheduler: lc"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("line 9") && err.contains("lc"), "{err}");
+    assert!(err.contains("line 10") && err.contains("lc"), "{err}");
 
     // A real the director can only reach through a gateway cannot be used for DR.
     rig.director.ip("route add 198.51.100.0/24 via 192.0.2.254");
-    let (code, err) = refused(&rig, &CONFIG.replace("192.0.2.12", "198.51.100.12"));
+    let (code, err) = refused(&rig, &DR_CONFIG.replace("192.0.2.12", "198.51.100.12"));
     assert_eq!(code, 2, "{err}");
     assert!(
         err.contains("services[0].reals[1]") && err.contains("gateway 192.0.2.254"),
@@ -306,7 +281,7 @@ fn bad_configurations_attach_nothing_and_say_why() {
     );
 
     // An interface that does not exist: refused at attach, nothing left behind.
-    let (code, err) = refused(&rig, &CONFIG.replace("[eth0]", "[eth0, nosuch0]"));
+    let (code, err) = refused(&rig, &DR_CONFIG.replace("[eth0]", "[eth0, nosuch0]"));
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("nosuch0"), "{err}");
     assert!(

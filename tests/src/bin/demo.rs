@@ -7,35 +7,9 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use xdpvs_testbed::{
     cleanup,
-    rig::{CLIENT, DrRig, VIP, client_sources, real_address},
+    rig::{CLIENT, DR_CONFIG, DrRig, VIP, client_sources, real_address},
     traffic::{tcp_ask, tcp_server, udp_ask, udp_server},
 };
-
-const CONFIG: &str = "\
-director:
-  interfaces: [eth0]
-  xdp_mode: driver
-  hash_seed: 1
-services:
-  - name: web
-    address: 192.0.2.100
-    port: 80
-    protocol: tcp
-    scheduler: sh
-    reals:
-      - {address: 192.0.2.11, weight: 1}
-      - {address: 192.0.2.12, weight: 2}
-      - {address: 192.0.2.13, weight: 3}
-  - name: dns
-    address: 192.0.2.100
-    port: 53
-    protocol: udp
-    scheduler: sh
-    reals:
-      - {address: 192.0.2.11}
-      - {address: 192.0.2.12}
-      - {address: 192.0.2.13}
-";
 
 fn main() {
     cleanup::install_signal_handler();
@@ -47,8 +21,8 @@ fn main() {
         servers.push(tcp_server(ns, SocketAddr::new(VIP.into(), 80), &name));
         servers.push(udp_server(ns, SocketAddr::new(VIP.into(), 53), &name));
     }
-    let config = rig.write_config(CONFIG);
-    println!("\nconfiguration ({}):\n{CONFIG}", config.display());
+    let config = rig.write_config(DR_CONFIG);
+    println!("\nconfiguration ({}):\n{DR_CONFIG}", config.display());
     let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     if !ready {
         let (status, _, stderr) = daemon.wait(Duration::from_secs(5));
