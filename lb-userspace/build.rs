@@ -61,8 +61,12 @@ fn main() {
              is missing, run `cargo xtask setup`"
         );
     }
-    let object = target_dir.join("bpfel-unknown-none/release/xdpvs");
-    copy(&object, &out_dir.join("xdpvs.bpf.o"));
+    let objects = target_dir.join("bpfel-unknown-none/release");
+    copy(&objects.join("xdpvs"), &out_dir.join("xdpvs.bpf.o"));
+    copy(
+        &objects.join("xdpvs-bench"),
+        &out_dir.join("xdpvs-bench.bpf.o"),
+    );
 }
 
 fn copy(from: &Path, to: &Path) {

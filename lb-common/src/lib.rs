@@ -7,6 +7,7 @@
 //! version suffix so an old pinned map is never read with a new layout.
 #![no_std]
 
+pub mod bench;
 pub mod hash;
 pub mod maps;
 pub mod reason;
