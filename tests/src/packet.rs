@@ -92,6 +92,16 @@ pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     u
 }
 
+/// `struct xdp_md` for BPF_PROG_TEST_RUN's ctx_in: data, data_end, data_meta,
+/// ingress_ifindex, rx_queue_index, egress_ifindex. The ingress interface must have an
+/// XDP receive queue registered (on veth: any XDP program attached).
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
+    [0u32, len as u32, 0, ingress_ifindex, 0, 0]
+        .iter()
+        .flat_map(|v| v.to_ne_bytes())
+        .collect()
+}
+
 /// The Internet checksum (RFC 1071).
 pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;

@@ -254,45 +254,9 @@ impl DrRig {
         path
     }
 
-    /// Starts `xdpvs daemon` in the director namespace; waits for it to be ready, or
-    /// returns it as it is after it exits or after `limit` (check with `Daemon::wait`).
+    /// Starts `xdpvs daemon` in the director namespace; see [`start_daemon`].
     pub fn start_daemon(&self, config: &std::path::Path, limit: Duration) -> (Daemon, bool) {
-        let mut cmd = self.director.command(&xdpvs_bin());
-        cmd.arg("daemon")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting xdpvs: {e}"));
-        cleanup::register_daemon(child.id());
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        if let Some(out) = child.stdout.take() {
-            collect_lines(out, stdout.clone(), Some(tx));
-        }
-        if let Some(err) = child.stderr.take() {
-            collect_lines(err, stderr.clone(), None);
-        }
-        let mut daemon = Daemon {
-            child,
-            stdout,
-            stderr,
-        };
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-                return (daemon, true);
-            }
-            if let Ok(Some(_)) = daemon.child.try_wait() {
-                break;
-            }
-        }
-        (daemon, false)
+        start_daemon(&self.director, config, limit)
     }
 
     /// Whether an XDP program is attached to the director's eth0.
@@ -304,6 +268,47 @@ impl DrRig {
     pub fn director_neighbours(&self) -> String {
         self.director.ip("-d neigh show dev eth0")
     }
+}
+
+/// Starts `xdpvs daemon` in `ns`; waits for it to be ready, or returns it as it is after
+/// it exits or after `limit` (check with `Daemon::wait`).
+pub fn start_daemon(ns: &Netns, config: &std::path::Path, limit: Duration) -> (Daemon, bool) {
+    let mut cmd = ns.command(&xdpvs_bin());
+    cmd.arg("daemon")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting xdpvs: {e}"));
+    cleanup::register_daemon(child.id());
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (tx, rx) = mpsc::channel();
+    if let Some(out) = child.stdout.take() {
+        collect_lines(out, stdout.clone(), Some(tx));
+    }
+    if let Some(err) = child.stderr.take() {
+        collect_lines(err, stderr.clone(), None);
+    }
+    let mut daemon = Daemon {
+        child,
+        stdout,
+        stderr,
+    };
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
+            return (daemon, true);
+        }
+        if let Ok(Some(_)) = daemon.child.try_wait() {
+            break;
+        }
+    }
+    (daemon, false)
 }
 
 /// Loads `xdpvs_pass` and attaches it to `interface` in `ns`; detached when the returned

@@ -473,15 +473,6 @@ fn cases(plan: &Plan) -> Vec<Case> {
     cases
 }
 
-/// `struct xdp_md` for ctx_in: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-/// egress_ifindex.
-fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
-    [0u32, len as u32, 0, ingress_ifindex, 0, 0]
-        .iter()
-        .flat_map(|v| v.to_ne_bytes())
-        .collect()
-}
-
 /// The program loaded (not attached) with the plan in its maps.
 fn loaded(plan: &Plan) -> Dataplane {
     let mut dp = Dataplane::load(Default::default()).unwrap_or_else(|e| panic!("{e}"));
@@ -508,7 +499,7 @@ fn every_parse_branch_gives_its_action_bytes_and_reason() {
         for case in cases(&plan) {
             let before = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
             let mut out = vec![0u8; case.frame.len() + 256];
-            let ctx = xdp_md(case.frame.len(), director.xa0);
+            let ctx = packet::xdp_md(case.frame.len(), director.xa0);
             let result = dp
                 .program()
                 .test_run(TestRunOptions {
@@ -572,7 +563,7 @@ fn forwarded_packets_are_counted_per_service_and_real() {
         let dp = loaded(&plan);
         let _registered = register_rx_queue(&director);
         let frame = tcp_syn("198.51.100.7", "192.0.2.100", 80);
-        let ctx = xdp_md(frame.len(), director.xa0);
+        let ctx = packet::xdp_md(frame.len(), director.xa0);
         let result = dp
             .program()
             .test_run(TestRunOptions {
