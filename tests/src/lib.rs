@@ -5,6 +5,7 @@
 //! [`cleanup::install_signal_handler`], and namespaces left by a dead process are swept
 //! at the next start.
 
+pub mod bench;
 pub mod cleanup;
 pub mod netns;
 pub mod packet;

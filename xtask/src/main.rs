@@ -39,6 +39,13 @@ enum Task {
     /// Build, start a client, a director and three reals in namespaces, send traffic
     /// through xdpvs and show which real answered, with the counters.
     Demo,
+    /// Measure per-packet cost, forwarding rate and control-plane costs next to baselines
+    /// and peers, print the tables and write them to docs/PERFORMANCE.md (not with
+    /// --quick, a smoke run). Arguments go to xdpvs-bench (`cargo xtask bench -- --help`).
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -55,6 +62,7 @@ fn main() -> Result<()> {
             cargo(&root, &args)
         }
         Task::Test { args } => test(&root, &args),
+        Task::Bench { args } => bench(&root, &args),
         Task::Demo => {
             setup::ensure()?;
             cargo(
@@ -73,6 +81,38 @@ fn main() -> Result<()> {
                 .env("XDPVS_BIN", target.join("debug/xdpvs")))
         }
     }
+}
+
+fn bench(root: &Path, args: &[String]) -> Result<()> {
+    setup::ensure()?;
+    cargo(
+        root,
+        &[
+            "build",
+            "--release",
+            "-p",
+            "lb-userspace",
+            "-p",
+            "xdpvs-testbed",
+            "--bins",
+        ],
+    )?;
+    let target = target_dir(root);
+    let mut cmd = Command::new(target.join("release/xdpvs-bench"));
+    cmd.current_dir(root)
+        .args(args)
+        .env("XDPVS_BIN", target.join("release/xdpvs"))
+        .env(
+            "XDPVS_BENCH_COMMAND",
+            format!("cargo xtask bench {}", args.join(" ")).trim_end(),
+        );
+    let smoke = args
+        .iter()
+        .any(|a| a == "--quick" || a == "--help" || a == "-h");
+    if !smoke && !args.iter().any(|a| a == "--write") {
+        cmd.arg("--write").arg(root.join("docs/PERFORMANCE.md"));
+    }
+    run(&mut cmd)
 }
 
 fn test(root: &Path, extra: &[String]) -> Result<()> {

@@ -11,8 +11,9 @@ use crate::run;
 /// bpf-linker 0.10.0 loads rustc's own LLVM, so no system LLVM is needed.
 const BPF_LINKER_VERSION: &str = "0.10.0";
 
-/// Debian packages the test rigs call: ethtool (veth offloads), iproute2 (namespaces).
-const DEBIAN_PACKAGES: &[&str] = &["ethtool", "iproute2"];
+/// Debian packages the test rigs and the benchmark call: ethtool (veth offloads),
+/// iproute2 (namespaces), nftables (the kernel L4 balancing the benchmark compares with).
+const DEBIAN_PACKAGES: &[&str] = &["ethtool", "iproute2", "nftables"];
 
 fn run_quiet(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;

@@ -1,0 +1,491 @@
+//! Per-packet cost of the real program through BPF_PROG_TEST_RUN, next to two baselines
+//! measured the same way in the same run.
+//!
+//! `repeat = N` runs a program N times on one buffer, so every program that could rewrite
+//! the packet runs behind `bench_wrapper`: it writes the template back, varies the flow
+//! when asked, and tail-calls the program under test. The wrapper's own cost is measured
+//! in every round by pointing it at `bench_pass` with the same template, and taken off:
+//! `cost = t(wrapper → target) − t(wrapper → pass) + t(pass)`.
+
+use std::{net::IpAddr, path::Path};
+
+use aya::{
+    Ebpf,
+    maps::{Array, PerCpuArray, PerCpuValues, ProgramArray},
+    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
+};
+use lb_common::bench::{self as abi, Template};
+use lb_userspace::{
+    config::{Config, Limits},
+    dataplane::Dataplane,
+    neighbour::Route,
+    plan::{self, Plan},
+};
+
+use super::{Stat, pin_to_cpu, xdp};
+use crate::{
+    netns::{Netns, ifindex, unique_prefix},
+    packet::{self, Ipv4},
+};
+
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
+const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb0];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
+/// Every frame is padded to this length (the classic small-packet size, without FCS).
+pub const FRAME_LEN: usize = 64;
+
+/// Offsets in an untagged IPv4 frame: last byte of the source address, source port,
+/// IPv4 header.
+const ADDR_OFFSET: u16 = 14 + 15;
+const PORT_OFFSET: u16 = 14 + 20;
+const IPV4_OFFSET: u16 = 14;
+
+const CONFIG: &str = "\
+director: {interfaces: [xa0], hash_seed: 1}
+services:
+  - {address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh,
+     reals: [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}
+  - {address: 192.0.2.100, port: 53, protocol: udp, scheduler: sh,
+     reals: [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}
+  - {address: 192.0.2.101, port: 80, protocol: tcp, scheduler: sh,
+     reals: [{address: 198.51.100.21}]}
+";
+
+/// What a row runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `bench_pass`, run directly: the XDP_PASS baseline.
+    Pass,
+    /// `bench_mac_swap` behind the wrapper: the XDP_TX baseline.
+    MacSwap,
+    /// The xdpvs program behind the wrapper.
+    Xdpvs,
+}
+
+/// One path to measure.
+pub struct Case {
+    pub name: &'static str,
+    pub target: Target,
+    pub frame: Vec<u8>,
+    /// 0: the same frame every time; otherwise a new flow per packet.
+    pub flows: u32,
+    /// The action the path must return.
+    pub action: u32,
+}
+
+/// One measured path.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub name: &'static str,
+    pub target: Target,
+    pub ns: Stat,
+}
+
+fn frame(src: &str, dst: &str, l4: Vec<u8>, proto: u8) -> Vec<u8> {
+    let parse = |a: &str| a.parse().unwrap_or_else(|e| panic!("{a}: {e}"));
+    let mut l4 = l4;
+    let ip = Ipv4::new(parse(src), parse(dst), proto);
+    l4.resize(FRAME_LEN - 14 - 20, 0);
+    packet::ethernet(MAC_A, CLIENT_MAC, packet::ETH_P_IPV4, &ip.packet(&l4))
+}
+
+fn tcp(src: &str, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
+    frame(src, dst, packet::tcp(40000, dport, flags), 6)
+}
+
+/// The paths that exist today, with their baselines first.
+pub fn cases() -> Vec<Case> {
+    let udp = frame(
+        "198.51.100.7",
+        "192.0.2.100",
+        packet::udp(40000, 53, &[0; 8]),
+        17,
+    );
+    vec![
+        Case {
+            name: "baseline: XDP_PASS program",
+            target: Target::Pass,
+            frame: tcp("198.51.100.7", "192.0.2.1", 22, 0x10),
+            flows: 0,
+            action: XDP_PASS,
+        },
+        Case {
+            name: "baseline: MAC swap + XDP_TX",
+            target: Target::MacSwap,
+            frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x10),
+            flows: 0,
+            action: XDP_TX,
+        },
+        Case {
+            name: "not for a VIP → XDP_PASS",
+            target: Target::Xdpvs,
+            frame: tcp("198.51.100.7", "192.0.2.1", 22, 0x10),
+            flows: 0,
+            action: XDP_PASS,
+        },
+        Case {
+            name: "DR TCP, same flow every packet",
+            target: Target::Xdpvs,
+            frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x10),
+            flows: 0,
+            action: XDP_TX,
+        },
+        Case {
+            name: "DR TCP SYN, new flow every packet",
+            target: Target::Xdpvs,
+            frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x02),
+            flows: 1 << 24,
+            action: XDP_TX,
+        },
+        Case {
+            name: "DR UDP, same flow every packet",
+            target: Target::Xdpvs,
+            frame: udp,
+            flows: 0,
+            action: XDP_TX,
+        },
+        Case {
+            name: "DR TCP to a real on another interface → XDP_REDIRECT",
+            target: Target::Xdpvs,
+            frame: tcp("198.51.100.7", "192.0.2.101", 80, 0x10),
+            flows: 0,
+            action: XDP_REDIRECT,
+        },
+    ]
+}
+
+/// The director's namespace: `xa0` 192.0.2.1/24 with reals .11-.13, `xb0`
+/// 198.51.100.1/24 with real .21, all with permanent neighbour entries.
+pub struct Director {
+    pub ns: Netns,
+    xa0: u32,
+    xb0: u32,
+}
+
+impl Director {
+    pub fn new() -> Director {
+        let ns = Netns::create(&format!("{}-bench", unique_prefix()));
+        for (dev, mac, addr) in [
+            ("xa", MAC_A, "192.0.2.1/24"),
+            ("xb", MAC_B, "198.51.100.1/24"),
+        ] {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
+            ns.ip(&format!(
+                "link add {dev}0 address {mac} type veth peer name {dev}1"
+            ));
+            ns.ip(&format!("addr add {addr} dev {dev}0"));
+            ns.ip(&format!("link set {dev}1 up"));
+            ns.ip(&format!("link set {dev}0 up"));
+            ns.sysctl(&format!("net/ipv4/conf/{dev}0/forwarding"), "1");
+        }
+        for (real, dev, mac) in [
+            ("192.0.2.11", "xa0", "02:00:00:00:02:0b"),
+            ("192.0.2.12", "xa0", "02:00:00:00:02:0c"),
+            ("192.0.2.13", "xa0", "02:00:00:00:02:0d"),
+            ("198.51.100.21", "xb0", "02:00:00:00:64:15"),
+        ] {
+            ns.ip(&format!(
+                "neigh replace {real} lladdr {mac} dev {dev} nud permanent"
+            ));
+        }
+        let xa0 = ifindex(&ns, "xa0");
+        let xb0 = ifindex(&ns, "xb0");
+        Director { ns, xa0, xb0 }
+    }
+
+    fn plan(&self) -> Plan {
+        let config =
+            Config::parse(CONFIG, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let (xa0, xb0) = (self.xa0, self.xb0);
+        plan::compile(&config, |a| {
+            let ifindex = match a {
+                IpAddr::V4(v4) if v4.octets()[..3] == [198, 51, 100] => xb0,
+                _ => xa0,
+            };
+            Ok(Route {
+                ifindex,
+                gateway: None,
+                local: false,
+            })
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Director {
+    /// Index of `xa0`, where frames come in.
+    pub fn xa0(&self) -> u32 {
+        self.xa0
+    }
+}
+
+impl Default for Director {
+    fn default() -> Self {
+        Director::new()
+    }
+}
+
+/// The loaded programs: xdpvs with the plan applied, and the bench object.
+pub struct Programs {
+    pub dataplane: Dataplane,
+    pub plan: Plan,
+    pub bench: Ebpf,
+    /// `xa0`, named as the ingress interface in every run's `xdp_md`, so DR paths see
+    /// the real's interface as their own and answer XDP_TX.
+    ingress: u32,
+    /// `xdpvs_pass` on `xa0`: registers the XDP receive queue the runs name.
+    _rx_queue: Ebpf,
+    pass_fd: ProgramFd,
+    mac_swap_fd: ProgramFd,
+    xdpvs_fd: ProgramFd,
+}
+
+impl Programs {
+    /// Loads everything; call on a thread inside the director's namespace.
+    pub fn load(director: &Director) -> Programs {
+        let plan = director.plan();
+        let mut dataplane = Dataplane::load(Limits::default()).unwrap_or_else(|e| panic!("{e}"));
+        dataplane.apply(&plan).unwrap_or_else(|e| panic!("{e}"));
+        let mut bench = aya::Ebpf::load(lb_userspace::BENCH_OBJECT)
+            .unwrap_or_else(|e| panic!("loading the bench object: {e}"));
+        let mut fd = |name: &str| {
+            let program = xdp(&mut bench, name);
+            program
+                .load()
+                .unwrap_or_else(|e| panic!("loading {name}: {e}"));
+            program
+                .fd()
+                .and_then(|fd| fd.try_clone().map_err(Into::into))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+        };
+        let pass_fd = fd(abi::programs::PASS);
+        let mac_swap_fd = fd(abi::programs::MAC_SWAP);
+        fd(abi::programs::WRAPPER);
+        let xdpvs_fd = dataplane
+            .program()
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .unwrap_or_else(|e| panic!("xdpvs: {e}"));
+        Programs {
+            dataplane,
+            plan,
+            bench,
+            ingress: director.xa0,
+            _rx_queue: crate::rig::attach_pass(&director.ns, "xa0"),
+            pass_fd,
+            mac_swap_fd,
+            xdpvs_fd,
+        }
+    }
+
+    /// Points the wrapper at `target` (`Pass` points it at `bench_pass`).
+    fn set_target(&mut self, target: Target) {
+        let fd = match target {
+            Target::Pass => &self.pass_fd,
+            Target::MacSwap => &self.mac_swap_fd,
+            Target::Xdpvs => &self.xdpvs_fd,
+        };
+        let map = self
+            .bench
+            .map_mut(abi::TARGET_MAP)
+            .unwrap_or_else(|| panic!("no map {}", abi::TARGET_MAP));
+        let mut targets = ProgramArray::try_from(map).unwrap_or_else(|e| panic!("{e}"));
+        targets
+            .set(0, fd, 0)
+            .unwrap_or_else(|e| panic!("setting the wrapper's target: {e}"));
+    }
+
+    /// Installs the template for `case` and restarts the flow counter.
+    pub fn set_template(&mut self, frame: &[u8], flows: u32) {
+        assert!(
+            frame.len() <= abi::TEMPLATE_BYTES,
+            "frame too long for a template"
+        );
+        let mut t = Template {
+            len: frame.len() as u32,
+            flows,
+            addr_offset: ADDR_OFFSET,
+            port_offset: PORT_OFFSET,
+            ipv4_offset: IPV4_OFFSET,
+            ..Template::default()
+        };
+        t.bytes[..frame.len()].copy_from_slice(frame);
+        let map = self
+            .bench
+            .map_mut(abi::TEMPLATE_MAP)
+            .unwrap_or_else(|| panic!("no map {}", abi::TEMPLATE_MAP));
+        let mut templates: Array<_, Template> =
+            Array::try_from(map).unwrap_or_else(|e| panic!("{e}"));
+        templates
+            .set(0, t, 0)
+            .unwrap_or_else(|e| panic!("setting the template: {e}"));
+        self.reset_counter();
+    }
+
+    fn reset_counter(&mut self) {
+        let cpus = aya::util::nr_cpus().unwrap_or_else(|(_, e)| panic!("{e}"));
+        let map = self
+            .bench
+            .map_mut(abi::COUNTER_MAP)
+            .unwrap_or_else(|| panic!("no map {}", abi::COUNTER_MAP));
+        let mut counter: PerCpuArray<_, u32> =
+            PerCpuArray::try_from(map).unwrap_or_else(|e| panic!("{e}"));
+        let zeros = PerCpuValues::try_from(vec![0u32; cpus]).unwrap_or_else(|e| panic!("{e}"));
+        counter
+            .set(0, zeros, 0)
+            .unwrap_or_else(|e| panic!("resetting the counter: {e}"));
+    }
+
+    fn program(&self, name: &str) -> &Xdp {
+        self.bench
+            .program(name)
+            .and_then(|p| p.try_into().ok())
+            .unwrap_or_else(|| panic!("no XDP program {name}"))
+    }
+
+    /// One run of the target as it is (no wrapper): action and output frame.
+    pub fn run_direct(&self, target: Target, frame: &[u8]) -> (u32, Vec<u8>) {
+        let program = match target {
+            Target::Pass => self.program(abi::programs::PASS),
+            Target::MacSwap => self.program(abi::programs::MAC_SWAP),
+            Target::Xdpvs => self.dataplane.program(),
+        };
+        run_once(program, frame, self.ingress)
+    }
+
+    /// One run through the wrapper, pointed at `target`.
+    pub fn run_wrapped(&mut self, target: Target, frame: &[u8]) -> (u32, Vec<u8>) {
+        self.set_target(target);
+        run_once(self.program(abi::programs::WRAPPER), frame, self.ingress)
+    }
+
+    /// Nanoseconds per run over `iterations` runs, as the kernel measures it around its
+    /// repeat loop (an integer: the kernel divides its total by `repeat`). A wall clock
+    /// around the call would add the call's own set-up, which was milliseconds here.
+    fn time(&self, name: &str, frame: &[u8], iterations: u32, expected: u32) -> f64 {
+        let program = self.program(name);
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(&packet::xdp_md(frame.len(), self.ingress)),
+                repeat: iterations,
+                ..TestRunOptions::default()
+            })
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e}"));
+        assert_eq!(
+            result.return_value, expected,
+            "{name} returned {} while being timed",
+            result.return_value
+        );
+        result.duration.as_nanos() as f64
+    }
+
+    /// The number of times the xdpvs program forwarded a packet for any service.
+    pub fn forwarded(&self) -> u64 {
+        let snapshot = self
+            .dataplane
+            .snapshot(&self.plan)
+            .unwrap_or_else(|e| panic!("{e}"));
+        snapshot.services.iter().map(|(c, _)| c.packets).sum()
+    }
+
+    /// Reals of any service that forwarded at least one packet.
+    pub fn reals_used(&self) -> usize {
+        let snapshot = self
+            .dataplane
+            .snapshot(&self.plan)
+            .unwrap_or_else(|e| panic!("{e}"));
+        snapshot
+            .services
+            .iter()
+            .flat_map(|(_, reals)| reals)
+            .filter(|c| c.packets > 0)
+            .count()
+    }
+}
+
+fn run_once(program: &Xdp, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&packet::xdp_md(frame.len(), ingress)),
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// Checks that one run through the wrapper equals one direct run (action and bytes) and
+/// returns the action; both start from the template's first flow.
+pub fn check_wrapper(programs: &mut Programs, case: &Case) -> u32 {
+    programs.set_template(&case.frame, case.flows);
+    let direct = programs.run_direct(case.target, &case.frame);
+    programs.reset_counter();
+    let wrapped = programs.run_wrapped(case.target, &case.frame);
+    assert_eq!(
+        wrapped, direct,
+        "{}: the wrapper's run differs from a direct run",
+        case.name
+    );
+    assert_eq!(
+        direct.0, case.action,
+        "{}: action {} instead of {}",
+        case.name, direct.0, case.action
+    );
+    direct.0
+}
+
+/// Measures every case: `rounds` rounds of `iterations` runs each, on `cpu`.
+pub fn measure(rounds: usize, iterations: u32, cpu: usize) -> Vec<Measured> {
+    crate::require_root();
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(cpu);
+        let mut programs = Programs::load(&director);
+        cases()
+            .iter()
+            .map(|case| measure_case(&mut programs, case, rounds, iterations))
+            .collect()
+    })
+}
+
+fn measure_case(programs: &mut Programs, case: &Case, rounds: usize, iterations: u32) -> Measured {
+    check_wrapper(programs, case);
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let pass = programs.time(abi::programs::PASS, &case.frame, iterations, XDP_PASS);
+        if case.target == Target::Pass {
+            samples.push(pass);
+            continue;
+        }
+        programs.set_target(Target::Pass);
+        programs.set_template(&case.frame, case.flows);
+        let wrapper = programs.time(abi::programs::WRAPPER, &case.frame, iterations, XDP_PASS);
+        programs.set_target(case.target);
+        programs.set_template(&case.frame, case.flows);
+        let before = programs.forwarded();
+        let target = programs.time(abi::programs::WRAPPER, &case.frame, iterations, case.action);
+        if case.target == Target::Xdpvs && case.action != XDP_PASS {
+            let forwarded = programs.forwarded() - before;
+            assert_eq!(
+                forwarded,
+                u64::from(iterations),
+                "{}: the program forwarded {forwarded} of {iterations} packets",
+                case.name
+            );
+        }
+        samples.push(target - wrapper + pass);
+    }
+    Measured {
+        name: case.name,
+        target: case.target,
+        ns: Stat::of(&samples),
+    }
+}
