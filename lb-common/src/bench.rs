@@ -1,5 +1,5 @@
-//! The map ABI of the benchmark object (`xdpvs-bench`, lb-ebpf/src/bench.rs), used by
-//! `cargo xtask bench` and its smoke test only; the daemon never loads it.
+//! The map ABI of the helper object (`xdpvs-bench`, lb-ebpf/src/bench.rs), used by
+//! `cargo xtask bench` and the test rigs; the daemon never loads it.
 //!
 //! One [`Template`] describes a frame: the wrapper program writes it over the packet
 //! before every run of the program under test (BPF_PROG_TEST_RUN reuses one buffer), and

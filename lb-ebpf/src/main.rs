@@ -49,14 +49,6 @@ pub fn xdpvs(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Passes every frame to the stack untouched. Test rigs attach it to the far end of a
-/// veth that receives the director's XDP_TX frames (veth only polls a peer that runs XDP),
-/// and `cargo xtask bench` uses it as the XDP_PASS baseline.
-#[xdp]
-pub fn xdpvs_pass(_ctx: XdpContext) -> u32 {
-    aya_ebpf::bindings::xdp_action::XDP_PASS
-}
-
 #[inline(always)]
 fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let l3 = parse::ethernet(ctx)?;

@@ -22,8 +22,6 @@ pub static BPF_OBJECT: &[u8] =
 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "xdpvs";
-/// Name of the pass-everything program in the same object (test rigs, benchmarks).
-pub const PASS_PROGRAM: &str = "xdpvs_pass";
 
 /// Errors from the kernel side of the director.
 #[derive(Debug, thiserror::Error)]

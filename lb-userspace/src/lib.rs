@@ -14,8 +14,9 @@ pub mod plan;
 pub mod scheduler;
 pub mod stats;
 
-/// The benchmark object built from lb-ebpf/src/bench.rs (baselines, restore wrapper,
-/// traffic generator, sink) for `cargo xtask bench` and its smoke test. The daemon never
-/// loads it; map names and program names are in `lb_common::bench`.
+/// The helper object built from lb-ebpf/src/bench.rs (baselines, restore wrapper,
+/// traffic generator, sink) for `cargo xtask bench` and the test rigs, which attach its
+/// `bench_pass` to veth peers. The daemon never loads it; map names and program names are
+/// in `lb_common::bench`.
 pub static BENCH_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs-bench.bpf.o"));

@@ -13,7 +13,7 @@
 //! from a real to the client.
 //!
 //! Two things differ from a NIC, both because the director's frames leave by XDP_TX into
-//! a veth: the director's switch-side port runs `xdpvs_pass` (veth only receives XDP_TX
+//! a veth: the director's switch-side port runs `bench_pass` (veth only receives XDP_TX
 //! frames on a peer that runs XDP), and the client computes its own checksums.
 
 use std::{
@@ -311,34 +311,27 @@ pub fn start_daemon(ns: &Netns, config: &std::path::Path, limit: Duration) -> (D
     (daemon, false)
 }
 
-/// Loads `xdpvs_pass` and attaches it to `interface` in `ns`; detached when the returned
-/// object drops (or the namespace goes).
-pub fn attach_pass(ns: &Netns, interface: &str) -> aya::Ebpf {
-    use lb_common::maps;
-    let interface = interface.to_owned();
-    ns.enter(move || {
-        // The object's maps are created too; keep them small.
-        let mut ebpf = aya::EbpfLoader::new()
-            .map_max_entries(maps::SERVICES, 1)
-            .map_max_entries(maps::VIPS, 1)
-            .map_max_entries(maps::SERVICE_STATS, 1)
-            .map_max_entries(maps::SCHED_TABLE, lb_common::SCHED_SLOTS)
-            .map_max_entries(maps::REALS, 1)
-            .map_max_entries(maps::REAL_STATS, 1)
-            .load(lb_userspace::dataplane::BPF_OBJECT)
-            .unwrap_or_else(|e| panic!("loading the XDP object: {e}"));
-        let program: &mut aya::programs::Xdp = ebpf
-            .program_mut(lb_userspace::dataplane::PASS_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .unwrap_or_else(|| panic!("no XDP program xdpvs_pass in the object"));
-        program
-            .load()
-            .unwrap_or_else(|e| panic!("loading xdpvs_pass: {e}"));
-        program
-            .attach(&interface, aya::programs::xdp::XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("attaching xdpvs_pass to {interface}: {e}"));
+/// Loads the helper object (`lb_userspace::BENCH_OBJECT`) in `ns` and attaches its
+/// `program` to `interface` in driver mode; detached when the returned object drops (or
+/// the namespace goes). Helper programs never touch xdpvs's maps or counters.
+pub fn attach_helper(ns: &Netns, interface: &str, program: &str) -> aya::Ebpf {
+    ns.enter(|| {
+        let mut ebpf = aya::Ebpf::load(lb_userspace::BENCH_OBJECT)
+            .unwrap_or_else(|e| panic!("loading the helper object: {e}"));
+        let p = crate::bench::xdp(&mut ebpf, program);
+        p.load()
+            .unwrap_or_else(|e| panic!("loading {program}: {e}"));
+        p.attach(interface, aya::programs::xdp::XdpMode::Driver)
+            .unwrap_or_else(|e| panic!("attaching {program} to {interface}: {e}"));
         ebpf
     })
+}
+
+/// Attaches `bench_pass` (XDP_PASS) to `interface` in `ns`: on veth, a peer must run XDP
+/// to receive XDP_TX frames, and BPF_PROG_TEST_RUN needs the ingress interface's XDP
+/// receive queue, which veth registers once any program is attached.
+pub fn attach_pass(ns: &Netns, interface: &str) -> aya::Ebpf {
+    attach_helper(ns, interface, lb_common::bench::programs::PASS)
 }
 
 impl Drop for DrRig {

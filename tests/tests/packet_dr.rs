@@ -481,7 +481,7 @@ fn loaded(plan: &Plan) -> Dataplane {
 }
 
 /// A test run with an ingress interface needs that interface's XDP receive queue
-/// registered, which veth does once any XDP program is attached. `xdpvs_pass` is used, not
+/// registered, which veth does once any XDP program is attached. `bench_pass` is used, not
 /// the program under test, so stray traffic on the veth (IPv6 router solicitations, ...)
 /// never reaches the counters the tests read.
 fn register_rx_queue(director: &Director) -> aya::Ebpf {

@@ -37,7 +37,7 @@ impl Stat {
 }
 
 /// An XDP program of a loaded object, by name.
-pub(crate) fn xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a mut aya::programs::Xdp {
+pub fn xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a mut aya::programs::Xdp {
     ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
         .unwrap_or_else(|| panic!("no XDP program {name} in the object"))

@@ -237,7 +237,7 @@ pub struct Programs {
     /// `xa0`, named as the ingress interface in every run's `xdp_md`, so DR paths see
     /// the real's interface as their own and answer XDP_TX.
     ingress: u32,
-    /// `xdpvs_pass` on `xa0`: registers the XDP receive queue the runs name.
+    /// `bench_pass` on `xa0`: registers the XDP receive queue the runs name.
     _rx_queue: Ebpf,
     pass_fd: ProgramFd,
     mac_swap_fd: ProgramFd,

@@ -267,7 +267,7 @@ impl Rig {
     pub fn run(&self, director: Director, rounds: usize, frames: u32, cpu: usize) -> Measured {
         match director {
             Director::Reflector => {
-                let _reflector = self.attach_in_dir(abi::programs::MAC_SWAP);
+                let _reflector = rig::attach_helper(&self.dir_ns, "d0", abi::programs::MAC_SWAP);
                 self.measure(director, rounds, frames, cpu)
             }
             Director::XdpvsDr => {
@@ -282,7 +282,7 @@ impl Rig {
             }
             Director::NftablesDnat => {
                 // veth hands XDP_TX frames only to a peer that runs XDP: pass them on.
-                let _pass = self.attach_in_dir(abi::programs::PASS);
+                let _pass = rig::attach_pass(&self.dir_ns, "d0");
                 self.dir_ns.sysctl("net/ipv4/ip_forward", "1");
                 let rules = self.write_file("dnat.nft", &nft_ruleset());
                 let rules = rules.to_string_lossy().into_owned();
@@ -294,21 +294,6 @@ impl Rig {
                 m
             }
         }
-    }
-
-    /// Loads the bench object in the director namespace and attaches `program` to d0;
-    /// detached when the returned object drops.
-    fn attach_in_dir(&self, program: &str) -> Ebpf {
-        self.dir_ns.enter(|| {
-            let mut bench = Ebpf::load(lb_userspace::BENCH_OBJECT)
-                .unwrap_or_else(|e| panic!("loading the bench object: {e}"));
-            let p = xdp(&mut bench, program);
-            p.load()
-                .unwrap_or_else(|e| panic!("loading {program}: {e}"));
-            p.attach("d0", XdpMode::Driver)
-                .unwrap_or_else(|e| panic!("attaching {program} to d0: {e}"));
-            bench
-        })
     }
 }
 
