@@ -11,6 +11,7 @@ mod lookup;
 mod maps;
 mod parse;
 mod rewrite;
+mod runtime;
 mod schedule;
 mod stats;
 
@@ -71,14 +72,3 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
     stats::count_real(real_index, bytes);
     Ok(verdict)
 }
-
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any reachable panic path; this is never entered.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
