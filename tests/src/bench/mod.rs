@@ -36,6 +36,47 @@ impl Stat {
     }
 }
 
+/// Offsets in an untagged IPv4 frame that the helper programs vary: the last byte of the
+/// source address, the source port, the IPv4 header (checksum recomputed).
+const ADDR_OFFSET: u16 = 14 + 15;
+const PORT_OFFSET: u16 = 14 + 20;
+const IPV4_OFFSET: u16 = 14;
+
+/// Makes `frame` (untagged IPv4, TCP or UDP) the template of the helper object's wrapper
+/// and generator, cycling through `flows` flows (0: the frame as it is). See
+/// `lb_common::bench::Template`.
+pub fn set_template(ebpf: &mut aya::Ebpf, frame: &[u8], flows: u32) {
+    use lb_common::bench::{TEMPLATE_BYTES, TEMPLATE_MAP, Template};
+    assert!(
+        frame.len() <= TEMPLATE_BYTES,
+        "frame too long for a template"
+    );
+    let mut t = Template {
+        len: frame.len() as u32,
+        flows,
+        addr_offset: ADDR_OFFSET,
+        port_offset: PORT_OFFSET,
+        ipv4_offset: IPV4_OFFSET,
+        ..Template::default()
+    };
+    t.bytes[..frame.len()].copy_from_slice(frame);
+    aya::maps::Array::<_, Template>::try_from(map_mut(ebpf, TEMPLATE_MAP))
+        .and_then(|mut a| a.set(0, t, 0))
+        .unwrap_or_else(|e| panic!("setting the template: {e}"));
+}
+
+/// A map of a loaded object, by name.
+pub fn map<'a>(ebpf: &'a aya::Ebpf, name: &str) -> &'a aya::maps::Map {
+    ebpf.map(name)
+        .unwrap_or_else(|| panic!("no map {name} in the object"))
+}
+
+/// Mutable variant of [`map`].
+pub fn map_mut<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a mut aya::maps::Map {
+    ebpf.map_mut(name)
+        .unwrap_or_else(|| panic!("no map {name} in the object"))
+}
+
 /// An XDP program of a loaded object, by name.
 pub fn xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a mut aya::programs::Xdp {
     ebpf.program_mut(name)

@@ -11,10 +11,10 @@ use std::{net::IpAddr, path::Path};
 
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray, PerCpuValues, ProgramArray},
+    maps::{PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
-use lb_common::bench::{self as abi, Template};
+use lb_common::bench as abi;
 use lb_userspace::{
     config::{Config, Limits},
     dataplane::Dataplane,
@@ -22,7 +22,7 @@ use lb_userspace::{
     plan::{self, Plan},
 };
 
-use super::{Stat, pin_to_cpu, xdp};
+use super::{Stat, map_mut, pin_to_cpu, set_template, xdp};
 use crate::{
     netns::{Netns, ifindex, unique_prefix},
     packet::{self, Ipv4},
@@ -38,11 +38,9 @@ const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
 /// Every frame is padded to this length (the classic small-packet size, without FCS).
 pub const FRAME_LEN: usize = 64;
 
-/// Offsets in an untagged IPv4 frame: last byte of the source address, source port,
-/// IPv4 header.
-const ADDR_OFFSET: u16 = 14 + 15;
-const PORT_OFFSET: u16 = 14 + 20;
-const IPV4_OFFSET: u16 = 14;
+/// Packets a "new flow" row may send (calibration and timed runs both advance the flow
+/// counter) before flows repeat: the template varies 2^24 flows.
+pub const NEW_FLOW_PACKETS: u64 = 1 << 24;
 
 const CONFIG: &str = "\
 director: {interfaces: [xa0], hash_seed: 1}
@@ -66,6 +64,13 @@ pub enum Target {
     Xdpvs,
 }
 
+/// A target of issue 3: at most `ratio` times the baseline's cost.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Goal {
+    pub baseline: Target,
+    pub ratio: f64,
+}
+
 /// One path to measure.
 pub struct Case {
     pub name: &'static str,
@@ -75,6 +80,7 @@ pub struct Case {
     pub flows: u32,
     /// The action the path must return.
     pub action: u32,
+    pub goal: Option<Goal>,
 }
 
 /// One measured path.
@@ -82,6 +88,7 @@ pub struct Case {
 pub struct Measured {
     pub name: &'static str,
     pub target: Target,
+    pub goal: Option<Goal>,
     pub ns: Stat,
 }
 
@@ -112,6 +119,7 @@ pub fn cases() -> Vec<Case> {
             frame: tcp("198.51.100.7", "192.0.2.1", 22, 0x10),
             flows: 0,
             action: XDP_PASS,
+            goal: None,
         },
         Case {
             name: "baseline: MAC swap + XDP_TX",
@@ -119,6 +127,7 @@ pub fn cases() -> Vec<Case> {
             frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x10),
             flows: 0,
             action: XDP_TX,
+            goal: None,
         },
         Case {
             name: "not for a VIP → XDP_PASS",
@@ -126,6 +135,10 @@ pub fn cases() -> Vec<Case> {
             frame: tcp("198.51.100.7", "192.0.2.1", 22, 0x10),
             flows: 0,
             action: XDP_PASS,
+            goal: Some(Goal {
+                baseline: Target::Pass,
+                ratio: 1.5,
+            }),
         },
         Case {
             name: "DR TCP, same flow every packet",
@@ -133,13 +146,21 @@ pub fn cases() -> Vec<Case> {
             frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x10),
             flows: 0,
             action: XDP_TX,
+            goal: Some(Goal {
+                baseline: Target::MacSwap,
+                ratio: 3.0,
+            }),
         },
         Case {
             name: "DR TCP SYN, new flow every packet",
             target: Target::Xdpvs,
             frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x02),
-            flows: 1 << 24,
+            flows: NEW_FLOW_PACKETS as u32,
             action: XDP_TX,
+            goal: Some(Goal {
+                baseline: Target::MacSwap,
+                ratio: 6.0,
+            }),
         },
         Case {
             name: "DR UDP, same flow every packet",
@@ -147,6 +168,7 @@ pub fn cases() -> Vec<Case> {
             frame: udp,
             flows: 0,
             action: XDP_TX,
+            goal: None,
         },
         Case {
             name: "DR TCP to a real on another interface → XDP_REDIRECT",
@@ -154,6 +176,7 @@ pub fn cases() -> Vec<Case> {
             frame: tcp("198.51.100.7", "192.0.2.101", 80, 0x10),
             flows: 0,
             action: XDP_REDIRECT,
+            goal: None,
         },
     ]
 }
@@ -289,54 +312,22 @@ impl Programs {
             Target::MacSwap => &self.mac_swap_fd,
             Target::Xdpvs => &self.xdpvs_fd,
         };
-        let map = self
-            .bench
-            .map_mut(abi::TARGET_MAP)
-            .unwrap_or_else(|| panic!("no map {}", abi::TARGET_MAP));
-        let mut targets = ProgramArray::try_from(map).unwrap_or_else(|e| panic!("{e}"));
-        targets
-            .set(0, fd, 0)
+        ProgramArray::try_from(map_mut(&mut self.bench, abi::TARGET_MAP))
+            .and_then(|mut targets| targets.set(0, fd, 0))
             .unwrap_or_else(|e| panic!("setting the wrapper's target: {e}"));
     }
 
-    /// Installs the template for `case` and restarts the flow counter.
+    /// Installs the template and restarts the flow counter.
     pub fn set_template(&mut self, frame: &[u8], flows: u32) {
-        assert!(
-            frame.len() <= abi::TEMPLATE_BYTES,
-            "frame too long for a template"
-        );
-        let mut t = Template {
-            len: frame.len() as u32,
-            flows,
-            addr_offset: ADDR_OFFSET,
-            port_offset: PORT_OFFSET,
-            ipv4_offset: IPV4_OFFSET,
-            ..Template::default()
-        };
-        t.bytes[..frame.len()].copy_from_slice(frame);
-        let map = self
-            .bench
-            .map_mut(abi::TEMPLATE_MAP)
-            .unwrap_or_else(|| panic!("no map {}", abi::TEMPLATE_MAP));
-        let mut templates: Array<_, Template> =
-            Array::try_from(map).unwrap_or_else(|e| panic!("{e}"));
-        templates
-            .set(0, t, 0)
-            .unwrap_or_else(|e| panic!("setting the template: {e}"));
+        set_template(&mut self.bench, frame, flows);
         self.reset_counter();
     }
 
     fn reset_counter(&mut self) {
         let cpus = aya::util::nr_cpus().unwrap_or_else(|(_, e)| panic!("{e}"));
-        let map = self
-            .bench
-            .map_mut(abi::COUNTER_MAP)
-            .unwrap_or_else(|| panic!("no map {}", abi::COUNTER_MAP));
-        let mut counter: PerCpuArray<_, u32> =
-            PerCpuArray::try_from(map).unwrap_or_else(|e| panic!("{e}"));
         let zeros = PerCpuValues::try_from(vec![0u32; cpus]).unwrap_or_else(|e| panic!("{e}"));
-        counter
-            .set(0, zeros, 0)
+        PerCpuArray::<_, u32>::try_from(map_mut(&mut self.bench, abi::COUNTER_MAP))
+            .and_then(|mut counter| counter.set(0, zeros, 0))
             .unwrap_or_else(|e| panic!("resetting the counter: {e}"));
     }
 
@@ -442,8 +433,18 @@ pub fn check_wrapper(programs: &mut Programs, case: &Case) -> u32 {
     direct.0
 }
 
+/// Whether a new-flow row of `rounds` × `iterations` stays within distinct flows (each
+/// round runs the wrapper twice: calibration and target; plus the check run).
+pub fn fits_new_flows(rounds: usize, iterations: u32) -> bool {
+    2 * rounds as u64 * u64::from(iterations) < NEW_FLOW_PACKETS
+}
+
 /// Measures every case: `rounds` rounds of `iterations` runs each, on `cpu`.
 pub fn measure(rounds: usize, iterations: u32, cpu: usize) -> Vec<Measured> {
+    assert!(
+        fits_new_flows(rounds, iterations),
+        "{rounds} rounds × {iterations} iterations would repeat flows in a new-flow row"
+    );
     crate::require_root();
     let director = Director::new();
     director.ns.enter(|| {
@@ -456,6 +457,8 @@ pub fn measure(rounds: usize, iterations: u32, cpu: usize) -> Vec<Measured> {
     })
 }
 
+/// The template stays in place from `check_wrapper` on and the flow counter keeps
+/// counting across rounds, so a "new flow" row never repeats a flow.
 fn measure_case(programs: &mut Programs, case: &Case, rounds: usize, iterations: u32) -> Measured {
     check_wrapper(programs, case);
     let mut samples = Vec::with_capacity(rounds);
@@ -466,10 +469,8 @@ fn measure_case(programs: &mut Programs, case: &Case, rounds: usize, iterations:
             continue;
         }
         programs.set_target(Target::Pass);
-        programs.set_template(&case.frame, case.flows);
         let wrapper = programs.time(abi::programs::WRAPPER, &case.frame, iterations, XDP_PASS);
         programs.set_target(case.target);
-        programs.set_template(&case.frame, case.flows);
         let before = programs.forwarded();
         let target = programs.time(abi::programs::WRAPPER, &case.frame, iterations, case.action);
         if case.target == Target::Xdpvs && case.action != XDP_PASS {
@@ -486,6 +487,7 @@ fn measure_case(programs: &mut Programs, case: &Case, rounds: usize, iterations:
     Measured {
         name: case.name,
         target: case.target,
+        goal: case.goal,
         ns: Stat::of(&samples),
     }
 }

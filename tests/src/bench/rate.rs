@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 
 use aya::{
     Ebpf,
-    maps::{Array, PerCpuArray},
+    maps::PerCpuArray,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp, xdp::XdpMode},
 };
-use lb_common::bench::{self as abi, Template};
+use lb_common::bench as abi;
 
-use super::{Stat, pin_to_cpu, xdp};
+use super::{Stat, map, pin_to_cpu, set_template, xdp};
 use crate::{
     netns::{Netns, ifindex, unique_prefix},
     packet::{self, Ipv4},
@@ -102,6 +102,8 @@ pub struct Rig {
     /// The bench object in the generator's namespace: generator and sink programs.
     bench: Ebpf,
     g0: u32,
+    /// The generator's template frame.
+    frame: Vec<u8>,
 }
 
 impl Rig {
@@ -129,7 +131,7 @@ impl Rig {
             dir_ns.sysctl(&format!("net/ipv4/conf/{key}/send_redirects"), "0");
         }
         let g0 = ifindex(&gen_ns, "g0");
-        let bench = gen_ns.enter(|| {
+        let mut bench = gen_ns.enter(|| {
             let mut bench = Ebpf::load(lb_userspace::BENCH_OBJECT)
                 .unwrap_or_else(|e| panic!("loading the bench object: {e}"));
             for name in [abi::programs::GENERATOR, abi::programs::SINK] {
@@ -144,18 +146,6 @@ impl Rig {
         });
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        let mut rig = Rig {
-            gen_ns,
-            dir_ns,
-            dir,
-            bench,
-            g0,
-        };
-        rig.set_template();
-        rig
-    }
-
-    fn set_template(&mut self) {
         let ip = Ipv4::new([198, 51, 100, 0].into(), [192, 0, 2, 100].into(), 17);
         let frame = packet::ethernet(
             DIR_MAC,
@@ -163,22 +153,15 @@ impl Rig {
             packet::ETH_P_IPV4,
             &ip.packet(&packet::udp(10000, PORT, &[0; 64 - 14 - 20 - 8])),
         );
-        let mut t = Template {
-            len: frame.len() as u32,
-            flows: FLOWS,
-            addr_offset: 14 + 15,
-            port_offset: 14 + 20,
-            ipv4_offset: 14,
-            ..Template::default()
-        };
-        t.bytes[..frame.len()].copy_from_slice(&frame);
-        let map = self
-            .bench
-            .map_mut(abi::TEMPLATE_MAP)
-            .unwrap_or_else(|| panic!("no map {}", abi::TEMPLATE_MAP));
-        Array::<_, Template>::try_from(map)
-            .and_then(|mut a| a.set(0, t, 0))
-            .unwrap_or_else(|e| panic!("setting the template: {e}"));
+        set_template(&mut bench, &frame, FLOWS);
+        Rig {
+            gen_ns,
+            dir_ns,
+            dir,
+            bench,
+            g0,
+            frame,
+        }
     }
 
     /// Writes a file in the rig's scratch directory; returns its path.
@@ -188,25 +171,9 @@ impl Rig {
         path
     }
 
-    /// The frame the generator starts from.
-    fn frame(&self) -> Vec<u8> {
-        let map = self
-            .bench
-            .map(abi::TEMPLATE_MAP)
-            .unwrap_or_else(|| panic!("no map {}", abi::TEMPLATE_MAP));
-        let t = Array::<_, Template>::try_from(map)
-            .and_then(|a| a.get(&0, 0))
-            .unwrap_or_else(|e| panic!("reading the template: {e}"));
-        t.bytes[..t.len as usize].to_vec()
-    }
-
     /// Frames the sink has counted, all CPUs.
     pub fn sunk(&self) -> u64 {
-        let map = self
-            .bench
-            .map(abi::SINK_MAP)
-            .unwrap_or_else(|| panic!("no map {}", abi::SINK_MAP));
-        PerCpuArray::<_, u64>::try_from(map)
+        PerCpuArray::<_, u64>::try_from(map(&self.bench, abi::SINK_MAP))
             .and_then(|a| a.get(&0, 0))
             .map(|v| v.iter().sum())
             .unwrap_or_else(|e| panic!("reading the sink: {e}"))
@@ -215,7 +182,7 @@ impl Rig {
     /// Sends `frames` frames from g0 in live-frames mode, on `cpu`; returns the time the
     /// call took.
     fn generate(&self, frames: u32, cpu: usize) -> Duration {
-        let frame = self.frame();
+        let frame = &self.frame;
         let ctx = packet::xdp_md(frame.len(), self.g0);
         let program: &Xdp = self
             .bench
@@ -227,7 +194,7 @@ impl Rig {
             let start = Instant::now();
             program
                 .test_run(TestRunOptions {
-                    data_in: Some(&frame),
+                    data_in: Some(frame),
                     ctx_in: Some(&ctx),
                     repeat: frames,
                     attrs: TestRunAttrs::new().xdp_live_frames(64),

@@ -45,14 +45,12 @@ impl Results {
         for m in &self.per_packet {
             let to_pass = m.ns.median / pass.ns.median;
             let to_swap = m.ns.median / swap.ns.median;
-            let target = if m.name.starts_with("not for a VIP") {
-                format!("× XDP_PASS {}", target_note(to_pass, 1.5, true))
-            } else if m.name.contains("new flow") {
-                format!("× MAC swap {}", target_note(to_swap, 6.0, true))
-            } else if m.name.starts_with("DR TCP, same flow") {
-                format!("× MAC swap {}", target_note(to_swap, 3.0, true))
-            } else {
-                String::new()
+            let target = match m.goal {
+                Some(g) if g.baseline == Target::Pass => {
+                    format!("× XDP_PASS {}", target_note(to_pass, g.ratio, true))
+                }
+                Some(g) => format!("× MAC swap {}", target_note(to_swap, g.ratio, true)),
+                None => String::new(),
             };
             let _ = writeln!(
                 out,

@@ -91,6 +91,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
+    if !per_packet::fits_new_flows(o.rounds, o.iterations) {
+        return Err(format!(
+            "--rounds {} × --iterations {} is too many packets for a new-flow row: flows would \
+             repeat (at most {} packets in all, two runs per round)",
+            o.rounds,
+            o.iterations,
+            per_packet::NEW_FLOW_PACKETS
+        ));
+    }
     Ok(o)
 }
 
