@@ -65,17 +65,7 @@ fn main() -> Result<()> {
         Task::Bench { args } => bench(&root, &args),
         Task::Demo => {
             setup::ensure()?;
-            cargo(
-                &root,
-                &[
-                    "build",
-                    "-p",
-                    "lb-userspace",
-                    "-p",
-                    "xdpvs-testbed",
-                    "--bins",
-                ],
-            )?;
+            build_tools(&root, false)?;
             let target = target_dir(&root);
             run(Command::new(target.join("debug/xdpvs-demo"))
                 .env("XDPVS_BIN", target.join("debug/xdpvs")))
@@ -83,20 +73,25 @@ fn main() -> Result<()> {
     }
 }
 
+/// Builds the `xdpvs` binary and the testbed's binaries (demo, bench).
+fn build_tools(root: &Path, release: bool) -> Result<()> {
+    let mut args = vec![
+        "build",
+        "-p",
+        "lb-userspace",
+        "-p",
+        "xdpvs-testbed",
+        "--bins",
+    ];
+    if release {
+        args.push("--release");
+    }
+    cargo(root, &args)
+}
+
 fn bench(root: &Path, args: &[String]) -> Result<()> {
     setup::ensure()?;
-    cargo(
-        root,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "lb-userspace",
-            "-p",
-            "xdpvs-testbed",
-            "--bins",
-        ],
-    )?;
+    build_tools(root, true)?;
     let target = target_dir(root);
     let mut cmd = Command::new(target.join("release/xdpvs-bench"));
     cmd.current_dir(root)
