@@ -8,6 +8,8 @@
 #![no_std]
 
 pub mod bench;
+pub mod conntrack;
+pub mod event;
 pub mod hash;
 pub mod maps;
 pub mod reason;
@@ -28,6 +30,17 @@ pub const SCHED_DH: u32 = 2;
 
 /// LVS direct routing ("gatewaying", `ipvsadm -g`): only the MAC addresses are rewritten.
 pub const FWD_DR: u32 = 1;
+
+/// `VIP_FILTER` bit of an IPv4 address (network order, as in `AddrWords` word 0): a
+/// Fibonacci hash to 16 bits. The program tests this bit before any hash-map look-up, so
+/// traffic that is not for a virtual address costs one array read.
+#[inline(always)]
+pub const fn vip_filter_bit(addr_word: u32) -> u32 {
+    addr_word.wrapping_mul(0x9e37_79b1) >> 16
+}
+
+/// Number of 64-bit words in `VIP_FILTER` (65,536 bits).
+pub const VIP_FILTER_WORDS: u32 = 1024;
 
 /// Number of scheduling slots per virtual service. Each slot holds a real-server index;
 /// the program picks `slot = hash & (SCHED_SLOTS - 1)`. A power of two so the index is a mask.
@@ -82,9 +95,18 @@ pub struct ServiceValue {
     /// Seed of the flow hash (host order). Equal seeds and configs give equal choices
     /// on every director.
     pub hash_seed: u32,
-    /// Reserved for per-service flags; zero.
+    /// `SVC_F_*` bits.
     pub flags: u32,
+    /// Idle timeout in seconds of a connection-table entry, indexed by its state
+    /// (`conntrack::STATE_*`); index 0 is unused.
+    pub timeouts: [u32; conntrack::STATES],
 }
+
+/// `ServiceValue::flags`: an entry whose real server was removed is deleted when its next
+/// packet arrives (that packet is dropped; the one after is scheduled afresh), as LVS
+/// does with `expire_nodest_conn = 1`. Without it the entry's packets are dropped until
+/// the entry times out (`expire_nodest_conn = 0`).
+pub const SVC_F_EXPIRE_NODEST: u32 = 1;
 
 /// Key of `VIPS`: a virtual address, whatever its ports.
 #[repr(C)]
@@ -96,21 +118,40 @@ pub struct VipKey {
     pub family: u32,
 }
 
-/// Value of `REALS`: one real server of one virtual service (LVS "destination").
+/// `RealServer::nh_state`: the next hop is not known (yet); the program falls back to
+/// `bpf_fib_lookup`.
+pub const NH_UNRESOLVED: u8 = 0;
+/// `RealServer::nh_state`: `dmac`, `smac`, `ifindex` and `mtu` are current.
+pub const NH_RESOLVED: u8 = 1;
+/// `RealServer::nh_state`: the director's route to the real now goes through a gateway,
+/// so direct routing cannot reach it; its packets are dropped (`drop_real_offlink`).
+pub const NH_OFFLINK: u8 = 2;
+
+/// Value of `REALS`: one real server of one virtual service (LVS "destination") and its
+/// next hop, which the daemon keeps current from rtnetlink. The daemon replaces a value
+/// whole (a hash-map update swaps the element), so the program never reads half of one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RealServer {
     /// Real server address, network order (see [`AddrWords`]).
     pub addr: AddrWords,
-    /// Interface the real is reached through (host order), from the director's routing
-    /// table; the program looks the next hop up on this interface with `bpf_fib_lookup`.
+    /// Changes whenever the daemon gives this real index to another real server, so a
+    /// connection-table entry made for the old one is recognised as orphaned.
+    pub generation: u32,
+    /// Egress interface towards the real (host order).
     pub ifindex: u32,
     /// Real port, network byte order; equals the virtual port under direct routing.
     pub port: u16,
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
-    /// Reserved; zero.
-    pub flags: u8,
+    /// `NH_UNRESOLVED`, `NH_RESOLVED` or `NH_OFFLINK`.
+    pub nh_state: u8,
+    /// The real's MAC address (next hop), when `nh_state` is `NH_RESOLVED`.
+    pub dmac: [u8; 6],
+    /// The director's MAC address on `ifindex`.
+    pub smac: [u8; 6],
+    /// MTU of `ifindex` (host order): larger datagrams are dropped as `drop_frag_needed`.
+    pub mtu: u32,
 }
 
 /// Value of `SERVICE_STATS` and `REAL_STATS` (per CPU).
@@ -124,9 +165,9 @@ pub struct Counters {
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 20);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 52);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
-const _: () = assert!(core::mem::size_of::<RealServer>() == 24);
+const _: () = assert!(core::mem::size_of::<RealServer>() == 44);
 const _: () = assert!(core::mem::size_of::<Counters>() == 16);
 const _: () = assert!(SCHED_SLOTS.is_power_of_two());
 

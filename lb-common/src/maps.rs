@@ -1,32 +1,55 @@
 //! Map names and capacities. The XDP program declares its maps with these names
 //! (lb-ebpf/src/maps.rs); the daemon opens them by these names. A test loads the object
-//! and checks each name is present.
+//! and checks each name is present. A name's version suffix changes with its layout.
 
 /// `HashMap<ServiceKey, ServiceValue>`: the virtual services.
-pub const SERVICES: &str = "XDPVS_SVC_V1";
+pub const SERVICES: &str = "XDPVS_SVC_V2";
 /// `HashMap<VipKey, u32>`: every virtual address, so traffic to a VIP on an unconfigured
 /// port or protocol is told apart from traffic that is not for us at all.
 pub const VIPS: &str = "XDPVS_VIP_V1";
-/// `Array<RealServer>`: the real servers of all services, indexed by real index.
-pub const REALS: &str = "XDPVS_REAL_V1";
+/// `Array<u64>`, `VIP_FILTER_WORDS` words: bit `vip_filter_bit(addr)` is set for every
+/// virtual address. A clear bit proves "not a VIP" without a hash look-up.
+pub const VIP_FILTER: &str = "XDPVS_VIPF_V1";
+/// `HashMap<u32, RealServer>`: the real servers of all services, by real index, with
+/// their next hops.
+pub const REALS: &str = "XDPVS_REAL_V2";
 /// `Array<u32>`: `MAX_SERVICES` rows of `SCHED_SLOTS` real indices, built by the daemon.
 pub const SCHED_TABLE: &str = "XDPVS_SCHED_V1";
+/// `LruHashMap<FlowKeyV4, Flow>` (`BPF_F_NO_COMMON_LRU`): the IPv4 connection table.
+pub const CONNTRACK_V4: &str = "XDPVS_CT4_V1";
+/// `LruHashMap<FragKeyV4, FragValue>`: where each fragmented datagram's first fragment went.
+pub const FRAGMENTS_V4: &str = "XDPVS_FRAG4_V1";
+/// `HashMap<u32, Iface>`: the interfaces the program is attached to, by ifindex.
+pub const IFACES: &str = "XDPVS_IFACE_V1";
+/// `Array<Settings>`, one entry: director-wide knobs.
+pub const SETTINGS: &str = "XDPVS_SETTINGS_V1";
+/// `PerCpuArray<FloodWindow>`, one entry: the flood guard's per-CPU insert count.
+pub const FLOOD: &str = "XDPVS_FLOOD_V1";
 /// `PerCpuArray<Counters>` indexed by service id.
 pub const SERVICE_STATS: &str = "XDPVS_SVCST_V1";
 /// `PerCpuArray<Counters>` indexed by real index.
 pub const REAL_STATS: &str = "XDPVS_REALST_V1";
 /// `PerCpuArray<u64>` indexed by `reason::Reason` code: every packet's outcome.
-pub const REASONS: &str = "XDPVS_REASON_V1";
+pub const REASONS: &str = "XDPVS_REASON_V2";
+/// `PerCpuArray<u64>` indexed by `event::Event` code.
+pub const EVENTS: &str = "XDPVS_EVENT_V1";
 
 /// Every map name, for checks that the object and the daemon agree.
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 14] = [
     SERVICES,
     VIPS,
+    VIP_FILTER,
     REALS,
     SCHED_TABLE,
+    CONNTRACK_V4,
+    FRAGMENTS_V4,
+    IFACES,
+    SETTINGS,
+    FLOOD,
     SERVICE_STATS,
     REAL_STATS,
     REASONS,
+    EVENTS,
 ];
 
 /// Default capacity of `SERVICES` and `SERVICE_STATS`, and rows of `SCHED_TABLE`.
@@ -36,3 +59,10 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_VIPS: u32 = 256;
 /// Default capacity of `REALS` and `REAL_STATS`.
 pub const MAX_REALS: u32 = 4096;
+/// Default capacity of `CONNTRACK_V4`: a million flows (64 MiB of kernel memory with
+/// the LRU's per-element overhead; see docs/ARCHITECTURE.md).
+pub const MAX_FLOWS: u32 = 1 << 20;
+/// Default capacity of `FRAGMENTS_V4`.
+pub const MAX_FRAGMENTED: u32 = 16_384;
+/// Capacity of `IFACES`.
+pub const MAX_IFACES: u32 = 64;

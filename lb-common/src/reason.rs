@@ -57,19 +57,21 @@ reasons! {
     PassIpMalformed = 5, "pass_ip_malformed", Pass;
     /// IPv4 to an address that is not a virtual address.
     PassNotVip = 6, "pass_not_vip", Pass;
-    /// To a virtual address, neither TCP nor UDP (ICMP echo, ...): the director answers.
+    /// To a virtual address, neither TCP nor UDP nor an ICMP error (ICMP echo, ...): the
+    /// director answers.
     PassVipOtherProto = 7, "pass_vip_other_proto", Pass;
     /// TCP/UDP to a virtual address on a port with no virtual service: the director's
     /// stack answers (RST / port unreachable), as with LVS.
     PassVipNoService = 8, "pass_vip_no_service", Pass;
-    /// An IPv4 fragment to a virtual address: fragments after the first carry no ports,
-    /// so they cannot be scheduled consistently; dropped rather than mis-sent.
-    DropFragment = 9, "drop_fragment", Drop;
-    /// TCP/UDP header cut short, to a virtual address.
+    /// A later fragment to a virtual address whose first fragment was not seen (it
+    /// arrived out of order, or its tracking entry expired): it cannot be placed.
+    DropFragmentUnknown = 9, "drop_fragment_unknown", Drop;
+    /// TCP/UDP header missing from the IP datagram (cut short, or only in the Ethernet
+    /// padding after it), to a virtual address.
     DropL4Truncated = 10, "drop_l4_truncated", Drop;
     /// The virtual service has no real server with a weight above zero.
     DropNoReal = 11, "drop_no_real", Drop;
-    /// The real's MAC address is not resolved yet (the daemon keeps a managed neighbour
+    /// The real's MAC address is not resolved (the daemon keeps a managed neighbour
     /// entry per real, so this is transient). Passing it would reach the director's own
     /// stack, which would reset the connection; a drop lets the client retransmit.
     DropNoNeighbour = 12, "drop_no_neighbour", Drop;
@@ -79,13 +81,31 @@ reasons! {
     DropFragNeeded = 14, "drop_frag_needed", Drop;
     /// A map held an index out of range: a daemon bug, counted not crashed.
     DropInternal = 15, "drop_internal", Drop;
-    /// IPv4 forwarding is off on the interface towards the real: `bpf_fib_lookup` refuses
-    /// (BPF_FIB_LKUP_RET_FWD_DISABLED) even for output lookups. The daemon turns it on for
-    /// the reals' interfaces; this counts packets while someone has turned it off again.
+    /// The next-hop cache had no entry and the `bpf_fib_lookup` fallback was refused
+    /// because IPv4 forwarding is off on the loopback interface it looks up from (see
+    /// docs/OPERATIONS.md, "host settings").
     DropForwardingOff = 16, "drop_forwarding_off", Drop;
+    /// The flow's real server was removed from the service (LVS `expire_nodest_conn`).
+    DropRealRemoved = 17, "drop_real_removed", Drop;
+    /// The IPv4 header checksum is wrong (the kernel would count InCsumErrors and drop).
+    DropIpChecksum = 18, "drop_ip_checksum", Drop;
+    /// TTL 0 or 1 on a packet to a virtual service: forwarding decrements the TTL (as
+    /// IPVS does), so it would expire here.
+    DropTtlExceeded = 19, "drop_ttl_exceeded", Drop;
+    /// A martian source address (a virtual address, loopback, multicast, broadcast or
+    /// 0.0.0.0/8), as the kernel's input route check drops.
+    DropMartianSource = 20, "drop_martian_source", Drop;
+    /// A unicast frame addressed to another host's MAC (a promiscuous port) or an
+    /// IPv4 unicast datagram in an Ethernet broadcast or multicast frame.
+    DropOtherHost = 21, "drop_other_host", Drop;
+    /// The route to the real now goes through a gateway: direct routing cannot reach it.
+    DropRealOfflink = 22, "drop_real_offlink", Drop;
+    /// An ICMP error to a virtual address that quotes no tracked flow: the director's
+    /// own stack handles it (it may be about the director's own traffic).
+    PassIcmpNoFlow = 23, "pass_icmp_no_flow", Pass;
 }
 
 /// Number of reason codes: the size of the `REASONS` array.
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 24;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

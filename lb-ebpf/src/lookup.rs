@@ -1,8 +1,21 @@
 //! Virtual address and virtual service lookup.
 
-use lb_common::{AddrWords, FAMILY_IPV4, ServiceKey, ServiceValue, VipKey, reason::Reason};
+use lb_common::{
+    AddrWords, FAMILY_IPV4, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey, vip_filter_bit,
+};
 
-use crate::maps::{SERVICES, VIPS};
+use crate::maps::{SERVICES, VIP_FILTER, VIPS};
+
+/// Whether `addr` (IPv4) may be a virtual address: one array read. A `false` is
+/// certain; a `true` is confirmed by [`is_vip`] or [`service`].
+#[inline(always)]
+pub fn maybe_vip(addr: &AddrWords) -> bool {
+    let bit = vip_filter_bit(addr[0]);
+    match VIP_FILTER.get((bit >> 6) & (VIP_FILTER_WORDS - 1)) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => false,
+    }
+}
 
 /// Whether `addr` (IPv4) is one of the director's virtual addresses.
 #[inline(always)]
@@ -17,7 +30,7 @@ pub fn is_vip(addr: &AddrWords) -> bool {
 
 /// The virtual service for (VIP, port, protocol).
 #[inline(always)]
-pub fn service(addr: &AddrWords, port: u16, proto: u8) -> Result<ServiceValue, Reason> {
+pub fn service(addr: &AddrWords, port: u16, proto: u8) -> Option<ServiceValue> {
     let key = ServiceKey {
         addr: *addr,
         port,
@@ -25,7 +38,5 @@ pub fn service(addr: &AddrWords, port: u16, proto: u8) -> Result<ServiceValue, R
         family: FAMILY_IPV4,
     };
     // SAFETY: the value is copied out at once; the daemon replaces values whole.
-    unsafe { SERVICES.get(key) }
-        .copied()
-        .ok_or(Reason::PassVipNoService)
+    unsafe { SERVICES.get(key) }.copied()
 }

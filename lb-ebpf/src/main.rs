@@ -1,12 +1,18 @@
 //! The xdpvs XDP program: the packet path of the director.
 //!
-//! Stages (one module each): `parse` (Ethernet, IPv4, ports) → `lookup` (virtual address,
-//! then virtual service) → `schedule` (flow hash → slot → real server) → `rewrite`
-//! (next hop by `bpf_fib_lookup`, MAC rewrite) → `stats`. Each stage returns the next
-//! stage's input or a [`Reason`]; only [`xdpvs`] turns the outcome into an XDP action.
+//! Stages (one module each): `parse` (Ethernet, IPv4, ports) → `lookup` (virtual address
+//! filter, virtual service) → `hygiene` (what the kernel would refuse) → `conntrack`
+//! (the flow's entry) or `schedule` (flow hash → slot → real server) for a new flow →
+//! `rewrite` (next hop, TTL, MACs) → `stats`; `icmp` and `fragment` place ICMP errors
+//! and fragments on their flows' reals. Each stage returns the next stage's input or a
+//! [`Reason`]; only [`xdpvs`] turns the outcome into an XDP action.
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod fragment;
+mod hygiene;
+mod icmp;
 mod lookup;
 mod maps;
 mod parse;
@@ -17,12 +23,18 @@ mod stats;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    IPPROTO_TCP, IPPROTO_UDP,
+    IPPROTO_TCP, IPPROTO_UDP, RealServer,
+    conntrack::{first_state, flow_key_v4},
+    event::Event,
     reason::{Action, Reason},
 };
 
+use crate::maps::REALS;
+
+const IPPROTO_ICMP: u8 = 1;
+
 /// How a packet that goes to a real server leaves the director.
-enum Verdict {
+pub enum Verdict {
     /// Out of the ingress interface.
     Tx,
     /// Out of the interface with this index.
@@ -50,25 +62,112 @@ pub fn xdpvs(ctx: XdpContext) -> u32 {
     }
 }
 
+/// `Err(pass_not_vip)` for an address the filter let through that is not a VIP after
+/// all, else `Err(reason)`.
+#[inline(always)]
+fn vip_or_not(ip: &parse::Ipv4Meta, reason: Reason) -> Reason {
+    if lookup::is_vip(&ip.dst) {
+        reason
+    } else {
+        Reason::PassNotVip
+    }
+}
+
+/// A real server by index, if it is still configured with this generation.
+#[inline(always)]
+fn real(index: u32) -> Option<RealServer> {
+    // SAFETY: the value is copied out at once; the daemon replaces values whole.
+    unsafe { REALS.get(index) }.copied()
+}
+
 #[inline(always)]
 fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let l3 = parse::ethernet(ctx)?;
     let ip = parse::ipv4(ctx, l3)?;
-    if !lookup::is_vip(&ip.dst) {
+    if !lookup::maybe_vip(&ip.dst) {
         return Err(Reason::PassNotVip);
     }
-    if ip.is_fragment {
-        return Err(Reason::DropFragment);
+    hygiene::check(ctx, &ip)?;
+    if ip.proto == IPPROTO_ICMP {
+        return icmp_error(ctx, &ip);
     }
     if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Err(Reason::PassVipOtherProto);
+        return Err(vip_or_not(&ip, Reason::PassVipOtherProto));
     }
-    let dport = parse::dst_port(ctx, ip.l4_offset, ip.proto)?;
-    let service = lookup::service(&ip.dst, dport, ip.proto)?;
-    let (real_index, real) = schedule::pick(service, &ip)?;
-    let verdict = rewrite::direct_route(ctx, &real, ip.tot_len)?;
+    if ip.frag_offset != 0 {
+        return later_fragment(ctx, &ip);
+    }
+    let l4 = parse::l4(ctx, &ip).map_err(|r| vip_or_not(&ip, r))?;
+    let Some(service) = lookup::service(&ip.dst, l4.dport, ip.proto) else {
+        return Err(vip_or_not(&ip, Reason::PassVipNoService));
+    };
+    if ip.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    let now = conntrack::now();
+    let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
+    let (index, real) = match conntrack::lookup(&key, &service, l4.flags, now) {
+        Some((index, generation)) => match real(index) {
+            Some(r) if r.generation == generation => (index, r),
+            _ => return Err(conntrack::orphaned(&key, &service)),
+        },
+        None => {
+            let index = schedule::pick(&service, &ip)?;
+            let r = real(index).ok_or(Reason::DropInternal)?;
+            let is_tcp = ip.proto == IPPROTO_TCP;
+            if is_tcp && l4.flags & 0x12 != 0x02 {
+                stats::count_event(Event::CtMidstreamMiss);
+            }
+            let state = first_state(is_tcp, l4.flags);
+            conntrack::insert(&key, index, r.generation, state, now);
+            (index, r)
+        }
+    };
+    if ip.more_fragments {
+        fragment::remember(&ip, index, real.generation, service.id, now);
+    }
+    let verdict = rewrite::direct_route(ctx, &ip, &real)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(service.id, bytes);
-    stats::count_real(real_index, bytes);
+    stats::count_real(index, bytes);
+    Ok(verdict)
+}
+
+/// A fragment after the first: it follows its datagram's first fragment.
+#[inline(always)]
+fn later_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason> {
+    let placed = fragment::follow(ip, conntrack::now()).map_err(|r| vip_or_not(ip, r))?;
+    if ip.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    let real = match real(placed.real) {
+        Some(r) if r.generation == placed.real_gen => r,
+        _ => return Err(Reason::DropRealRemoved),
+    };
+    let verdict = rewrite::direct_route(ctx, ip, &real)?;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    stats::count_service(placed.service, bytes);
+    stats::count_real(placed.real, bytes);
+    Ok(verdict)
+}
+
+/// An ICMP message to a VIP: an error about a tracked flow goes to the flow's real;
+/// anything else is the director's own business.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason> {
+    let key = icmp::quoted_flow(ctx, ip).map_err(|r| vip_or_not(ip, r))?;
+    let Some(flow) = conntrack::peek(&key) else {
+        return Err(vip_or_not(ip, Reason::PassIcmpNoFlow));
+    };
+    let real = match real(flow.real) {
+        Some(r) if r.generation == flow.real_gen => r,
+        _ => return Err(Reason::PassIcmpNoFlow),
+    };
+    if ip.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    let verdict = rewrite::direct_route(ctx, ip, &real)?;
+    stats::count_event(Event::IcmpToReal);
+    stats::count_real(flow.real, (ctx.data_end() - ctx.data()) as u64);
     Ok(verdict)
 }

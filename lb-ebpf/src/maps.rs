@@ -2,30 +2,60 @@
 //! the daemon may resize capacities at load time.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VipKey,
-    maps::{MAX_REALS, MAX_SERVICES, MAX_VIPS},
+    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey,
+    conntrack::{FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Settings},
+    event::EVENT_COUNT,
+    maps::{MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_REALS, MAX_SERVICES, MAX_VIPS},
     reason::REASON_COUNT,
 };
 
 /// Virtual services by (VIP, port, protocol).
-#[map(name = "XDPVS_SVC_V1")]
+#[map(name = "XDPVS_SVC_V2")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// Virtual addresses, whatever the port: tells "VIP, unknown port" from "not a VIP".
 #[map(name = "XDPVS_VIP_V1")]
 pub static VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 
-/// Real servers by real index.
-#[map(name = "XDPVS_REAL_V1")]
-pub static REALS: Array<RealServer> = Array::with_max_entries(MAX_REALS, 0);
+/// One bit per hashed virtual address: a clear bit proves "not a VIP" cheaply.
+#[map(name = "XDPVS_VIPF_V1")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// Real servers and their next hops, by real index.
+#[map(name = "XDPVS_REAL_V2")]
+pub static REALS: HashMap<u32, RealServer> = HashMap::with_max_entries(MAX_REALS, 0);
 
 /// Per service, `SCHED_SLOTS` real indices; row = service id. Built by the daemon.
 #[map(name = "XDPVS_SCHED_V1")]
 pub static SCHED_TABLE: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHED_SLOTS, 0);
+
+/// The IPv4 connection table. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`) keep inserts
+/// from contending on one lock; each CPU evicts its own least recently used entries.
+#[map(name = "XDPVS_CT4_V1")]
+pub static CONNTRACK_V4: LruHashMap<FlowKeyV4, Flow> =
+    LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Where each fragmented datagram's first fragment went.
+#[map(name = "XDPVS_FRAG4_V1")]
+pub static FRAGMENTS_V4: LruHashMap<FragKeyV4, FragValue> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTED, 0);
+
+/// The interfaces the program is attached to, with their MACs.
+#[map(name = "XDPVS_IFACE_V1")]
+pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// Director-wide knobs (flood guard, fragment timeout).
+#[map(name = "XDPVS_SETTINGS_V1")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// The flood guard's insert count in the current second, per CPU.
+#[map(name = "XDPVS_FLOOD_V1")]
+pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Forwarded packets and bytes per service.
 #[map(name = "XDPVS_SVCST_V1")]
@@ -36,5 +66,9 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 /// Packets per outcome (`lb_common::reason::Reason`).
-#[map(name = "XDPVS_REASON_V1")]
+#[map(name = "XDPVS_REASON_V2")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// Events per kind (`lb_common::event::Event`).
+#[map(name = "XDPVS_EVENT_V1")]
+pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);

@@ -1,21 +1,19 @@
-//! Picks the real server: the flow hash indexes the service's row of `SCHED_TABLE`,
-//! which the daemon filled in proportion to the reals' weights (lb-userspace
-//! `scheduler`). The hash is `lb_common::hash`, so the daemon can predict every choice.
+//! Picks the real server for a flow's first packet: the flow hash indexes the service's
+//! row of `SCHED_TABLE`, which the daemon filled in proportion to the reals' weights
+//! (lb-userspace `scheduler`). The hash is `lb_common::hash`, so the daemon can predict
+//! every choice.
 
 use lb_common::{
-    REAL_NONE, RealServer, SCHED_DH, SCHED_SLOTS, ServiceValue,
+    REAL_NONE, SCHED_DH, SCHED_SLOTS, ServiceValue,
     hash::{addr_hash, slot_of},
     reason::Reason,
 };
 
-use crate::{
-    maps::{REALS, SCHED_TABLE},
-    parse::Ipv4Meta,
-};
+use crate::{maps::SCHED_TABLE, parse::Ipv4Meta};
 
-/// The real index and real server for this packet.
+/// The real index for this packet.
 #[inline(always)]
-pub fn pick(service: ServiceValue, ip: &Ipv4Meta) -> Result<(u32, RealServer), Reason> {
+pub fn pick(service: &ServiceValue, ip: &Ipv4Meta) -> Result<u32, Reason> {
     // sh hashes the client address, dh the destination address.
     let addr = if service.scheduler == SCHED_DH {
         &ip.dst
@@ -32,6 +30,5 @@ pub fn pick(service: ServiceValue, ip: &Ipv4Meta) -> Result<(u32, RealServer), R
     if real_index == REAL_NONE {
         return Err(Reason::DropNoReal);
     }
-    let real = REALS.get(real_index).ok_or(Reason::DropInternal)?;
-    Ok((real_index, *real))
+    Ok(real_index)
 }

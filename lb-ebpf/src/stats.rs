@@ -1,15 +1,17 @@
 //! Per-CPU counters: no atomics on the packet path; the daemon sums the CPUs.
 
-use lb_common::{Counters, reason::Reason};
+use lb_common::{Counters, event::Event, reason::Reason};
 
-use crate::maps::{REAL_STATS, REASONS, SERVICE_STATS};
+use crate::maps::{EVENTS, REAL_STATS, REASONS, SERVICE_STATS};
 
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
-    if let Some(n) = REASONS.get_ptr_mut(reason as u32) {
-        // SAFETY: a per-CPU slot is only written by this CPU, and the pointer is valid.
-        unsafe { *n += 1 };
-    }
+    bump(REASONS.get_ptr_mut(reason as u32));
+}
+
+#[inline(always)]
+pub fn count_event(event: Event) {
+    bump(EVENTS.get_ptr_mut(event as u32));
 }
 
 #[inline(always)]
@@ -23,9 +25,17 @@ pub fn count_real(index: u32, bytes: u64) {
 }
 
 #[inline(always)]
+fn bump(n: Option<*mut u64>) {
+    if let Some(n) = n {
+        // SAFETY: a per-CPU slot is only written by this CPU, and the pointer is valid.
+        unsafe { *n += 1 };
+    }
+}
+
+#[inline(always)]
 fn add(counters: Option<*mut Counters>, bytes: u64) {
     if let Some(c) = counters {
-        // SAFETY: as in `count_reason`.
+        // SAFETY: as in `bump`.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += bytes;

@@ -125,20 +125,52 @@ pub struct Config {
     pub services: Vec<Service>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Director {
     /// Interfaces the XDP program is attached to.
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     /// Seed of the flow hash. Directors that share it (and the services) choose alike.
     pub hash_seed: u32,
+    /// Connection-table timeouts for services that set none.
+    pub timeouts: Timeouts,
+    /// Flood guard: new entries per second per CPU (0 = no limit).
+    pub flood_rate: u32,
+    /// LVS `expire_nodest_conn` for services that do not say.
+    pub expire_nodest_conn: bool,
 }
+
+/// Idle timeouts of connection-table entries, in seconds (`ipvsadm --set tcp tcpfin udp`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp: u32,
+    pub tcpfin: u32,
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        use lb_common::conntrack::{
+            DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP,
+        };
+        Timeouts {
+            tcp: DEFAULT_TIMEOUTS[STATE_TCP_ESTABLISHED as usize],
+            tcpfin: DEFAULT_TIMEOUTS[STATE_TCP_FIN as usize],
+            udp: DEFAULT_TIMEOUTS[STATE_UDP as usize],
+        }
+    }
+}
+
+/// Longest timeout accepted: a week (LVS takes any u32; a longer idle flow is a leak).
+pub const MAX_TIMEOUT: u32 = 7 * 24 * 3600;
 
 /// Map capacities, fixed when the program is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     pub max_services: u32,
     pub max_reals: u32,
+    /// Entries of the IPv4 connection table.
+    pub max_flows: u32,
 }
 
 impl Default for Limits {
@@ -146,6 +178,7 @@ impl Default for Limits {
         Limits {
             max_services: lb_common::maps::MAX_SERVICES,
             max_reals: lb_common::maps::MAX_REALS,
+            max_flows: lb_common::maps::MAX_FLOWS,
         }
     }
 }
@@ -159,6 +192,11 @@ pub struct Service {
     pub protocol: Protocol,
     pub scheduler: Scheduler,
     pub forwarding: Forwarding,
+    /// The director's timeouts unless the service sets its own.
+    pub timeouts: Timeouts,
+    /// LVS `expire_nodest_conn`: an entry whose real was removed is deleted at its next
+    /// packet (true) or its packets are dropped until it times out (false).
+    pub expire_nodest_conn: bool,
     pub reals: Vec<Real>,
     pub origin: Origin,
 }
@@ -198,6 +236,20 @@ struct RawDirector {
     xdp_mode: XdpMode,
     #[serde(default)]
     hash_seed: u32,
+    #[serde(default)]
+    timeouts: Option<Spanned<RawTimeouts>>,
+    #[serde(default)]
+    flood_rate: Option<u32>,
+    #[serde(default)]
+    expire_nodest_conn: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    tcp: Option<Spanned<u32>>,
+    tcpfin: Option<Spanned<u32>>,
+    udp: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +257,7 @@ struct RawDirector {
 struct RawLimits {
     max_services: Option<Spanned<u32>>,
     max_reals: Option<Spanned<u32>>,
+    max_flows: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -218,6 +271,10 @@ struct RawService {
     scheduler: Scheduler,
     #[serde(default)]
     forwarding: Forwarding,
+    #[serde(default)]
+    timeouts: Option<Spanned<RawTimeouts>>,
+    #[serde(default)]
+    expire_nodest_conn: Option<bool>,
     #[serde(default)]
     reals: Vec<Spanned<RawReal>>,
 }
@@ -287,7 +344,7 @@ impl Validator<'_> {
         let mut services = Vec::with_capacity(raw.services.len());
         let mut seen = HashSet::new();
         for (i, s) in raw.services.into_iter().enumerate() {
-            let service = self.service(s, i)?;
+            let service = self.service(s, i, &director)?;
             if !seen.insert((service.address, service.port, service.protocol)) {
                 return Err(self.invalid(
                     service.origin.clone(),
@@ -350,11 +407,43 @@ impl Validator<'_> {
             }
             interfaces.push(n.clone());
         }
+        let timeouts = self.timeouts(raw.timeouts, "director.timeouts", Timeouts::default())?;
         Ok(Director {
             interfaces,
             xdp_mode: raw.xdp_mode,
             hash_seed: raw.hash_seed,
+            timeouts,
+            flood_rate: raw
+                .flood_rate
+                .unwrap_or(lb_common::conntrack::DEFAULT_FLOOD_RATE),
+            expire_nodest_conn: raw.expire_nodest_conn.unwrap_or(true),
         })
+    }
+
+    fn timeouts(
+        &self,
+        raw: Option<Spanned<RawTimeouts>>,
+        field: &str,
+        base: Timeouts,
+    ) -> Result<Timeouts, ConfigError> {
+        let Some(raw) = raw else { return Ok(base) };
+        let mut t = base;
+        for (value, name, slot) in [
+            (raw.value.tcp, "tcp", &mut t.tcp),
+            (raw.value.tcpfin, "tcpfin", &mut t.tcpfin),
+            (raw.value.udp, "udp", &mut t.udp),
+        ] {
+            if let Some(v) = value {
+                if v.value == 0 || v.value > MAX_TIMEOUT {
+                    return Err(self.invalid(
+                        origin(&v, format!("{field}.{name}")),
+                        format!("{} s is outside 1..={MAX_TIMEOUT} s", v.value),
+                    ));
+                }
+                *slot = v.value;
+            }
+        }
+        Ok(t)
     }
 
     fn limits(&self, raw: Option<RawLimits>) -> Result<Limits, ConfigError> {
@@ -379,10 +468,25 @@ impl Validator<'_> {
             }
             limits.max_reals = v.value;
         }
+        if let Some(v) = raw.max_flows {
+            // The LRU map needs at least a few entries per CPU; 64M entries is ~4 GiB.
+            if v.value < 1024 || v.value > 1 << 26 {
+                return Err(self.invalid(
+                    origin(&v, "limits.max_flows"),
+                    format!("{} is outside 1024..=67108864", v.value),
+                ));
+            }
+            limits.max_flows = v.value;
+        }
         Ok(limits)
     }
 
-    fn service(&self, raw: Spanned<RawService>, i: usize) -> Result<Service, ConfigError> {
+    fn service(
+        &self,
+        raw: Spanned<RawService>,
+        i: usize,
+        director: &Director,
+    ) -> Result<Service, ConfigError> {
         let field = format!("services[{i}]");
         let at = origin(&raw, field.clone());
         let s = raw.value;
@@ -416,6 +520,8 @@ impl Validator<'_> {
             }
             reals.push(real);
         }
+        let timeouts =
+            self.timeouts(s.timeouts, &format!("{field}.timeouts"), director.timeouts)?;
         Ok(Service {
             name: s.name,
             address,
@@ -423,6 +529,8 @@ impl Validator<'_> {
             protocol: s.protocol,
             scheduler: s.scheduler,
             forwarding: s.forwarding,
+            timeouts,
+            expire_nodest_conn: s.expire_nodest_conn.unwrap_or(director.expire_nodest_conn),
             reals,
             origin: at,
         })

@@ -1,26 +1,42 @@
 //! The running director: load the configuration, program the maps, keep the reals'
-//! neighbour entries, attach, wait for signals, and undo it all on the way out.
+//! next hops current, attach, serve signals (SIGHUP reloads), and undo it all on the way
+//! out.
 
-use std::{net::IpAddr, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use tokio::signal::unix::{SignalKind, signal};
+use lb_common::{NH_OFFLINK, NH_RESOLVED, conntrack::Settings};
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    time::Instant,
+};
 
 use crate::{
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError},
-    forwarding::{ForwardingError, ForwardingGuard},
-    neighbour::{ManagedNeighbours, NeighbourError, Netlink},
+    host::{HostError, LoForwarding, STATE_DIR},
+    nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
     plan::{self, Plan, PlanError},
     stats,
 };
 
 /// How long start-up waits for the reals' neighbour entries to resolve.
-const NEIGHBOUR_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const NEIGHBOUR_WAIT: Duration = Duration::from_secs(3);
+/// Every next hop is re-read this often, whatever the events said.
+const RESYNC_PERIOD: Duration = Duration::from_secs(5);
+/// After an event, wait this long for more before re-reading next hops.
+const EVENT_DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Line printed on standard output once the program is attached and the maps are filled.
 pub const READY: &str = "xdpvs: ready";
+/// Line printed on standard output when a reload has been applied.
+pub const RELOADED: &str = "xdpvs: reloaded";
 
-/// Why the daemon could not start or run.
+/// Why the daemon could not start, run or reload.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
@@ -32,13 +48,16 @@ pub enum DaemonError {
         source: PlanError,
     },
     #[error(transparent)]
-    Neighbour(#[from] NeighbourError),
+    Nexthop(#[from] NexthopError),
     #[error(transparent)]
     Dataplane(#[from] DataplaneError),
-    #[error("enabling IPv4 forwarding: {0}")]
-    Forwarding(#[from] ForwardingError),
+    #[error("host settings: {0}")]
+    Host(#[from] HostError),
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
+    /// A reload that changes what only a restart can change.
+    #[error("{path}: {what} cannot change while running; restart the daemon to apply it")]
+    NeedsRestart { path: String, what: &'static str },
 }
 
 impl DaemonError {
@@ -46,58 +65,292 @@ impl DaemonError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Config(_) | DaemonError::Plan { .. } => 2,
+            DaemonError::NeedsRestart { .. } => 2,
             _ => 1,
         }
     }
 }
 
-/// Everything that must be undone when the daemon stops. Dropping it detaches the program
-/// (the bpf_link goes with its descriptor) and removes the managed neighbour entries, on
-/// every path out, errors and panics included.
-struct Running {
-    dataplane: Dataplane,
-    neighbours: ManagedNeighbours,
-    forwarding: ForwardingGuard,
+/// The running director. Dropping it detaches the program (the bpf_link goes with its
+/// descriptor) and restores `lo` forwarding; the managed neighbour entries are removed
+/// by [`run`] on every way out.
+struct Director {
+    config_path: PathBuf,
+    config: Config,
     plan: Plan,
+    dataplane: Dataplane,
+    netlink: Netlink,
+    /// Next hops by real index, as last read.
+    hops: HashMap<u32, NextHop>,
+    _lo: LoForwarding,
 }
 
-fn start(config_path: &Path) -> Result<Running, DaemonError> {
-    let config = Config::load(config_path)?;
-    let mut netlink = Netlink::open()?;
-    let plan = plan::compile(&config, |a: IpAddr| netlink.route(a)).map_err(|source| {
-        DaemonError::Plan {
-            path: config_path.display().to_string(),
-            source,
+/// Routes to every real of a configuration, for `plan::compile`.
+async fn routes(netlink: &Netlink, config: &Config) -> HashMap<IpAddr, Result<Route, String>> {
+    let mut routes = HashMap::new();
+    for r in config.services.iter().flat_map(|s| &s.reals) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = routes.entry(r.address) {
+            slot.insert(netlink.route(r.address).await.map_err(|e| e.to_string()));
         }
-    })?;
+    }
+    routes
+}
+
+async fn compile(
+    netlink: &Netlink,
+    path: &Path,
+    config: &Config,
+    previous: Option<&Plan>,
+) -> Result<Plan, DaemonError> {
+    let routes = routes(netlink, config).await;
+    plan::compile(
+        config,
+        |a| match routes.get(&a) {
+            Some(r) => r.clone(),
+            None => Err(format!("no route looked up for {a}")),
+        },
+        previous,
+    )
+    .map_err(|source| DaemonError::Plan {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn settings(config: &Config) -> Settings {
+    Settings {
+        flood_rate: config.director.flood_rate,
+        frag_timeout: lb_common::conntrack::DEFAULT_FRAG_TIMEOUT,
+        _reserved: [0; 2],
+    }
+}
+
+async fn start(
+    config_path: &Path,
+    netlink: &Netlink,
+    neighbours: &mut ManagedNeighbours,
+) -> Result<Director, DaemonError> {
+    let config = Config::load(config_path)?;
+    let plan = compile(netlink, config_path, &config, None).await?;
+    let mut interfaces: Vec<Link> = Vec::new();
+    for name in &config.director.interfaces {
+        interfaces.push(netlink.link_by_name(name).await?);
+    }
     let mut dataplane = Dataplane::load(config.limits)?;
-    dataplane.apply(&plan)?;
-    let mut neighbours = ManagedNeighbours::new(netlink);
-    let mut forwarding = ForwardingGuard::default();
-    for r in plan.services.iter().flat_map(|s| &s.reals) {
-        neighbours.ensure(r.value.ifindex, r.address)?;
-        forwarding.ensure(r.value.ifindex)?;
+    let lo = LoForwarding::enable(Path::new(STATE_DIR))?;
+    dataplane.set_settings(settings(&config))?;
+    dataplane.set_interfaces(
+        &interfaces
+            .iter()
+            .map(|l| (l.index, l.mac))
+            .collect::<Vec<_>>(),
+    )?;
+    let mut director = Director {
+        config_path: config_path.to_owned(),
+        config,
+        plan,
+        dataplane,
+        netlink: netlink.clone(),
+        hops: HashMap::new(),
+        _lo: lo,
+    };
+    for r in director.plan.services.iter().flat_map(|s| &s.reals) {
+        neighbours
+            .ensure(netlink, r.value.ifindex, r.address)
+            .await?;
     }
     // Attach only once the reals' MACs are known, so the first packets are not dropped
     // as drop_no_neighbour. A real that does not answer ARP does not hold up the start.
-    for address in neighbours.wait_resolved(NEIGHBOUR_WAIT) {
-        log::warn!(
-            "real server {address} does not answer ARP/ND yet; its packets are dropped until it does"
-        );
+    let deadline = Instant::now() + NEIGHBOUR_WAIT;
+    loop {
+        director.read_next_hops(neighbours).await;
+        let pending: Vec<IpAddr> = director
+            .plan
+            .services
+            .iter()
+            .flat_map(|s| &s.reals)
+            .filter(|r| {
+                director
+                    .hops
+                    .get(&r.index)
+                    .is_none_or(|h| h.state != NH_RESOLVED)
+            })
+            .map(|r| r.address)
+            .collect();
+        if pending.is_empty() || Instant::now() >= deadline {
+            for address in pending {
+                log::warn!(
+                    "real server {address} does not answer ARP/ND yet; its packets are dropped \
+                     until it does"
+                );
+            }
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for interface in &config.director.interfaces {
-        dataplane.attach(interface, config.director.xdp_mode)?;
+    director.dataplane.apply(&director.plan, &director.hops)?;
+    for interface in director.config.director.interfaces.clone() {
+        director
+            .dataplane
+            .attach(&interface, director.config.director.xdp_mode)?;
         log::info!(
             "attached to {interface} ({:?} mode)",
-            config.director.xdp_mode
+            director.config.director.xdp_mode
         );
     }
-    Ok(Running {
-        dataplane,
-        neighbours,
-        forwarding,
-        plan,
-    })
+    Ok(director)
+}
+
+impl Director {
+    /// Re-reads every real's next hop; returns how many changed. Errors are logged and
+    /// leave the last known next hop in place.
+    async fn read_next_hops(&mut self, neighbours: &mut ManagedNeighbours) -> usize {
+        let mut links = HashMap::new();
+        let mut changed = 0;
+        let reals: Vec<(u32, IpAddr)> = self
+            .plan
+            .services
+            .iter()
+            .flat_map(|s| &s.reals)
+            .map(|r| (r.index, r.address))
+            .collect();
+        let mut seen: HashMap<IpAddr, NextHop> = HashMap::new();
+        for (index, address) in reals {
+            let hop = match seen.get(&address) {
+                Some(h) => *h,
+                None => match self.netlink.next_hop(address, &mut links).await {
+                    Ok(h) => {
+                        seen.insert(address, h);
+                        if h.state != NH_OFFLINK
+                            && let Err(e) =
+                                neighbours.ensure(&self.netlink, h.ifindex, address).await
+                        {
+                            log::warn!("{e}");
+                        }
+                        h
+                    }
+                    Err(e) => {
+                        log::warn!("next hop of real server {address}: {e}");
+                        continue;
+                    }
+                },
+            };
+            let old = self.hops.insert(index, hop);
+            if old != Some(hop) {
+                log_change(address, old, hop);
+                changed += 1;
+            }
+            match self.dataplane.set_next_hop(index, &hop) {
+                Ok(_) => {}
+                Err(e) => log::warn!("writing the next hop of {address}: {e}"),
+            }
+        }
+        changed
+    }
+
+    /// Re-reads the configuration file and applies the difference; on any error the
+    /// running configuration stays in force.
+    async fn reload(&mut self, neighbours: &mut ManagedNeighbours) -> Result<String, DaemonError> {
+        let path = self.config_path.clone();
+        let config = Config::load(&path)?;
+        let needs_restart = |what| DaemonError::NeedsRestart {
+            path: path.display().to_string(),
+            what,
+        };
+        if config.limits != self.config.limits {
+            return Err(needs_restart("limits"));
+        }
+        if config.director.interfaces != self.config.director.interfaces {
+            return Err(needs_restart("director.interfaces"));
+        }
+        if config.director.xdp_mode != self.config.director.xdp_mode {
+            return Err(needs_restart("director.xdp_mode"));
+        }
+        let plan = compile(&self.netlink, &path, &config, Some(&self.plan)).await?;
+        let before: HashSet<(u32, u32)> = real_ids(&self.plan);
+        let after: HashSet<(u32, u32)> = real_ids(&plan);
+        let mut links = HashMap::new();
+        for r in plan.services.iter().flat_map(|s| &s.reals) {
+            if self.hops.contains_key(&r.index) && before.contains(&(r.index, r.value.generation)) {
+                continue;
+            }
+            neighbours
+                .ensure(&self.netlink, r.value.ifindex, r.address)
+                .await?;
+            let hop = self.netlink.next_hop(r.address, &mut links).await?;
+            self.hops.insert(r.index, hop);
+        }
+        self.hops.retain(|i, _| after.iter().any(|(j, _)| j == i));
+        self.dataplane.set_settings(settings(&config))?;
+        self.dataplane.apply(&plan, &self.hops)?;
+        let addresses: HashSet<IpAddr> = plan
+            .services
+            .iter()
+            .flat_map(|s| &s.reals)
+            .map(|r| r.address)
+            .collect();
+        neighbours
+            .retain(&self.netlink, |a| addresses.contains(&a))
+            .await;
+        let summary = format!(
+            "services={} reals={} added={} removed={}",
+            plan.services.len(),
+            after.len(),
+            after.difference(&before).count(),
+            before.difference(&after).count()
+        );
+        self.plan = plan;
+        self.config = config;
+        Ok(summary)
+    }
+
+    fn print_report(&self) {
+        match self.dataplane.snapshot(&self.plan) {
+            Ok(snapshot) => print!("{}", stats::report(&self.plan, &snapshot)),
+            Err(e) => log::warn!("reading counters: {e}"),
+        }
+    }
+
+    fn is_real(&self, address: IpAddr) -> bool {
+        self.plan
+            .services
+            .iter()
+            .flat_map(|s| &s.reals)
+            .any(|r| r.address == address)
+    }
+}
+
+fn real_ids(plan: &Plan) -> HashSet<(u32, u32)> {
+    plan.services
+        .iter()
+        .flat_map(|s| &s.reals)
+        .map(|r| (r.index, r.value.generation))
+        .collect()
+}
+
+fn mac(m: [u8; 6]) -> String {
+    m.map(|b| format!("{b:02x}")).join(":")
+}
+
+fn log_change(address: IpAddr, old: Option<NextHop>, new: NextHop) {
+    match (old.map(|o| o.state), new.state) {
+        (_, NH_OFFLINK) => log::warn!(
+            "real server {address} is now reached through a gateway; direct routing cannot \
+             reach it and its packets are dropped (drop_real_offlink)"
+        ),
+        (Some(NH_RESOLVED), NH_RESOLVED) => log::info!(
+            "real server {address}: next hop now {} on ifindex {}",
+            mac(new.dmac),
+            new.ifindex
+        ),
+        (_, NH_RESOLVED) => log::info!(
+            "real server {address} resolved: {} on ifindex {}",
+            mac(new.dmac),
+            new.ifindex
+        ),
+        (Some(_), _) => log::warn!("real server {address}: next hop unresolved"),
+        (None, _) => {}
+    }
 }
 
 /// Unblocks the signals the daemon acts on. A signal mask is inherited across exec, so a
@@ -108,46 +361,94 @@ fn unblock_signals() {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1, libc::SIGHUP] {
             libc::sigaddset(&mut set, sig);
         }
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
 
+struct Signals {
+    term: Signal,
+    int: Signal,
+    usr1: Signal,
+    hup: Signal,
+}
+
+fn signals() -> Result<Signals, DaemonError> {
+    let s = |kind| signal(kind).map_err(DaemonError::Signal);
+    Ok(Signals {
+        term: s(SignalKind::terminate())?,
+        int: s(SignalKind::interrupt())?,
+        usr1: s(SignalKind::user_defined1())?,
+        hup: s(SignalKind::hangup())?,
+    })
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     unblock_signals();
-    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut usr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signal)?;
-    let mut running = start(config_path)?;
-    let reals: usize = running.plan.services.iter().map(|s| s.reals.len()).sum();
+    let mut signals = signals()?;
+    let netlink = Netlink::open()?;
+    let mut neighbours = ManagedNeighbours::default();
+    let result = serve(config_path, &netlink, &mut neighbours, &mut signals).await;
+    neighbours.release(&netlink).await;
+    result
+}
+
+async fn serve(
+    config_path: &Path,
+    netlink: &Netlink,
+    neighbours: &mut ManagedNeighbours,
+    signals: &mut Signals,
+) -> Result<(), DaemonError> {
+    let mut events = Events::open()?;
+    let mut director = start(config_path, netlink, neighbours).await?;
+    let reals: usize = director.plan.services.iter().map(|s| s.reals.len()).sum();
     println!(
         "{READY} services={} reals={}",
-        running.plan.services.len(),
+        director.plan.services.len(),
         reals
     );
+    let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    let mut dirty: Option<Instant> = None;
     loop {
+        let debounce = dirty.unwrap_or_else(|| Instant::now() + RESYNC_PERIOD);
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = usr1.recv() => print_report(&running),
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.usr1.recv() => director.print_report(),
+            _ = signals.hup.recv() => match director.reload(neighbours).await {
+                Ok(summary) => {
+                    log::info!("reloaded {}", config_path.display());
+                    println!("{RELOADED} {summary}");
+                }
+                Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
+            },
+            change = events.next() => match change {
+                Some(Change::Neighbour(a)) if !director.is_real(a) => {}
+                Some(_) => {
+                    dirty.get_or_insert_with(|| Instant::now() + EVENT_DEBOUNCE);
+                }
+                None => {
+                    log::warn!("rtnetlink events ended; resubscribing");
+                    events = Events::open()?;
+                    dirty = Some(Instant::now());
+                }
+            },
+            _ = tokio::time::sleep_until(debounce), if dirty.is_some() => {
+                dirty = None;
+                director.read_next_hops(neighbours).await;
+            }
+            _ = resync.tick() => {
+                director.read_next_hops(neighbours).await;
+            }
         }
     }
     log::info!("stopping");
-    running.dataplane.detach_all();
-    running.neighbours.release();
-    running.forwarding.restore();
-    print_report(&running);
+    director.dataplane.detach_all();
+    director.print_report();
     Ok(())
-}
-
-fn print_report(running: &Running) {
-    match running.dataplane.snapshot(&running.plan) {
-        Ok(snapshot) => print!("{}", stats::report(&running.plan, &snapshot)),
-        Err(e) => log::warn!("reading counters: {e}"),
-    }
 }
 
 /// Validates a configuration file without touching the kernel; returns a summary.

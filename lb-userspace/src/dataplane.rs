@@ -1,18 +1,27 @@
 //! The only code that touches the XDP program and its maps: load (with the configured
-//! capacities), write a plan into the maps, attach and detach, read counters.
+//! capacities), write a plan into the maps (only what changed since the last one), keep
+//! the reals' next hops, attach and detach, read counters and connection entries.
+
+use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapError, PerCpuArray},
+    maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, xdp::XdpLinkId},
+    util::nr_cpus,
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, VipKey, maps,
+    Counters, RealServer, SCHED_SLOTS, VIP_FILTER_WORDS, VipKey,
+    conntrack::{Flow, FlowKeyV4, Iface, Settings},
+    event::{EVENT_COUNT, Event},
+    maps,
     reason::{REASON_COUNT, Reason},
+    vip_filter_bit,
 };
 
 use crate::{
     config::{Limits, XdpMode},
+    nexthop::NextHop,
     plan::Plan,
 };
 
@@ -42,6 +51,9 @@ pub enum DataplaneError {
         #[source]
         source: MapError,
     },
+    /// The number of possible CPUs could not be read.
+    #[error("counting CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
     /// Attaching to an interface failed (no such interface, no driver XDP support, ...).
     #[error("attaching to {interface}: {source}")]
     Attach {
@@ -56,6 +68,8 @@ pub enum DataplaneError {
 pub struct Snapshot {
     /// Packets per reason, indexed by reason code.
     pub reasons: Vec<u64>,
+    /// Occurrences per event, indexed by event code.
+    pub events: Vec<u64>,
     /// Per service (plan order): the service's counters and its reals' (plan order).
     pub services: Vec<(Counters, Vec<Counters>)>,
 }
@@ -64,6 +78,24 @@ impl Snapshot {
     pub fn reason(&self, reason: Reason) -> u64 {
         self.reasons.get(reason as usize).copied().unwrap_or(0)
     }
+
+    pub fn event(&self, event: Event) -> u64 {
+        self.events.get(event as usize).copied().unwrap_or(0)
+    }
+}
+
+/// A plan's real with its current next hop (or the plan's interface while unresolved).
+fn with_hop(mut value: RealServer, hop: Option<&NextHop>) -> RealServer {
+    if let Some(h) = hop {
+        value.nh_state = h.state;
+        value.dmac = h.dmac;
+        value.smac = h.smac;
+        value.mtu = h.mtu;
+        if h.ifindex != 0 {
+            value.ifindex = h.ifindex;
+        }
+    }
+    value
 }
 
 /// Makes a hash map hold exactly `wanted`: inserts or updates each entry, then removes
@@ -93,10 +125,16 @@ where
     Ok(())
 }
 
-/// The loaded XDP program and its maps.
+/// The loaded XDP program and its maps, and what the daemon last wrote into them.
 pub struct Dataplane {
     ebpf: Ebpf,
     links: Vec<(String, XdpLinkId)>,
+    /// `REALS` as written: plan values with their next hops.
+    reals: StdHashMap<u32, RealServer>,
+    /// `SCHED_TABLE` rows as written, by service id.
+    tables: StdHashMap<u32, Vec<u32>>,
+    /// `VIP_FILTER` as written.
+    filter: Vec<u64>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -114,6 +152,7 @@ impl Dataplane {
             .map_max_entries(maps::SCHED_TABLE, limits.max_services * SCHED_SLOTS)
             .map_max_entries(maps::REALS, limits.max_reals)
             .map_max_entries(maps::REAL_STATS, limits.max_reals)
+            .map_max_entries(maps::CONNTRACK_V4, limits.max_flows)
             .load(BPF_OBJECT)?;
         for name in maps::ALL {
             if ebpf.map(name).is_none() {
@@ -129,7 +168,27 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             links: Vec::new(),
+            reals: StdHashMap::new(),
+            tables: StdHashMap::new(),
+            filter: vec![0; VIP_FILTER_WORDS as usize],
         })
+    }
+
+    /// Writes the director-wide settings.
+    pub fn set_settings(&mut self, settings: Settings) -> Result<(), DataplaneError> {
+        let e = map_err(maps::SETTINGS);
+        let mut map: Array<_, Settings> =
+            Array::try_from(self.map_mut(maps::SETTINGS)?).map_err(&e)?;
+        map.set(0, settings, 0).map_err(&e)
+    }
+
+    /// Makes `IFACES` hold exactly these interfaces (ifindex, MAC).
+    pub fn set_interfaces(&mut self, interfaces: &[(u32, [u8; 6])]) -> Result<(), DataplaneError> {
+        let wanted = interfaces
+            .iter()
+            .map(|&(index, mac)| (index, Iface { mac, _pad: 0 }))
+            .collect();
+        sync_hash_map(self.map_mut(maps::IFACES)?, maps::IFACES, wanted)
     }
 
     /// The loaded program, e.g. for BPF_PROG_TEST_RUN.
@@ -173,29 +232,74 @@ impl Dataplane {
         }
     }
 
-    /// Writes a plan into the maps. Reals and tables go first and services last, so the
-    /// program never finds a service whose table is not in place; entries that the plan
-    /// no longer has are removed.
-    pub fn apply(&mut self, plan: &Plan) -> Result<(), DataplaneError> {
-        {
-            let e = map_err(maps::REALS);
-            let mut reals: Array<_, RealServer> =
-                Array::try_from(self.map_mut(maps::REALS)?).map_err(&e)?;
-            for r in plan.services.iter().flat_map(|s| &s.reals) {
-                reals.set(r.index, r.value, 0).map_err(&e)?;
-            }
+    /// Writes a plan into the maps, touching only what differs from what was written
+    /// before, in an order that keeps the program consistent while it runs: reals (with
+    /// their next hops from `hops`, by real index), then scheduling tables, then services
+    /// and virtual addresses; reals the plan no longer has are removed last. Counters of
+    /// a newly used service id or real index start from zero.
+    pub fn apply(
+        &mut self,
+        plan: &Plan,
+        hops: &StdHashMap<u32, NextHop>,
+    ) -> Result<(), DataplaneError> {
+        let mut wanted_reals = StdHashMap::new();
+        for r in plan.services.iter().flat_map(|s| &s.reals) {
+            let value = with_hop(r.value, hops.get(&r.index));
+            wanted_reals.insert(r.index, value);
         }
+        let fresh_reals: Vec<u32> = wanted_reals
+            .iter()
+            .filter(|(i, v)| {
+                self.reals
+                    .get(i)
+                    .is_none_or(|w| w.generation != v.generation)
+            })
+            .map(|(&i, _)| i)
+            .collect();
+        self.zero_counters(maps::REAL_STATS, &fresh_reals)?;
+        for (&index, &value) in &wanted_reals {
+            self.write_real(index, value)?;
+        }
+        let written_ids: HashSet<u32> = self.tables.keys().copied().collect();
+        let fresh_services: Vec<u32> = plan
+            .services
+            .iter()
+            .map(|s| s.value.id)
+            .filter(|id| !written_ids.contains(id))
+            .collect();
+        self.zero_counters(maps::SERVICE_STATS, &fresh_services)?;
         {
             let e = map_err(maps::SCHED_TABLE);
-            let mut table: Array<_, u32> =
-                Array::try_from(self.map_mut(maps::SCHED_TABLE)?).map_err(&e)?;
+            let mut table: Array<_, u32> = Array::try_from(
+                self.ebpf
+                    .map_mut(maps::SCHED_TABLE)
+                    .ok_or(DataplaneError::MissingMap(maps::SCHED_TABLE))?,
+            )
+            .map_err(&e)?;
             for s in &plan.services {
                 let row = s.value.id * SCHED_SLOTS;
+                let old = self.tables.get(&s.value.id);
                 for (slot, &real) in s.table.iter().enumerate() {
-                    table.set(row + slot as u32, real, 0).map_err(&e)?;
+                    if old.and_then(|t| t.get(slot)) != Some(&real) {
+                        table.set(row + slot as u32, real, 0).map_err(&e)?;
+                    }
                 }
+                self.tables.insert(s.value.id, s.table.clone());
             }
         }
+        let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
+        for s in &plan.services {
+            let bit = vip_filter_bit(s.key.addr[0]);
+            filter[((bit >> 6) % VIP_FILTER_WORDS) as usize] |= 1 << (bit & 63);
+        }
+        // New VIPs are let through the filter before their services appear; old ones are
+        // filtered out only after their services are gone.
+        let union: Vec<u64> = filter
+            .iter()
+            .zip(&self.filter)
+            .map(|(a, b)| a | b)
+            .collect();
+        self.write_filter(&union)?;
         sync_hash_map(
             self.map_mut(maps::SERVICES)?,
             maps::SERVICES,
@@ -209,7 +313,116 @@ impl Dataplane {
             (key, 0u32)
         });
         sync_hash_map(self.map_mut(maps::VIPS)?, maps::VIPS, vips.collect())?;
+        self.write_filter(&filter)?;
+        let live: HashSet<u32> = plan.services.iter().map(|s| s.value.id).collect();
+        self.tables.retain(|id, _| live.contains(id));
+        let stale: Vec<u32> = self
+            .reals
+            .keys()
+            .filter(|i| !wanted_reals.contains_key(i))
+            .copied()
+            .collect();
+        let e = map_err(maps::REALS);
+        let mut reals: HashMap<_, u32, RealServer> = HashMap::try_from(
+            self.ebpf
+                .map_mut(maps::REALS)
+                .ok_or(DataplaneError::MissingMap(maps::REALS))?,
+        )
+        .map_err(&e)?;
+        for index in stale {
+            match reals.remove(&index) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => return Err(e(source)),
+            }
+            self.reals.remove(&index);
+        }
         Ok(())
+    }
+
+    /// Updates one real's next hop, if it changed.
+    pub fn set_next_hop(&mut self, index: u32, hop: &NextHop) -> Result<bool, DataplaneError> {
+        let Some(&written) = self.reals.get(&index) else {
+            return Ok(false);
+        };
+        let value = with_hop(written, Some(hop));
+        if value == written {
+            return Ok(false);
+        }
+        self.write_real(index, value)?;
+        Ok(true)
+    }
+
+    fn write_real(&mut self, index: u32, value: RealServer) -> Result<(), DataplaneError> {
+        if self.reals.get(&index) == Some(&value) {
+            return Ok(());
+        }
+        let e = map_err(maps::REALS);
+        let mut reals: HashMap<_, u32, RealServer> =
+            HashMap::try_from(self.map_mut(maps::REALS)?).map_err(&e)?;
+        reals.insert(index, value, 0).map_err(&e)?;
+        self.reals.insert(index, value);
+        Ok(())
+    }
+
+    fn write_filter(&mut self, words: &[u64]) -> Result<(), DataplaneError> {
+        let e = map_err(maps::VIP_FILTER);
+        let mut map: Array<_, u64> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::VIP_FILTER)
+                .ok_or(DataplaneError::MissingMap(maps::VIP_FILTER))?,
+        )
+        .map_err(&e)?;
+        for (i, (&new, old)) in words.iter().zip(self.filter.iter_mut()).enumerate() {
+            if new != *old {
+                map.set(i as u32, new, 0).map_err(&e)?;
+                *old = new;
+            }
+        }
+        Ok(())
+    }
+
+    fn zero_counters(&mut self, name: &'static str, rows: &[u32]) -> Result<(), DataplaneError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let e = map_err(name);
+        let cpus = nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
+        let mut map: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(self.map_mut(name)?).map_err(&e)?;
+        for &row in rows {
+            let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
+                .map_err(DataplaneError::Cpus)?;
+            map.set(row, zeros, 0).map_err(&e)?;
+        }
+        Ok(())
+    }
+
+    /// The connection-table entry of a flow.
+    pub fn flow(&self, key: &FlowKeyV4) -> Result<Option<Flow>, DataplaneError> {
+        let e = map_err(maps::CONNTRACK_V4);
+        let map: HashMap<_, FlowKeyV4, Flow> =
+            HashMap::try_from(self.map(maps::CONNTRACK_V4)?).map_err(&e)?;
+        match map.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(e(source)),
+        }
+    }
+
+    /// Writes a connection-table entry (tests use it to age an entry).
+    pub fn set_flow(&mut self, key: &FlowKeyV4, flow: Flow) -> Result<(), DataplaneError> {
+        let e = map_err(maps::CONNTRACK_V4);
+        let mut map: HashMap<_, FlowKeyV4, Flow> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK_V4)?).map_err(&e)?;
+        map.insert(key, flow, 0).map_err(&e)
+    }
+
+    /// Every connection-table entry (a walk over the whole map: for tests and listings).
+    pub fn flows(&self) -> Result<Vec<(FlowKeyV4, Flow)>, DataplaneError> {
+        let e = map_err(maps::CONNTRACK_V4);
+        let map: HashMap<_, FlowKeyV4, Flow> =
+            HashMap::try_from(self.map(maps::CONNTRACK_V4)?).map_err(&e)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
     }
 
     /// Reads every counter the plan refers to.
@@ -220,6 +433,12 @@ impl Dataplane {
             .map(|i| reasons.get(&i, 0).map(|v| v.iter().sum()))
             .collect::<Result<Vec<u64>, _>>()
             .map_err(map_err(maps::REASONS))?;
+        let events: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map(maps::EVENTS)?).map_err(map_err(maps::EVENTS))?;
+        let events = (0..EVENT_COUNT)
+            .map(|i| events.get(&i, 0).map(|v| v.iter().sum()))
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(map_err(maps::EVENTS))?;
         let svc: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map(maps::SERVICE_STATS)?)
             .map_err(map_err(maps::SERVICE_STATS))?;
         let real: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map(maps::REAL_STATS)?)
@@ -243,7 +462,11 @@ impl Dataplane {
                 .map_err(map_err(maps::REAL_STATS))?;
             services.push((counters, reals));
         }
-        Ok(Snapshot { reasons, services })
+        Ok(Snapshot {
+            reasons,
+            events,
+            services,
+        })
     }
 
     fn map(&self, name: &'static str) -> Result<&aya::maps::Map, DataplaneError> {

@@ -4,16 +4,19 @@
 
 use std::net::IpAddr;
 
+use std::collections::{BTreeSet, HashMap};
+
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, REAL_NONE, RealServer, SCHED_DH, SCHED_SH, ServiceKey,
-    ServiceValue,
+    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, REAL_NONE, RealServer, SCHED_DH, SCHED_SH,
+    SVC_F_EXPIRE_NODEST, ServiceKey, ServiceValue,
+    conntrack::{DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP},
     hash::{addr_hash, slot_of},
     ipv4_words, ipv6_words,
 };
 
 use crate::{
-    config::{Config, Forwarding, Origin, Protocol, Scheduler},
-    neighbour::{NeighbourError, Route},
+    config::{Config, Forwarding, Origin, Protocol, Scheduler, Timeouts},
+    nexthop::Route,
     scheduler::{Member, build_table},
 };
 
@@ -30,6 +33,8 @@ pub struct PlanError {
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub services: Vec<ServicePlan>,
+    /// The generation the next new real server gets.
+    pub next_generation: u32,
 }
 
 /// One virtual service as programmed.
@@ -50,7 +55,8 @@ pub struct ServicePlan {
 /// One real server of one service as programmed.
 #[derive(Clone, Debug)]
 pub struct RealPlan {
-    /// Index in `REALS` / `REAL_STATS`.
+    /// Index in `REALS` / `REAL_STATS`; kept across reloads for the same real of the
+    /// same service, so connection-table entries keep pointing at it.
     pub index: u32,
     pub address: IpAddr,
     pub port: u16,
@@ -66,15 +72,75 @@ pub fn words(address: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
+/// Service ids and real indices of a running plan, so a reload keeps them.
+fn kept_ids(previous: Option<&Plan>) -> (HashMap<ServiceKey, u32>, HashMap<RealId, (u32, u32)>) {
+    let mut services = HashMap::new();
+    let mut reals = HashMap::new();
+    for s in previous.map(|p| &p.services[..]).unwrap_or(&[]) {
+        services.insert(s.key, s.value.id);
+        for r in &s.reals {
+            reals.insert((s.key, r.address, r.port), (r.index, r.value.generation));
+        }
+    }
+    (services, reals)
+}
+
+/// A real server of a service, as reloads recognise it.
+type RealId = (ServiceKey, IpAddr, u16);
+
+/// The lowest numbers not in `used`, in order.
+fn free_numbers(used: &BTreeSet<u32>) -> impl Iterator<Item = u32> + '_ {
+    (0..).filter(move |n| !used.contains(n))
+}
+
+fn timeouts_by_state(t: Timeouts) -> [u32; lb_common::conntrack::STATES] {
+    let mut by_state = DEFAULT_TIMEOUTS;
+    by_state[STATE_TCP_ESTABLISHED as usize] = t.tcp;
+    by_state[STATE_TCP_FIN as usize] = t.tcpfin;
+    by_state[STATE_UDP as usize] = t.udp;
+    by_state
+}
+
 /// Compiles a validated configuration; `route` tells how the director reaches an address.
+/// With the running plan as `previous`, services and reals that stay keep their ids and
+/// indices (a reload), and new ones take free numbers.
 pub fn compile(
     config: &Config,
-    mut route: impl FnMut(IpAddr) -> Result<Route, NeighbourError>,
+    mut route: impl FnMut(IpAddr) -> Result<Route, String>,
+    previous: Option<&Plan>,
 ) -> Result<Plan, PlanError> {
+    let (old_services, old_reals) = kept_ids(previous);
+    let mut next_generation = previous.map_or(1, |p| p.next_generation);
+    // Ids and indices the new plan keeps; new ones are drawn from the rest.
+    let mut service_ids = BTreeSet::new();
+    let mut real_indices = BTreeSet::new();
+    let keys: Vec<ServiceKey> = config
+        .services
+        .iter()
+        .map(|s| service_key(s.address, s.port, s.protocol))
+        .collect();
+    for (s, key) in config.services.iter().zip(&keys) {
+        if let Some(&id) = old_services.get(key) {
+            service_ids.insert(id);
+        }
+        for r in &s.reals {
+            if let Some(&(index, _)) = old_reals.get(&(*key, r.address, r.port)) {
+                real_indices.insert(index);
+            }
+        }
+    }
+    let kept_services = service_ids.clone();
+    let kept_reals = real_indices.clone();
+    let mut new_service_ids = free_numbers(&kept_services);
+    let mut new_real_indices = free_numbers(&kept_reals);
+
     let mut services = Vec::with_capacity(config.services.len());
-    let mut next_real = 0u32;
-    for (id, s) in config.services.iter().enumerate() {
-        let (vip, family) = words(s.address);
+    for (s, key) in config.services.iter().zip(keys) {
+        let id = match old_services.get(&key) {
+            Some(&id) => id,
+            None => new_service_ids.next().unwrap_or(u32::MAX),
+        };
+        service_ids.insert(id);
         let mut reals = Vec::with_capacity(s.reals.len());
         for r in &s.reals {
             let fail = |message: String| PlanError {
@@ -82,7 +148,7 @@ pub fn compile(
                 address: r.address,
                 message,
             };
-            let to = route(r.address).map_err(|e| fail(e.to_string()))?;
+            let to = route(r.address).map_err(fail)?;
             if to.local {
                 return Err(fail("it is one of the director's own addresses".into()));
             }
@@ -93,21 +159,31 @@ pub fn compile(
                      network directly connected to the director"
                 )));
             }
+            let (index, generation) = match old_reals.get(&(key, r.address, r.port)) {
+                Some(&kept) => kept,
+                None => {
+                    let index = new_real_indices.next().unwrap_or(u32::MAX);
+                    let generation = next_generation;
+                    next_generation = next_generation.wrapping_add(1).max(1);
+                    (index, generation)
+                }
+            };
+            real_indices.insert(index);
             let (addr, family) = words(r.address);
             reals.push(RealPlan {
-                index: next_real,
+                index,
                 address: r.address,
                 port: r.port,
                 weight: r.weight,
                 value: RealServer {
                     addr,
+                    generation,
                     ifindex: to.ifindex,
                     port: r.port.to_be(),
                     family,
-                    flags: 0,
+                    ..RealServer::default()
                 },
             });
-            next_real += 1;
         }
         let members: Vec<Member> = reals
             .iter()
@@ -127,14 +203,9 @@ pub fn compile(
             port: s.port,
             protocol: s.protocol,
             scheduler: s.scheduler,
-            key: ServiceKey {
-                addr: vip,
-                port: s.port.to_be(),
-                proto: s.protocol.number(),
-                family,
-            },
+            key,
             value: ServiceValue {
-                id: id as u32,
+                id,
                 scheduler: match s.scheduler {
                     Scheduler::Sh => SCHED_SH,
                     Scheduler::Dh => SCHED_DH,
@@ -143,13 +214,31 @@ pub fn compile(
                     Forwarding::Dr => FWD_DR,
                 },
                 hash_seed: config.director.hash_seed,
-                flags: 0,
+                flags: if s.expire_nodest_conn {
+                    SVC_F_EXPIRE_NODEST
+                } else {
+                    0
+                },
+                timeouts: timeouts_by_state(s.timeouts),
             },
             reals,
             table,
         });
     }
-    Ok(Plan { services })
+    Ok(Plan {
+        services,
+        next_generation,
+    })
+}
+
+fn service_key(address: IpAddr, port: u16, protocol: Protocol) -> ServiceKey {
+    let (addr, family) = words(address);
+    ServiceKey {
+        addr,
+        port: port.to_be(),
+        proto: protocol.number(),
+        family,
+    }
 }
 
 impl Plan {
@@ -195,7 +284,7 @@ services:
      reals: [{address: 192.0.2.13}]}
 ";
 
-    fn on_link(_: IpAddr) -> Result<Route, NeighbourError> {
+    fn on_link(_: IpAddr) -> Result<Route, String> {
         Ok(Route {
             ifindex: 5,
             gateway: None,
@@ -206,7 +295,7 @@ services:
     #[test]
     fn ids_indices_keys_and_tables() {
         let config = Config::parse(CONFIG, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
-        let plan = compile(&config, on_link).unwrap_or_else(|e| panic!("{e}"));
+        let plan = compile(&config, on_link, None).unwrap_or_else(|e| panic!("{e}"));
         let [tcp, udp] = &plan.services[..] else {
             panic!("two services")
         };
@@ -241,7 +330,7 @@ services:
                 local: false,
             })
         };
-        let e = compile(&config, via_gateway)
+        let e = compile(&config, via_gateway, None)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
@@ -256,10 +345,61 @@ services:
                 local: true,
             })
         };
-        let e = compile(&config, local)
+        let e = compile(&config, local, None)
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("director's own"), "{e}");
+    }
+
+    #[test]
+    fn a_reload_keeps_ids_and_indices_and_new_reals_get_new_generations() {
+        let config = Config::parse(CONFIG, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let first = compile(&config, on_link, None).unwrap_or_else(|e| panic!("{e}"));
+        // Drop the first service's first real, add another, and put a new service first.
+        let changed = CONFIG
+            .replace(
+                "reals: [{address: 192.0.2.11}, ",
+                "reals: [{address: 192.0.2.14}, ",
+            )
+            .replace(
+                "services:\n",
+                "services:\n  - {address: 192.0.2.101, port: 80, protocol: tcp, scheduler: sh}\n",
+            );
+        let config = Config::parse(&changed, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let second = compile(&config, on_link, Some(&first)).unwrap_or_else(|e| panic!("{e}"));
+        let by_key = |p: &Plan, k: ServiceKey| {
+            p.services
+                .iter()
+                .find(|s| s.key == k)
+                .cloned()
+                .unwrap_or_else(|| panic!("no service"))
+        };
+        for old in &first.services {
+            let new = by_key(&second, old.key);
+            assert_eq!(new.value.id, old.value.id, "{} kept its id", old.label());
+        }
+        assert_eq!(
+            second.services[0].value.id, 2,
+            "the new service takes a free id"
+        );
+        let tcp_old = by_key(&first, first.services[0].key);
+        let tcp_new = by_key(&second, first.services[0].key);
+        let kept = &tcp_new.reals[1];
+        assert_eq!(kept.address, tcp_old.reals[1].address);
+        assert_eq!(kept.index, tcp_old.reals[1].index);
+        assert_eq!(kept.value.generation, tcp_old.reals[1].value.generation);
+        // The new real reuses the removed real's index, with a generation never used.
+        let added = &tcp_new.reals[0];
+        assert_eq!(added.index, tcp_old.reals[0].index);
+        assert!(added.value.generation >= first.next_generation);
+        let all: Vec<u32> = first
+            .services
+            .iter()
+            .flat_map(|s| &s.reals)
+            .map(|r| r.value.generation)
+            .collect();
+        assert!(!all.contains(&added.value.generation));
+        assert_eq!(second.next_generation, first.next_generation + 1);
     }
 }

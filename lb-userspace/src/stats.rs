@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use lb_common::reason::Reason;
+use lb_common::{event::Event, reason::Reason};
 
 use crate::{dataplane::Snapshot, plan::Plan};
 
@@ -33,6 +33,14 @@ pub fn report(plan: &Plan, snapshot: &Snapshot) -> String {
             "reason {} packets={}",
             reason.name(),
             snapshot.reason(reason)
+        );
+    }
+    for &event in Event::ALL {
+        let _ = writeln!(
+            out,
+            "event {} count={}",
+            event.name(),
+            snapshot.event(event)
         );
     }
     out

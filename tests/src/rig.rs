@@ -311,6 +311,42 @@ pub fn start_daemon(ns: &Netns, config: &std::path::Path, limit: Duration) -> (D
     (daemon, false)
 }
 
+/// Next hops by real index.
+pub type NextHops = std::collections::HashMap<u32, lb_userspace::nexthop::NextHop>;
+
+/// Next hops of a plan's reals and the MACs of `interfaces`, read through rtnetlink as
+/// the daemon reads them; call on a thread inside the director's namespace. A real whose
+/// next hop cannot be read (no route) is left out, so the program falls back to
+/// `bpf_fib_lookup` for it.
+pub fn resolve(
+    plan: &lb_userspace::plan::Plan,
+    interfaces: &[&str],
+) -> (NextHops, Vec<(u32, [u8; 6])>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    rt.block_on(async {
+        let nl = lb_userspace::nexthop::Netlink::open().unwrap_or_else(|e| panic!("{e}"));
+        let mut links = std::collections::HashMap::new();
+        let mut hops = std::collections::HashMap::new();
+        for r in plan.services.iter().flat_map(|s| &s.reals) {
+            if let Ok(hop) = nl.next_hop(r.address, &mut links).await {
+                hops.insert(r.index, hop);
+            }
+        }
+        let mut macs = Vec::new();
+        for name in interfaces {
+            let l = nl
+                .link_by_name(name)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            macs.push((l.index, l.mac));
+        }
+        (hops, macs)
+    })
+}
+
 /// Loads the helper object (`lb_userspace::BENCH_OBJECT`) in `ns` and attaches its
 /// `program` to `interface` in driver mode; detached when the returned object drops (or
 /// the namespace goes). Helper programs never touch xdpvs's maps or counters.

@@ -152,3 +152,101 @@ pub fn udp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration, tries: u32) -> i
     }
     Err(last)
 }
+
+/// A TCP server in `ns` on `bind` that keeps each connection open and answers every line
+/// with `banner` and a newline, until the client closes (a long-lived connection).
+pub fn tcp_line_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    let stop = Arc::new(AtomicBool::new(false));
+    let served = Arc::new(AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (s, n, banner) = (stop.clone(), served.clone(), format!("{banner}\n"));
+    let thread = ns.spawn(move || {
+        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let _ = ready_tx.send(());
+        let mut workers = Vec::new();
+        while !s.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    let (s, n, banner) = (s.clone(), n.clone(), banner.clone());
+                    workers.push(std::thread::spawn(move || {
+                        serve_lines(conn, &s, &n, &banner)
+                    }));
+                }
+                Err(_) => std::thread::sleep(POLL),
+            }
+        }
+        for w in workers {
+            let _ = w.join();
+        }
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("tcp server on {bind} did not start"));
+    Server {
+        stop,
+        served,
+        thread: Some(thread),
+    }
+}
+
+fn serve_lines(mut conn: std::net::TcpStream, stop: &AtomicBool, n: &AtomicU64, banner: &str) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(POLL * 5));
+    let mut buf = [0u8; 256];
+    while !stop.load(Ordering::Relaxed) {
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(k) => {
+                for _ in buf[..k].iter().filter(|&&b| b == b'\n') {
+                    if conn.write_all(banner.as_bytes()).is_err() {
+                        return;
+                    }
+                    n.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A long-lived TCP connection that asks a line at a time (see [`tcp_line_server`]).
+pub struct Session {
+    stream: std::net::TcpStream,
+}
+
+impl Session {
+    /// Connects from `src` (any port) to `dst`. Call on a thread inside the client's
+    /// namespace.
+    pub fn connect(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<Session> {
+        let sock = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
+        sock.connect_timeout(&SockAddr::from(dst), timeout)?;
+        sock.set_read_timeout(Some(timeout))?;
+        Ok(Session {
+            stream: sock.into(),
+        })
+    }
+
+    /// Sends a line and returns the answer line (without its newline).
+    pub fn ask(&mut self) -> io::Result<String> {
+        self.stream.write_all(b"ping\n")?;
+        let mut answer = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match self.stream.read(&mut byte)? {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+                _ if byte[0] == b'\n' => break,
+                _ => answer.push(byte[0]),
+            }
+        }
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    }
+}

@@ -11,7 +11,7 @@ use std::{
 
 use lb_userspace::{
     config::{Config, Protocol},
-    neighbour::Route,
+    nexthop::Route,
     plan::{self, Plan},
 };
 use xdpvs_testbed::{
@@ -24,13 +24,17 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// The daemon's own plan for DR_CONFIG (the interface does not affect any choice).
 fn expected_plan(yaml: &str) -> Plan {
     let config = Config::parse(yaml, Path::new("e2e.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    plan::compile(&config, |_| {
-        Ok(Route {
-            ifindex: 0,
-            gateway: None,
-            local: false,
-        })
-    })
+    plan::compile(
+        &config,
+        |_| {
+            Ok(Route {
+                ifindex: 0,
+                gateway: None,
+                local: false,
+            })
+        },
+        None,
+    )
     .unwrap_or_else(|e| panic!("{e}"))
 }
 

@@ -2,17 +2,23 @@
 //! crafted frames in, exact action and bytes out, and exactly one reason counter moved.
 //!
 //! The program runs in a private network namespace holding the director's interfaces
-//! with fixed MAC addresses and permanent neighbour entries for the reals, so
-//! `bpf_fib_lookup` answers deterministically and every output byte is known.
+//! with fixed MAC addresses and permanent neighbour entries for the reals, so the
+//! next hops the daemon's code reads (and `bpf_fib_lookup`, the fallback) are
+//! deterministic and every output byte is known.
 
 use std::{net::IpAddr, path::Path};
 
 use aya::programs::{TestRun, TestRunOptions};
-use lb_common::reason::Reason;
+use lb_common::{
+    NH_OFFLINK,
+    conntrack::{Flow, FlowKeyV4, STATE_TCP_ESTABLISHED, Settings},
+    event::Event,
+    reason::Reason,
+};
 use lb_userspace::{
     config::{Config, Protocol},
-    dataplane::Dataplane,
-    neighbour::Route,
+    dataplane::{Dataplane, Snapshot},
+    nexthop::{NextHop, Route},
     plan::{self, Plan},
 };
 use xdpvs_testbed::{
@@ -95,10 +101,10 @@ impl Director {
             ns.ip(&format!("link set {dev}0 up"));
         }
         ns.ip("link set xc0 mtu 1280");
-        // As the daemon does for the reals' interfaces; xd0 is left off on purpose.
-        for dev in ["xa0", "xb0", "xc0"] {
-            ns.sysctl(&format!("net/ipv4/conf/{dev}/forwarding"), "1");
-        }
+        // As the daemon does, for the next-hop fallback; the interfaces keep forwarding
+        // off (the director is not a router).
+        ns.sysctl("net/ipv4/conf/lo/forwarding", "1");
+        ns.ip("route add blackhole 203.0.113.200/32");
         for (real, dev) in [
             ("192.0.2.11", "xa0"),
             ("192.0.2.12", "xa0"),
@@ -123,27 +129,36 @@ impl Director {
         }
     }
 
-    /// The plan for CONFIG with each real on the interface of its prefix, but 203.0.113.200
-    /// is given xc0 (forwarding on), whose /25 does not hold it: the kernel finds no route.
+    /// The plan for CONFIG with each real on the interface of its prefix (203.0.113.200
+    /// has a blackhole route: the kernel finds no way to it).
     fn plan(&self) -> Plan {
+        self.plan_of(CONFIG, None)
+    }
+
+    /// The plan for `yaml`, as a reload of `previous`.
+    fn plan_of(&self, yaml: &str, previous: Option<&Plan>) -> Plan {
         let config =
-            Config::parse(CONFIG, Path::new("packet_dr.yaml")).unwrap_or_else(|e| panic!("{e}"));
-        plan::compile(&config, |a| {
-            let IpAddr::V4(v4) = a else {
-                panic!("IPv4 only")
-            };
-            let ifindex = match v4.octets()[..3] {
-                [192, 0, 2] => self.xa0,
-                [198, 51, 100] => self.xb0,
-                [203, 0, 113] if v4.octets()[3] == 141 => self.xd0,
-                _ => self.xc0,
-            };
-            Ok(Route {
-                ifindex,
-                gateway: None,
-                local: false,
-            })
-        })
+            Config::parse(yaml, Path::new("packet_dr.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        plan::compile(
+            &config,
+            |a| {
+                let IpAddr::V4(v4) = a else {
+                    panic!("IPv4 only")
+                };
+                let ifindex = match v4.octets()[..3] {
+                    [192, 0, 2] => self.xa0,
+                    [198, 51, 100] => self.xb0,
+                    [203, 0, 113] if v4.octets()[3] == 141 => self.xd0,
+                    _ => self.xc0,
+                };
+                Ok(Route {
+                    ifindex,
+                    gateway: None,
+                    local: false,
+                })
+            },
+            previous,
+        )
         .unwrap_or_else(|e| panic!("{e}"))
     }
 }
@@ -152,8 +167,25 @@ impl Director {
 enum Output {
     /// Byte for byte the input.
     Unchanged,
-    /// The input with these destination and source MACs.
+    /// The input with these destination and source MACs, and the TTL one lower (with
+    /// the header checksum recomputed).
     Macs([u8; 6], [u8; 6]),
+}
+
+impl Output {
+    fn expected(&self, input: &[u8]) -> Vec<u8> {
+        let mut f = input.to_vec();
+        if let Output::Macs(dst, src) = self {
+            f[..6].copy_from_slice(dst);
+            f[6..12].copy_from_slice(src);
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            f[14 + 8] -= 1;
+            f[24..26].copy_from_slice(&[0, 0]);
+            let sum = packet::checksum(&f[14..14 + ihl]);
+            f[24..26].copy_from_slice(&sum.to_be_bytes());
+        }
+        f
+    }
 }
 
 struct Case {
@@ -390,18 +422,144 @@ fn cases(plan: &Plan) -> Vec<Case> {
         Reason::PassIpMalformed,
     );
 
-    // Ours but unusable: dropped and counted, never mis-sent.
-    for (what, frag) in [("first fragment", 0x2000u16), ("later fragment", 0x00b9)] {
-        let mut f = ip("198.51.100.7", "192.0.2.100", 17);
-        f.frag = frag;
+    // Fragments: the first is scheduled by its ports, later ones follow it.
+    let mut first = ip("198.51.100.9", "192.0.2.100", 17);
+    first.frag = 0x2000;
+    add(
+        "a first fragment is scheduled by its ports",
+        frame(&first, &packet::udp(1, 53, &[0; 16])),
+        XDP_TX,
+        to_real(plan, "192.0.2.100", 53, Udp, "198.51.100.9"),
+        Reason::ForwardTx,
+    );
+    let mut later = ip("198.51.100.9", "192.0.2.100", 17);
+    later.frag = 0x0003;
+    add(
+        "a later fragment follows its first",
+        frame(&later, &[0x5a; 40]),
+        XDP_TX,
+        to_real(plan, "192.0.2.100", 53, Udp, "198.51.100.9"),
+        Reason::ForwardTx,
+    );
+    let mut orphan = ip("198.51.100.10", "192.0.2.100", 17);
+    orphan.frag = 0x00b9;
+    add(
+        "a later fragment whose first was not seen",
+        frame(&orphan, &[0x5a; 40]),
+        XDP_DROP,
+        Output::Unchanged,
+        Reason::DropFragmentUnknown,
+    );
+
+    // ICMP errors about a tracked flow go to its real (the SYN from 198.51.100.7:40000
+    // above made the entry); others are the director's.
+    let icmp_error = |client_port: u16, kind: u8, code: u8| {
+        let inner =
+            ip("192.0.2.100", "198.51.100.7", 6).packet(&packet::tcp(80, client_port, 0x12));
+        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0x00];
+        icmp.extend_from_slice(&inner[..28]);
+        let sum = packet::checksum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        frame(&ip("203.0.113.254", "192.0.2.100", 1), &icmp)
+    };
+    add(
+        "fragmentation needed about a tracked flow goes to its real",
+        icmp_error(40000, 3, 4),
+        XDP_TX,
+        to_real(plan, "192.0.2.100", 80, Tcp, "198.51.100.7"),
+        Reason::ForwardTx,
+    );
+    add(
+        "time exceeded about a tracked flow goes to its real",
+        icmp_error(40000, 11, 0),
+        XDP_TX,
+        to_real(plan, "192.0.2.100", 80, Tcp, "198.51.100.7"),
+        Reason::ForwardTx,
+    );
+    add(
+        "an icmp error about no known flow is the director's",
+        icmp_error(40001, 3, 4),
+        XDP_PASS,
+        Output::Unchanged,
+        Reason::PassIcmpNoFlow,
+    );
+    let mut cut = icmp_error(40000, 3, 4);
+    cut.truncate(14 + 20 + 8 + 20);
+    cut[16..18].copy_from_slice(&48u16.to_be_bytes());
+    cut[24..26].copy_from_slice(&[0, 0]);
+    let sum = packet::checksum(&cut[14..34]);
+    cut[24..26].copy_from_slice(&sum.to_be_bytes());
+    add(
+        "an icmp error quoting no ports is the director's",
+        cut,
+        XDP_PASS,
+        Output::Unchanged,
+        Reason::PassIcmpNoFlow,
+    );
+
+    // What the kernel would refuse is not forwarded.
+    let mut bad_sum = tcp_syn("198.51.100.7", "192.0.2.100", 80);
+    bad_sum[24] ^= 0x40;
+    add(
+        "a bad ip header checksum",
+        bad_sum,
+        XDP_DROP,
+        Output::Unchanged,
+        Reason::DropIpChecksum,
+    );
+    for ttl in [0u8, 1] {
+        let mut low = ip("198.51.100.7", "192.0.2.100", 6);
+        low.ttl = ttl;
         add(
-            what,
-            frame(&f, &packet::udp(1, 53, &[0; 16])),
+            "ttl would expire at the director",
+            frame(&low, &packet::tcp(40000, 80, 0x02)),
             XDP_DROP,
             Output::Unchanged,
-            Reason::DropFragment,
+            Reason::DropTtlExceeded,
         );
     }
+    for src in [
+        "127.0.0.1",
+        "224.0.0.5",
+        "0.0.0.0",
+        "255.255.255.255",
+        "192.0.2.101",
+    ] {
+        add(
+            "a martian source",
+            tcp_syn(src, "192.0.2.100", 80),
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropMartianSource,
+        );
+    }
+    for dst_mac in [
+        [0x02, 0, 0, 0, 0, 0x99],
+        [0xff; 6],
+        [0x01, 0, 0x5e, 0, 0, 1],
+    ] {
+        let mut other = tcp_syn("198.51.100.7", "192.0.2.100", 80);
+        other[..6].copy_from_slice(&dst_mac);
+        add(
+            "a frame for another host's mac (or broadcast)",
+            other,
+            XDP_DROP,
+            Output::Unchanged,
+            Reason::DropOtherHost,
+        );
+    }
+    let mut in_padding = frame(&ip("198.51.100.7", "192.0.2.100", 17), &[]);
+    in_padding.extend_from_slice(&packet::udp(5353, 53, b"")[..8]);
+    in_padding.resize(60, 0);
+    add(
+        "a udp header only in the ethernet padding",
+        in_padding,
+        XDP_DROP,
+        Output::Unchanged,
+        Reason::DropL4Truncated,
+    );
+
+    // Ours but unusable: dropped and counted, never mis-sent.
     add(
         "tcp header cut short",
         frame(
@@ -441,11 +599,14 @@ fn cases(plan: &Plan) -> Vec<Case> {
         Reason::DropNoRoute,
     );
     add(
-        "forwarding is off on the interface towards the real",
+        "a real behind an interface without forwarding is reached (not a router)",
         tcp_syn("198.51.100.7", "203.0.113.107", 80),
-        XDP_DROP,
-        Output::Unchanged,
-        Reason::DropForwardingOff,
+        XDP_REDIRECT,
+        Output::Macs(
+            mac_of("203.0.113.141".parse().unwrap_or_else(|e| panic!("{e}"))),
+            [0x02, 0, 0, 0, 0, 0xd0],
+        ),
+        Reason::ForwardRedirect,
     );
     let segment = |len: usize| {
         let mut t = packet::tcp(40000, 80, 0x10);
@@ -473,10 +634,25 @@ fn cases(plan: &Plan) -> Vec<Case> {
     cases
 }
 
-/// The program loaded (not attached) with the plan in its maps.
+/// The program loaded (not attached) with the plan in its maps, next hops as the daemon
+/// reads them (but none for 198.51.100.21, which takes the `bpf_fib_lookup` fallback)
+/// and `xa0` as an attached interface. Call inside the director's namespace.
 fn loaded(plan: &Plan) -> Dataplane {
     let mut dp = Dataplane::load(Default::default()).unwrap_or_else(|e| panic!("{e}"));
-    dp.apply(plan).unwrap_or_else(|e| panic!("{e}"));
+    let (mut hops, ifaces) = xdpvs_testbed::rig::resolve(plan, &["xa0"]);
+    for r in plan.services.iter().flat_map(|s| &s.reals) {
+        if r.address == IpAddr::from([198, 51, 100, 21]) {
+            hops.remove(&r.index);
+        }
+    }
+    dp.set_interfaces(&ifaces).unwrap_or_else(|e| panic!("{e}"));
+    dp.set_settings(Settings {
+        flood_rate: 0,
+        frag_timeout: 30,
+        _reserved: [0; 2],
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    dp.apply(plan, &hops).unwrap_or_else(|e| panic!("{e}"));
     dp
 }
 
@@ -511,15 +687,7 @@ fn every_parse_branch_gives_its_action_bytes_and_reason() {
                 .unwrap_or_else(|e| panic!("{}: test run failed: {e}", case.name));
             out.truncate(result.data_size_out as usize);
             let after = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
-            let expected = match case.output {
-                Output::Unchanged => case.frame.clone(),
-                Output::Macs(dst, src) => {
-                    let mut f = case.frame.clone();
-                    f[..6].copy_from_slice(&dst);
-                    f[6..12].copy_from_slice(&src);
-                    f
-                }
-            };
+            let expected = case.output.expected(&case.frame);
             let moved: Vec<&str> = Reason::ALL
                 .iter()
                 .filter(|&&r| after.reason(r) != before.reason(r))
@@ -563,17 +731,12 @@ fn forwarded_packets_are_counted_per_service_and_real() {
         let dp = loaded(&plan);
         let _registered = register_rx_queue(&director);
         let frame = tcp_syn("198.51.100.7", "192.0.2.100", 80);
-        let ctx = packet::xdp_md(frame.len(), director.xa0);
-        let result = dp
-            .program()
-            .test_run(TestRunOptions {
-                data_in: Some(&frame),
-                ctx_in: Some(&ctx),
-                repeat: 10,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(result.return_value, XDP_TX);
+        // Ten runs, not `repeat`: a forwarded frame leaves addressed to the real, and the
+        // program rightly refuses it as another host's if it is run again.
+        for _ in 0..10 {
+            let (action, _) = run(&dp, director.xa0, &frame);
+            assert_eq!(action, XDP_TX);
+        }
         let snap = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
         let service = &plan.services[0];
         let real = service
@@ -592,6 +755,280 @@ fn forwarded_packets_are_counted_per_service_and_real() {
         // Nothing else was counted anywhere.
         let total: u64 = snap.reasons.iter().sum();
         assert_eq!(total, 10);
+        // One miss made the entry; nine packets found it.
+        assert_eq!(snap.event(Event::CtMiss), 1);
+        assert_eq!(snap.event(Event::CtInsert), 1);
+        assert_eq!(snap.event(Event::CtHit), 9);
+    });
+}
+
+/// One BPF_PROG_TEST_RUN of `frame` arriving on `ingress`: the action and output frame.
+fn run(dp: &Dataplane, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let ctx = packet::xdp_md(frame.len(), ingress);
+    let result = dp
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("test run failed: {e}"));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
+/// The real a forwarded frame went to, by its destination MAC.
+fn real_of(out: &[u8]) -> IpAddr {
+    IpAddr::from([192, 0, 2, out[5]])
+}
+
+fn tcp_frame(client: &str, sport: u16, vip: &str, flags: u8) -> Vec<u8> {
+    frame(&ip(client, vip, 6), &packet::tcp(sport, 80, flags))
+}
+
+fn key(client: [u8; 4], sport: u16) -> FlowKeyV4 {
+    FlowKeyV4 {
+        src: u32::from_ne_bytes(client),
+        dst: u32::from_ne_bytes([192, 0, 2, 100]),
+        sport: sport.to_be(),
+        dport: 80u16.to_be(),
+        proto: 6,
+        _pad: [0; 3],
+    }
+}
+
+/// The web service of CONFIG with these reals (last octets) and weights.
+fn web(reals: &[(u8, u32)]) -> String {
+    let list: Vec<String> = reals
+        .iter()
+        .map(|(o, w)| format!("{{address: 192.0.2.{o}, weight: {w}}}"))
+        .collect();
+    format!(
+        "director: {{interfaces: [xa0], hash_seed: 11}}\nservices:\n  - {{address: 192.0.2.100, \
+         port: 80, protocol: tcp, scheduler: sh, reals: [{}]}}\n",
+        list.join(", ")
+    )
+}
+
+fn delta(after: &Snapshot, before: &Snapshot, event: Event) -> u64 {
+    after.event(event) - before.event(event)
+}
+
+#[test]
+fn established_flows_keep_their_real_through_drain_reweight_and_removal() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        let plan = director.plan_of(&web(&[(11, 1), (12, 1), (13, 1)]), None);
+        let mut dp = loaded(&plan);
+        let _registered = register_rx_queue(&director);
+        let hops = xdpvs_testbed::rig::resolve(&plan, &[]).0;
+        // Eight clients connect; each is on the real the table names.
+        let clients: Vec<String> = (1..=8).map(|i| format!("198.51.100.{i}")).collect();
+        let mut placed = Vec::new();
+        for c in &clients {
+            let (action, out) = run(&dp, director.xa0, &tcp_frame(c, 40000, "192.0.2.100", 0x02));
+            assert_eq!(action, XDP_TX, "{c}");
+            placed.push(real_of(&out));
+        }
+        let victim = placed[0];
+        // Drain the first client's real, then re-weight the others, then add a real:
+        // every established flow stays where it was.
+        let drained: Vec<(u8, u32)> = [11u8, 12, 13]
+            .iter()
+            .map(|&o| {
+                (
+                    o,
+                    if IpAddr::from([192, 0, 2, o]) == victim {
+                        0
+                    } else {
+                        1
+                    },
+                )
+            })
+            .collect();
+        let mut current = plan;
+        for change in [
+            web(&drained),
+            web(&drained.iter().map(|&(o, w)| (o, w * 5)).collect::<Vec<_>>()),
+            web(&[drained.clone(), vec![(14, 3)]].concat()),
+        ] {
+            let next = director.plan_of(&change, Some(&current));
+            let hops = xdpvs_testbed::rig::resolve(&next, &[]).0;
+            dp.apply(&next, &hops).unwrap_or_else(|e| panic!("{e}"));
+            current = next;
+            for (c, &was) in clients.iter().zip(&placed) {
+                let (action, out) =
+                    run(&dp, director.xa0, &tcp_frame(c, 40000, "192.0.2.100", 0x10));
+                assert_eq!(action, XDP_TX, "{c} after {change}");
+                assert_eq!(real_of(&out), was, "{c} moved after {change}");
+            }
+        }
+        // A new connection from the first client avoids the drained real.
+        let (_, out) = run(
+            &dp,
+            director.xa0,
+            &tcp_frame(&clients[0], 40001, "192.0.2.100", 0x02),
+        );
+        assert_ne!(real_of(&out), victim, "a new flow went to the drained real");
+
+        // Removing the real (expire_nodest_conn, the default): its flow's next packet is
+        // dropped and the entry goes; the one after is scheduled afresh.
+        let removed: Vec<(u8, u32)> = [drained.clone(), vec![(14, 3)]]
+            .concat()
+            .into_iter()
+            .filter(|&(o, _)| IpAddr::from([192, 0, 2, o]) != victim)
+            .collect();
+        let next = director.plan_of(&web(&removed), Some(&current));
+        dp.apply(&next, &hops).unwrap_or_else(|e| panic!("{e}"));
+        let before = dp.snapshot(&next).unwrap_or_else(|e| panic!("{e}"));
+        let ack = tcp_frame(&clients[0], 40000, "192.0.2.100", 0x10);
+        assert_eq!(run(&dp, director.xa0, &ack).0, XDP_DROP);
+        let after = dp.snapshot(&next).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            after.reason(Reason::DropRealRemoved) - before.reason(Reason::DropRealRemoved),
+            1
+        );
+        assert_eq!(delta(&after, &before, Event::CtNodestExpired), 1);
+        let (action, out) = run(&dp, director.xa0, &ack);
+        assert_eq!(action, XDP_TX);
+        assert_ne!(real_of(&out), victim);
+        let after2 = dp.snapshot(&next).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(delta(&after2, &after, Event::CtMidstreamMiss), 1);
+        // The others never noticed.
+        for (c, &was) in clients.iter().zip(&placed).skip(1) {
+            if was != victim {
+                let (_, out) = run(&dp, director.xa0, &tcp_frame(c, 40000, "192.0.2.100", 0x10));
+                assert_eq!(
+                    real_of(&out),
+                    was,
+                    "{c} moved when another real was removed"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn entries_expire_per_state_finished_tuples_are_reused_and_the_flood_guard_counts() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        let plan = director.plan_of(&web(&[(11, 1), (12, 1), (13, 1)]), None);
+        let mut dp = loaded(&plan);
+        let _registered = register_rx_queue(&director);
+        let snap = |dp: &Dataplane| dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
+        let c = "198.51.100.20";
+        let k = key([198, 51, 100, 20], 41000);
+        run(&dp, director.xa0, &tcp_frame(c, 41000, "192.0.2.100", 0x02));
+        let syn = dp
+            .flow(&k)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no entry"));
+        assert_eq!(syn.state, lb_common::conntrack::STATE_TCP_SYN);
+        run(&dp, director.xa0, &tcp_frame(c, 41000, "192.0.2.100", 0x10));
+        let est = dp
+            .flow(&k)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no entry"));
+        assert_eq!(est.state, STATE_TCP_ESTABLISHED);
+
+        // An established entry idle longer than tcp (900 s) is expired on look-up.
+        for (state, idle, expired) in [
+            (STATE_TCP_ESTABLISHED, 899, false),
+            (STATE_TCP_ESTABLISHED, 901, true),
+            (lb_common::conntrack::STATE_TCP_FIN, 119, false),
+            (lb_common::conntrack::STATE_TCP_FIN, 121, true),
+            (lb_common::conntrack::STATE_TCP_CLOSE, 11, true),
+        ] {
+            let aged = Flow {
+                last_seen: est.last_seen.wrapping_sub(idle),
+                state,
+                ..est
+            };
+            dp.set_flow(&k, aged).unwrap_or_else(|e| panic!("{e}"));
+            let before = snap(&dp);
+            run(&dp, director.xa0, &tcp_frame(c, 41000, "192.0.2.100", 0x10));
+            let after = snap(&dp);
+            assert_eq!(
+                delta(&after, &before, Event::CtExpired),
+                u64::from(expired),
+                "state {state} idle {idle}"
+            );
+            assert_eq!(delta(&after, &before, Event::CtHit), u64::from(!expired));
+        }
+
+        // A SYN on a finished tuple starts a new connection.
+        run(&dp, director.xa0, &tcp_frame(c, 41000, "192.0.2.100", 0x11));
+        let before = snap(&dp);
+        run(&dp, director.xa0, &tcp_frame(c, 41000, "192.0.2.100", 0x02));
+        assert_eq!(delta(&snap(&dp), &before, Event::CtReused), 1);
+
+        // Flood guard: one insert a second on this CPU; the rest are forwarded, not kept.
+        dp.set_settings(Settings {
+            flood_rate: 1,
+            frag_timeout: 30,
+            _reserved: [0; 2],
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        let before = snap(&dp);
+        for port in 42000..42005 {
+            let (action, _) = run(&dp, director.xa0, &tcp_frame(c, port, "192.0.2.100", 0x02));
+            assert_eq!(action, XDP_TX);
+        }
+        let after = snap(&dp);
+        let inserted = delta(&after, &before, Event::CtInsert);
+        let refused = delta(&after, &before, Event::CtInsertRefused);
+        assert_eq!(inserted + refused, 5);
+        assert!(refused >= 3, "{inserted} inserted, {refused} refused");
+    });
+}
+
+#[test]
+fn next_hop_states_and_the_fallback() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        let plan = director.plan();
+        let mut dp = loaded(&plan);
+        let _registered = register_rx_queue(&director);
+        // 198.51.100.21 has no cached next hop: the fallback finds it, and is counted.
+        let before = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
+        let f = tcp_syn("198.51.100.7", "192.0.2.104", 80);
+        assert_eq!(run(&dp, director.xa0, &f).0, XDP_REDIRECT);
+        let after = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(delta(&after, &before, Event::NexthopFallback), 1);
+        // Without forwarding on lo the fallback is refused, and that is counted too.
+        director.ns.sysctl("net/ipv4/conf/lo/forwarding", "0");
+        let f = tcp_syn("198.51.100.8", "192.0.2.104", 80);
+        assert_eq!(run(&dp, director.xa0, &f).0, XDP_DROP);
+        let after2 = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            after2.reason(Reason::DropForwardingOff) - after.reason(Reason::DropForwardingOff),
+            1
+        );
+        // A real whose route now goes through a gateway is not sent to.
+        let index = plan.services[0].reals[0].index;
+        dp.set_next_hop(
+            index,
+            &NextHop {
+                state: NH_OFFLINK,
+                ..NextHop::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut hits = 0;
+        for i in 1..=40u8 {
+            let f = tcp_syn(&format!("203.0.113.{i}"), "192.0.2.100", 80);
+            if run(&dp, director.xa0, &f).0 == XDP_DROP {
+                hits += 1;
+            }
+        }
+        let after3 = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
+        assert!(hits > 0);
+        assert_eq!(
+            after3.reason(Reason::DropRealOfflink) - after2.reason(Reason::DropRealOfflink),
+            hits
+        );
     });
 }
 
@@ -601,6 +1038,7 @@ fn the_object_has_every_map_the_abi_names_and_loads_at_other_sizes() {
     let limits = lb_userspace::config::Limits {
         max_services: 8,
         max_reals: 16,
+        max_flows: 4096,
     };
     let dp = Dataplane::load(limits).unwrap_or_else(|e| panic!("{e}"));
     let plan = Plan::default();

@@ -11,7 +11,7 @@ use std::{
 use lb_userspace::{
     config::Config,
     dataplane::Dataplane,
-    neighbour::Route,
+    nexthop::Route,
     plan,
     scheduler::{self, Member},
 };
@@ -79,20 +79,26 @@ pub fn apply_steps(services: usize) -> [(&'static str, f64); 4] {
     let config = Config::parse(&text, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
     let parse = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let plan = plan::compile(&config, |_| {
-        Ok(Route {
-            ifindex: 1,
-            gateway: None,
-            local: false,
-        })
-    })
+    let plan = plan::compile(
+        &config,
+        |_| {
+            Ok(Route {
+                ifindex: 1,
+                gateway: None,
+                local: false,
+            })
+        },
+        None,
+    )
     .unwrap_or_else(|e| panic!("{e}"));
     let compile = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let mut dataplane = Dataplane::load(config.limits).unwrap_or_else(|e| panic!("{e}"));
     let load = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    dataplane.apply(&plan).unwrap_or_else(|e| panic!("{e}"));
+    dataplane
+        .apply(&plan, &Default::default())
+        .unwrap_or_else(|e| panic!("{e}"));
     let apply = t.elapsed().as_secs_f64();
     [
         ("parse YAML", parse),

@@ -18,7 +18,7 @@ use lb_common::bench as abi;
 use lb_userspace::{
     config::{Config, Limits},
     dataplane::Dataplane,
-    neighbour::Route,
+    nexthop::Route,
     plan::{self, Plan},
 };
 
@@ -224,17 +224,21 @@ impl Director {
         let config =
             Config::parse(CONFIG, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
         let (xa0, xb0) = (self.xa0, self.xb0);
-        plan::compile(&config, |a| {
-            let ifindex = match a {
-                IpAddr::V4(v4) if v4.octets()[..3] == [198, 51, 100] => xb0,
-                _ => xa0,
-            };
-            Ok(Route {
-                ifindex,
-                gateway: None,
-                local: false,
-            })
-        })
+        plan::compile(
+            &config,
+            |a| {
+                let ifindex = match a {
+                    IpAddr::V4(v4) if v4.octets()[..3] == [198, 51, 100] => xb0,
+                    _ => xa0,
+                };
+                Ok(Route {
+                    ifindex,
+                    gateway: None,
+                    local: false,
+                })
+            },
+            None,
+        )
         .unwrap_or_else(|e| panic!("{e}"))
     }
 }
@@ -272,7 +276,13 @@ impl Programs {
     pub fn load(director: &Director) -> Programs {
         let plan = director.plan();
         let mut dataplane = Dataplane::load(Limits::default()).unwrap_or_else(|e| panic!("{e}"));
-        dataplane.apply(&plan).unwrap_or_else(|e| panic!("{e}"));
+        let (hops, ifaces) = crate::rig::resolve(&plan, &["xa0"]);
+        dataplane
+            .set_interfaces(&ifaces)
+            .unwrap_or_else(|e| panic!("{e}"));
+        dataplane
+            .apply(&plan, &hops)
+            .unwrap_or_else(|e| panic!("{e}"));
         let mut bench = aya::Ebpf::load(lb_userspace::BENCH_OBJECT)
             .unwrap_or_else(|e| panic!("loading the bench object: {e}"));
         let mut fd = |name: &str| {

@@ -1,0 +1,282 @@
+//! The connection table: keys, entries, TCP states and the rules that move between them,
+//! shared so the daemon and tests read entries as the program writes them.
+//!
+//! Under direct routing the director sees only the client's half of a connection, so the
+//! TCP state is the one LVS keeps for "input only" connections: it follows the SYN, ACK,
+//! FIN and RST flags the client sends. A closed connection's entry expires on a short
+//! timer; an established one on the long one (`ipvsadm --set` defaults: 900 s / 120 s /
+//! 300 s for tcp / tcpfin / udp).
+
+use crate::AddrWords;
+
+/// `Flow::state`: a TCP SYN was seen, no ACK yet (LVS SYN_RECV).
+pub const STATE_TCP_SYN: u8 = 1;
+/// `Flow::state`: the client has acknowledged; data flows (LVS ESTABLISHED).
+pub const STATE_TCP_ESTABLISHED: u8 = 2;
+/// `Flow::state`: the client sent FIN (LVS FIN_WAIT; timeout `tcpfin`).
+pub const STATE_TCP_FIN: u8 = 3;
+/// `Flow::state`: the client sent RST (LVS CLOSE).
+pub const STATE_TCP_CLOSE: u8 = 4;
+/// `Flow::state`: a UDP flow.
+pub const STATE_UDP: u8 = 5;
+/// Size of `ServiceValue::timeouts` (indexed by state; a power of two so the program can
+/// mask the index).
+pub const STATES: usize = 8;
+
+/// Default timeouts in seconds, by state: LVS's (`ipvsadm --set 900 120 300`; SYN_RECV
+/// 60 s and CLOSE 10 s from ip_vs_proto_tcp.c).
+pub const DEFAULT_TIMEOUTS: [u32; STATES] = [0, 60, 900, 120, 10, 300, 0, 0];
+
+/// TCP flags as in the header's 14th byte.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Key of `CONNTRACK_V4`: one flow, as the client sends it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKeyV4 {
+    /// Client address, network order.
+    pub src: u32,
+    /// Virtual address, network order.
+    pub dst: u32,
+    /// Client port, network order.
+    pub sport: u16,
+    /// Virtual port, network order.
+    pub dport: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of `CONNTRACK_V4`: where the flow goes and how long it may stay idle.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Real index (key of `REALS`).
+    pub real: u32,
+    /// `RealServer::generation` when the entry was made: a different one means the real
+    /// was removed and the index reused.
+    pub real_gen: u32,
+    /// Last packet, in seconds of `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE),
+    /// refreshed at most once a second.
+    pub last_seen: u32,
+    /// `STATE_*`.
+    pub state: u8,
+    /// Reserved; zero.
+    pub flags: u8,
+    pub _pad: u16,
+}
+
+/// Key of `FRAGMENTS_V4`: one fragmented datagram (RFC 791's reassembly key).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKeyV4 {
+    /// Source address, network order.
+    pub src: u32,
+    /// Destination (virtual) address, network order.
+    pub dst: u32,
+    /// IP identification, network order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `FRAGMENTS_V4`: the real the datagram's first fragment went to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    pub real: u32,
+    pub real_gen: u32,
+    /// Service id of the first fragment (for the service counters).
+    pub service: u32,
+    /// When the first fragment passed, in seconds (as `Flow::last_seen`).
+    pub created: u32,
+}
+
+/// The single value of `SETTINGS`: director-wide knobs the daemon sets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// New connection-table entries per second per CPU above which new flows are still
+    /// forwarded but not inserted (the flood guard); 0 means no limit.
+    pub flood_rate: u32,
+    /// Seconds a fragment-tracking entry stays usable.
+    pub frag_timeout: u32,
+    pub _reserved: [u32; 2],
+}
+
+/// Value of the per-CPU `FLOOD` array: inserts in the current second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodWindow {
+    pub second: u32,
+    pub inserts: u32,
+}
+
+/// Value of `IFACES`: an interface the program is attached to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Iface {
+    /// Its MAC address: unicast frames for any other are another host's.
+    pub mac: [u8; 6],
+    pub _pad: u16,
+}
+
+/// Default flood-guard rate (Katran's, per CPU).
+pub const DEFAULT_FLOOD_RATE: u32 = 125_000;
+/// Default fragment-tracking lifetime: the kernel's `ipfrag_time`.
+pub const DEFAULT_FRAG_TIMEOUT: u32 = 30;
+
+/// What a packet does to an entry's state. `flags` are the TCP flags (0 for UDP).
+/// Returns the new state, or `None` when the packet starts a new connection on a
+/// finished entry's 5-tuple (a SYN after FIN or RST: the port was reused), which must be
+/// scheduled afresh as LVS does.
+#[inline(always)]
+pub fn next_state(state: u8, flags: u8) -> Option<u8> {
+    if state == STATE_UDP {
+        return Some(STATE_UDP);
+    }
+    if flags & TCP_RST != 0 {
+        return Some(STATE_TCP_CLOSE);
+    }
+    let syn_only = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    if syn_only && (state == STATE_TCP_FIN || state == STATE_TCP_CLOSE) {
+        return None;
+    }
+    if flags & TCP_FIN != 0 {
+        return Some(STATE_TCP_FIN);
+    }
+    if state == STATE_TCP_SYN && flags & TCP_ACK != 0 {
+        return Some(STATE_TCP_ESTABLISHED);
+    }
+    Some(state)
+}
+
+/// The state of a flow's first packet seen by this director. A TCP packet that is not a
+/// bare SYN is mid-connection (after a restart, or moved from another director).
+#[inline(always)]
+pub fn first_state(is_tcp: bool, flags: u8) -> u8 {
+    if !is_tcp {
+        return STATE_UDP;
+    }
+    if flags & TCP_RST != 0 {
+        STATE_TCP_CLOSE
+    } else if flags & TCP_FIN != 0 {
+        STATE_TCP_FIN
+    } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
+        STATE_TCP_SYN
+    } else {
+        STATE_TCP_ESTABLISHED
+    }
+}
+
+/// Whether an entry last seen at `last_seen` has timed out at `now` (seconds).
+#[inline(always)]
+pub fn expired(last_seen: u32, now: u32, timeout: u32) -> bool {
+    now.wrapping_sub(last_seen) > timeout
+}
+
+/// A flow key from a packet's fields (addresses as `AddrWords` word 0).
+#[inline(always)]
+pub fn flow_key_v4(
+    src: &AddrWords,
+    dst: &AddrWords,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> FlowKeyV4 {
+    FlowKeyV4 {
+        src: src[0],
+        dst: dst[0],
+        sport,
+        dport,
+        proto,
+        _pad: [0; 3],
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+const _: () = assert!(core::mem::size_of::<FragKeyV4>() == 12);
+const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<FloodWindow>() == 8);
+const _: () = assert!(core::mem::size_of::<Iface>() == 8);
+const _: () = assert!(STATES.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is repr(C), integers only, no padding (sizes asserted above).
+    unsafe impl aya::Pod for super::FlowKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FragValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Settings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FloodWindow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Iface {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_states_follow_the_clients_flags() {
+        let syn = first_state(true, TCP_SYN);
+        assert_eq!(syn, STATE_TCP_SYN);
+        assert_eq!(
+            next_state(syn, TCP_SYN),
+            Some(STATE_TCP_SYN),
+            "a retransmitted SYN"
+        );
+        assert_eq!(next_state(syn, TCP_ACK), Some(STATE_TCP_ESTABLISHED));
+        assert_eq!(
+            next_state(STATE_TCP_ESTABLISHED, TCP_ACK | 0x08),
+            Some(STATE_TCP_ESTABLISHED)
+        );
+        assert_eq!(
+            next_state(STATE_TCP_ESTABLISHED, TCP_FIN | TCP_ACK),
+            Some(STATE_TCP_FIN)
+        );
+        assert_eq!(next_state(STATE_TCP_FIN, TCP_ACK), Some(STATE_TCP_FIN));
+        assert_eq!(
+            next_state(STATE_TCP_ESTABLISHED, TCP_RST),
+            Some(STATE_TCP_CLOSE)
+        );
+        // A new SYN on a finished 5-tuple is a new connection; on a live one it is not.
+        assert_eq!(next_state(STATE_TCP_FIN, TCP_SYN), None);
+        assert_eq!(next_state(STATE_TCP_CLOSE, TCP_SYN), None);
+        assert_eq!(
+            next_state(STATE_TCP_ESTABLISHED, TCP_SYN),
+            Some(STATE_TCP_ESTABLISHED)
+        );
+        assert_eq!(next_state(STATE_UDP, 0), Some(STATE_UDP));
+    }
+
+    #[test]
+    fn mid_connection_packets_start_established() {
+        assert_eq!(first_state(true, TCP_ACK), STATE_TCP_ESTABLISHED);
+        assert_eq!(first_state(true, TCP_SYN | TCP_ACK), STATE_TCP_ESTABLISHED);
+        assert_eq!(first_state(true, TCP_FIN | TCP_ACK), STATE_TCP_FIN);
+        assert_eq!(first_state(true, TCP_RST), STATE_TCP_CLOSE);
+        assert_eq!(first_state(false, 0), STATE_UDP);
+    }
+
+    #[test]
+    fn expiry_is_strictly_after_the_timeout_and_survives_wrapping() {
+        assert!(!expired(100, 160, 60));
+        assert!(expired(100, 161, 60));
+        assert!(!expired(u32::MAX - 5, 10, 60), "the clock wrapped");
+        assert_eq!(DEFAULT_TIMEOUTS[STATE_TCP_ESTABLISHED as usize], 900);
+        assert_eq!(DEFAULT_TIMEOUTS[STATE_TCP_FIN as usize], 120);
+        assert_eq!(DEFAULT_TIMEOUTS[STATE_UDP as usize], 300);
+    }
+}

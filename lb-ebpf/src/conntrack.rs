@@ -1,0 +1,116 @@
+//! The connection table: a flow's first packet is scheduled and remembered; every later
+//! packet follows the entry, whatever changed in the configuration since. Expiry is
+//! checked on look-up against the entry's last-seen second, which a busy flow rewrites at
+//! most once a second. The TCP state rules are `lb_common::conntrack`'s.
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use lb_common::{
+    SVC_F_EXPIRE_NODEST, ServiceValue,
+    conntrack::{self, Flow, FlowKeyV4, STATES},
+    event::Event,
+    reason::Reason,
+};
+
+use crate::{
+    maps::{CONNTRACK_V4, FLOOD, SETTINGS},
+    stats,
+};
+
+/// `BPF_ANY`: create or replace.
+const BPF_ANY: u64 = 0;
+
+/// Seconds of CLOCK_MONOTONIC_COARSE: cheap, and fine-grained enough for timeouts.
+#[inline(always)]
+pub fn now() -> u32 {
+    // SAFETY: a helper without arguments.
+    (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
+}
+
+/// The real index and generation the flow is bound to, or `None` when the packet must
+/// be scheduled (no entry, an expired one, or a new connection on a finished 5-tuple).
+/// A hit updates the entry's state and, once a second, its last-seen time.
+#[inline(always)]
+pub fn lookup(
+    key: &FlowKeyV4,
+    service: &ServiceValue,
+    tcp_flags: u8,
+    now: u32,
+) -> Option<(u32, u32)> {
+    let Some(entry) = CONNTRACK_V4.get_ptr_mut(key) else {
+        stats::count_event(Event::CtMiss);
+        return None;
+    };
+    // SAFETY: the pointer is valid for this program run (RCU); fields are plain integers,
+    // and a racing update from another CPU can only leave another valid state or time.
+    let flow = unsafe { *entry };
+    let timeout = service.timeouts[flow.state as usize & (STATES - 1)];
+    if conntrack::expired(flow.last_seen, now, timeout) {
+        stats::count_event(Event::CtExpired);
+        return None;
+    }
+    let Some(state) = conntrack::next_state(flow.state, tcp_flags) else {
+        stats::count_event(Event::CtReused);
+        return None;
+    };
+    if state != flow.state || now != flow.last_seen {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).state = state;
+            (*entry).last_seen = now;
+        }
+    }
+    stats::count_event(Event::CtHit);
+    Some((flow.real, flow.real_gen))
+}
+
+/// Remembers a newly scheduled flow, unless the flood guard says this CPU has made too
+/// many entries this second (the flow is forwarded all the same).
+#[inline(always)]
+pub fn insert(key: &FlowKeyV4, real: u32, real_gen: u32, state: u8, now: u32) {
+    let rate = SETTINGS.get(0).map_or(0, |s| s.flood_rate);
+    if let Some(window) = FLOOD.get_ptr_mut(0) {
+        // SAFETY: a per-CPU slot, only written by this CPU.
+        unsafe {
+            if (*window).second != now {
+                (*window).second = now;
+                (*window).inserts = 0;
+            }
+            if rate != 0 && (*window).inserts >= rate {
+                stats::count_event(Event::CtInsertRefused);
+                return;
+            }
+            (*window).inserts += 1;
+        }
+    }
+    let flow = Flow {
+        real,
+        real_gen,
+        last_seen: now,
+        state,
+        flags: 0,
+        _pad: 0,
+    };
+    match CONNTRACK_V4.insert(key, flow, BPF_ANY) {
+        Ok(()) => stats::count_event(Event::CtInsert),
+        Err(_) => stats::count_event(Event::CtInsertFailed),
+    }
+}
+
+/// The entry's real server is gone (removed, or its index given to another real): LVS
+/// `expire_nodest_conn`. The packet is dropped; with the service's flag the entry goes
+/// too, so the flow's next packet is scheduled afresh.
+#[inline(always)]
+pub fn orphaned(key: &FlowKeyV4, service: &ServiceValue) -> Reason {
+    if service.flags & SVC_F_EXPIRE_NODEST != 0 && CONNTRACK_V4.remove(key).is_ok() {
+        stats::count_event(Event::CtNodestExpired);
+    }
+    Reason::DropRealRemoved
+}
+
+/// The entry for `key`, read only (for ICMP errors, which neither refresh nor change a
+/// flow).
+#[inline(always)]
+pub fn peek(key: &FlowKeyV4) -> Option<Flow> {
+    // SAFETY: the value is copied out at once.
+    unsafe { CONNTRACK_V4.get(key) }.copied()
+}
