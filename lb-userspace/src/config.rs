@@ -757,6 +757,62 @@ services:
     }
 
     #[test]
+    fn connection_table_settings_default_inherit_and_are_checked() {
+        let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.director.timeouts,
+            Timeouts {
+                tcp: 900,
+                tcpfin: 120,
+                udp: 300
+            }
+        );
+        assert_eq!(c.director.flood_rate, 125_000);
+        assert!(c.services[0].expire_nodest_conn);
+        let tuned = GOOD
+            .replace(
+                "  hash_seed: 7",
+                "  hash_seed: 7\n  timeouts: {tcp: 60}\n  expire_nodest_conn: false",
+            )
+            .replace(
+                "    forwarding: dr",
+                "    forwarding: dr\n    timeouts: {udp: 5}\n    expire_nodest_conn: true",
+            );
+        let c = parse(&tuned).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.services[0].timeouts,
+            Timeouts {
+                tcp: 60,
+                tcpfin: 120,
+                udp: 300
+            }
+        );
+        assert!(!c.services[0].expire_nodest_conn);
+        assert_eq!(
+            c.services[1].timeouts,
+            Timeouts {
+                tcp: 60,
+                tcpfin: 120,
+                udp: 5
+            }
+        );
+        assert!(c.services[1].expire_nodest_conn);
+        for (bad, want) in [
+            ("timeouts: {tcp: 0}", "director.timeouts.tcp"),
+            ("timeouts: {udp: 604801}", "director.timeouts.udp"),
+            ("timeouts: {tcpfn: 5}", "tcpfn"),
+        ] {
+            let e = error(&GOOD.replace("  hash_seed: 7", &format!("  hash_seed: 7\n  {bad}")));
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let e = error(&GOOD.replace("services:", "limits:\n  max_flows: 10\nservices:"));
+        assert!(
+            e.contains("limits.max_flows") && e.contains("outside"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn limits_are_enforced() {
         let tight = GOOD.replace(
             "services:",
@@ -785,5 +841,12 @@ mod shipped {
             Config::parse(text, Path::new("deploy/xdpvs.yaml")).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.services.len(), 2);
         assert_eq!(c.services[0].reals[2].weight, 0);
+        assert_eq!(c.limits.max_flows, 1 << 20);
+        assert_eq!(c.services[0].timeouts.tcp, 900);
+        assert_eq!(c.services[1].timeouts.udp, 30);
+        assert_eq!(
+            c.services[1].timeouts.tcpfin, 120,
+            "unset fields keep the director's"
+        );
     }
 }
