@@ -259,42 +259,28 @@ impl Netlink {
 
     /// An interface by index.
     pub async fn link(&self, index: u32) -> Result<Link, NexthopError> {
-        let handle = self.handle.clone();
-        let found: Option<LinkMessage> = bounded("interface", index, async move {
-            handle
-                .link()
-                .get()
-                .match_index(index)
-                .execute()
-                .try_next()
-                .await
-        })
-        .await?;
-        let found = found.ok_or(NexthopError::Request {
-            what: "interface",
-            subject: index.to_string(),
-            source: rtnetlink::Error::RequestFailed,
-        })?;
-        Ok(link_of(&found))
+        let request = self.handle.link().get().match_index(index);
+        self.link_from(index.to_string(), request).await
     }
 
     /// An interface by name.
     pub async fn link_by_name(&self, name: &str) -> Result<Link, NexthopError> {
-        let handle = self.handle.clone();
-        let owned = name.to_owned();
-        let found: Option<LinkMessage> = bounded("interface", name, async move {
-            handle
-                .link()
-                .get()
-                .match_name(owned)
-                .execute()
-                .try_next()
-                .await
+        let request = self.handle.link().get().match_name(name.to_owned());
+        self.link_from(name.to_owned(), request).await
+    }
+
+    async fn link_from(
+        &self,
+        subject: String,
+        request: rtnetlink::LinkGetRequest,
+    ) -> Result<Link, NexthopError> {
+        let found: Option<LinkMessage> = bounded("interface", &subject, async move {
+            request.execute().try_next().await
         })
         .await?;
         let found = found.ok_or(NexthopError::Request {
             what: "interface",
-            subject: name.to_owned(),
+            subject,
             source: rtnetlink::Error::RequestFailed,
         })?;
         Ok(link_of(&found))
