@@ -104,15 +104,29 @@ pub struct Settings {
     pub flood_rate: u32,
     /// Seconds a fragment-tracking entry stays usable.
     pub frag_timeout: u32,
-    pub _reserved: [u32; 2],
+    /// ICMP errors the program may send per second per CPU (time exceeded); 0 sends none.
+    pub icmp_rate: u32,
+    pub _reserved: u32,
 }
 
-/// Value of the per-CPU `FLOOD` array: inserts in the current second.
+/// `FLOOD` slot of the connection-table flood guard.
+pub const WINDOW_INSERTS: u32 = 0;
+/// `FLOOD` slot of the ICMP error rate limit.
+pub const WINDOW_ICMP: u32 = 1;
+/// Number of `FLOOD` slots.
+pub const WINDOWS: u32 = 2;
+
+/// Default `Settings::icmp_rate`: the kernel's `icmp_msgs_per_sec`.
+pub const DEFAULT_ICMP_RATE: u32 = 1000;
+
+/// Value of the per-CPU `FLOOD` array: events (inserts, ICMP errors) in the current
+/// second.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FloodWindow {
     pub second: u32,
-    pub inserts: u32,
+    /// Events counted in `second`.
+    pub count: u32,
 }
 
 /// Value of `IFACES`: an interface the program is attached to.

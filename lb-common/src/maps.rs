@@ -23,7 +23,8 @@ pub const FRAGMENTS_V4: &str = "XDPVS_FRAG4_V1";
 pub const IFACES: &str = "XDPVS_IFACE_V1";
 /// `Array<Settings>`, one entry: director-wide knobs.
 pub const SETTINGS: &str = "XDPVS_SETTINGS_V1";
-/// `PerCpuArray<FloodWindow>`, one entry: the flood guard's per-CPU insert count.
+/// `PerCpuArray<FloodWindow>`, `conntrack::WINDOWS` entries: per-CPU counts per second
+/// (flood guard inserts, ICMP errors sent).
 pub const FLOOD: &str = "XDPVS_FLOOD_V1";
 /// `PerCpuArray<Counters>` indexed by service id.
 pub const SERVICE_STATS: &str = "XDPVS_SVCST_V1";

@@ -89,8 +89,8 @@ reasons! {
     DropRealRemoved = 17, "drop_real_removed", Drop;
     /// The IPv4 header checksum is wrong (the kernel would count InCsumErrors and drop).
     DropIpChecksum = 18, "drop_ip_checksum", Drop;
-    /// TTL 0 or 1 on a packet to a virtual service: forwarding decrements the TTL (as
-    /// IPVS does), so it would expire here.
+    /// TTL 0 or 1 where no ICMP time exceeded is sent: beyond `icmp_rate`, a later
+    /// fragment or an ICMP error (the kernel answers neither), or no room to build it.
     DropTtlExceeded = 19, "drop_ttl_exceeded", Drop;
     /// A martian source address (a virtual address, loopback, multicast, broadcast or
     /// 0.0.0.0/8), as the kernel's input route check drops.
@@ -103,9 +103,12 @@ reasons! {
     /// An ICMP error to a virtual address that quotes no tracked flow: the director's
     /// own stack handles it (it may be about the director's own traffic).
     PassIcmpNoFlow = 23, "pass_icmp_no_flow", Pass;
+    /// TTL 0 or 1 on a packet to a virtual service: as IPVS does (`decrement_ttl`), the
+    /// director answers with an ICMP time exceeded from the VIP, within `icmp_rate`.
+    TxIcmpTimeExceeded = 24, "tx_icmp_time_exceeded", Tx;
 }
 
 /// Number of reason codes: the size of the `REASONS` array.
-pub const REASON_COUNT: u32 = 24;
+pub const REASON_COUNT: u32 = 25;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);

@@ -6,14 +6,14 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     SVC_F_EXPIRE_NODEST, ServiceValue,
-    conntrack::{self, Flow, FlowKeyV4, STATES},
+    conntrack::{self, Flow, FlowKeyV4, STATES, WINDOW_INSERTS},
     event::Event,
     reason::Reason,
 };
 
 use crate::{
-    maps::{CONNTRACK_V4, FLOOD, SETTINGS},
-    stats,
+    maps::{CONNTRACK_V4, SETTINGS},
+    stats, window,
 };
 
 /// `BPF_ANY`: create or replace.
@@ -68,19 +68,9 @@ pub fn lookup(
 #[inline(always)]
 pub fn insert(key: &FlowKeyV4, real: u32, real_gen: u32, state: u8, now: u32) {
     let rate = SETTINGS.get(0).map_or(0, |s| s.flood_rate);
-    if let Some(window) = FLOOD.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot, only written by this CPU.
-        unsafe {
-            if (*window).second != now {
-                (*window).second = now;
-                (*window).inserts = 0;
-            }
-            if rate != 0 && (*window).inserts >= rate {
-                stats::count_event(Event::CtInsertRefused);
-                return;
-            }
-            (*window).inserts += 1;
-        }
+    if rate != 0 && !window::admit(WINDOW_INSERTS, rate, now) {
+        stats::count_event(Event::CtInsertRefused);
+        return;
     }
     let flow = Flow {
         real,

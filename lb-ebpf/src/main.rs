@@ -4,7 +4,7 @@
 //! filter, virtual service) → `hygiene` (what the kernel would refuse) → `conntrack`
 //! (the flow's entry) or `schedule` (flow hash → slot → real server) for a new flow →
 //! `rewrite` (next hop, TTL, MACs) → `stats`; `icmp` and `fragment` place ICMP errors
-//! and fragments on their flows' reals. Each stage returns the next stage's input or a
+//! and fragments on their flows' reals; `time_exceeded` answers a TTL that would expire. Each stage returns the next stage's input or a
 //! [`Reason`]; only [`xdpvs`] turns the outcome into an XDP action.
 #![no_std]
 #![no_main]
@@ -20,6 +20,8 @@ mod rewrite;
 mod runtime;
 mod schedule;
 mod stats;
+mod time_exceeded;
+mod window;
 
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
@@ -102,7 +104,7 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
         return Err(vip_or_not(&ip, Reason::PassVipNoService));
     };
     if ip.ttl <= 1 {
-        return Err(Reason::DropTtlExceeded);
+        return Err(time_exceeded::reply(ctx, &ip));
     }
     let now = conntrack::now();
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey,
-    conntrack::{FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Settings},
+    conntrack::{FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Settings, WINDOWS},
     event::EVENT_COUNT,
     maps::{MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_REALS, MAX_SERVICES, MAX_VIPS},
     reason::REASON_COUNT,
@@ -53,9 +53,9 @@ pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0
 #[map(name = "XDPVS_SETTINGS_V1")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
-/// The flood guard's insert count in the current second, per CPU.
+/// Per-CPU counts in the current second: flood guard inserts, ICMP errors sent.
 #[map(name = "XDPVS_FLOOD_V1")]
-pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(1, 0);
+pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(WINDOWS, 0);
 
 /// Forwarded packets and bytes per service.
 #[map(name = "XDPVS_SVCST_V1")]

@@ -136,6 +136,8 @@ pub struct Director {
     pub timeouts: Timeouts,
     /// Flood guard: new entries per second per CPU (0 = no limit).
     pub flood_rate: u32,
+    /// ICMP time exceeded messages per second per CPU (0 = none sent).
+    pub icmp_rate: u32,
     /// LVS `expire_nodest_conn` for services that do not say.
     pub expire_nodest_conn: bool,
 }
@@ -240,6 +242,8 @@ struct RawDirector {
     timeouts: Option<Spanned<RawTimeouts>>,
     #[serde(default)]
     flood_rate: Option<u32>,
+    #[serde(default)]
+    icmp_rate: Option<u32>,
     #[serde(default)]
     expire_nodest_conn: Option<bool>,
 }
@@ -416,6 +420,9 @@ impl Validator<'_> {
             flood_rate: raw
                 .flood_rate
                 .unwrap_or(lb_common::conntrack::DEFAULT_FLOOD_RATE),
+            icmp_rate: raw
+                .icmp_rate
+                .unwrap_or(lb_common::conntrack::DEFAULT_ICMP_RATE),
             expire_nodest_conn: raw.expire_nodest_conn.unwrap_or(true),
         })
     }
@@ -768,6 +775,7 @@ services:
             }
         );
         assert_eq!(c.director.flood_rate, 125_000);
+        assert_eq!(c.director.icmp_rate, 1000);
         assert!(c.services[0].expire_nodest_conn);
         let tuned = GOOD
             .replace(

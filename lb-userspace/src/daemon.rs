@@ -121,7 +121,8 @@ fn settings(config: &Config) -> Settings {
     Settings {
         flood_rate: config.director.flood_rate,
         frag_timeout: lb_common::conntrack::DEFAULT_FRAG_TIMEOUT,
-        _reserved: [0; 2],
+        icmp_rate: config.director.icmp_rate,
+        _reserved: 0,
     }
 }
 

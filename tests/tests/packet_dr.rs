@@ -170,11 +170,32 @@ enum Output {
     /// The input with these destination and source MACs, and the TTL one lower (with
     /// the header checksum recomputed).
     Macs([u8; 6], [u8; 6]),
+    /// An ICMP time exceeded (RFC 792) from the datagram's destination to its source,
+    /// back to the sender's MAC, quoting the IP header and 8 bytes of payload.
+    TimeExceeded,
 }
 
 impl Output {
     fn expected(&self, input: &[u8]) -> Vec<u8> {
         let mut f = input.to_vec();
+        if let Output::TimeExceeded = self {
+            let ihl = usize::from(f[14] & 0x0f) * 4;
+            let mut icmp = vec![11, 0, 0, 0, 0, 0, 0, 0];
+            icmp.extend_from_slice(&f[14..14 + ihl + 8]);
+            let sum = packet::checksum(&icmp);
+            icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+            let total = (20 + icmp.len()) as u16;
+            let mut ip = vec![0x45, 0xc0];
+            ip.extend_from_slice(&total.to_be_bytes());
+            ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
+            ip.extend_from_slice(&f[30..34]);
+            ip.extend_from_slice(&f[26..30]);
+            let sum = packet::checksum(&ip);
+            ip[10..12].copy_from_slice(&sum.to_be_bytes());
+            ip.extend_from_slice(&icmp);
+            let (dst, src) = (f[6..12].try_into().unwrap(), f[..6].try_into().unwrap());
+            return packet::ethernet(dst, src, packet::ETH_P_IPV4, &ip);
+        }
         if let Output::Macs(dst, src) = self {
             f[..6].copy_from_slice(dst);
             f[6..12].copy_from_slice(src);
@@ -441,6 +462,14 @@ fn cases(plan: &Plan) -> Vec<Case> {
         to_real(plan, "192.0.2.100", 53, Udp, "198.51.100.9"),
         Reason::ForwardTx,
     );
+    later.ttl = 1;
+    add(
+        "a later fragment whose ttl would expire: dropped, as the kernel answers only the first",
+        frame(&later, &[0x5a; 40]),
+        XDP_DROP,
+        Output::Unchanged,
+        Reason::DropTtlExceeded,
+    );
     let mut orphan = ip("198.51.100.10", "192.0.2.100", 17);
     orphan.frag = 0x00b9;
     add(
@@ -511,13 +540,27 @@ fn cases(plan: &Plan) -> Vec<Case> {
         let mut low = ip("198.51.100.7", "192.0.2.100", 6);
         low.ttl = ttl;
         add(
-            "ttl would expire at the director",
+            "ttl would expire at the director: icmp time exceeded",
             frame(&low, &packet::tcp(40000, 80, 0x02)),
-            XDP_DROP,
-            Output::Unchanged,
-            Reason::DropTtlExceeded,
+            XDP_TX,
+            Output::TimeExceeded,
+            Reason::TxIcmpTimeExceeded,
         );
     }
+    let mut low = ip("198.51.100.7", "192.0.2.100", 17);
+    low.ttl = 1;
+    low.options = vec![0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00];
+    add(
+        "ttl expiring, ip options and ethernet padding: the quote has all the header",
+        {
+            let mut padded = frame(&low, &packet::udp(5353, 53, b"q"));
+            padded.resize(64, 0);
+            padded
+        },
+        XDP_TX,
+        Output::TimeExceeded,
+        Reason::TxIcmpTimeExceeded,
+    );
     for src in [
         "127.0.0.1",
         "224.0.0.5",
@@ -649,7 +692,8 @@ fn loaded(plan: &Plan) -> Dataplane {
     dp.set_settings(Settings {
         flood_rate: 0,
         frag_timeout: 30,
-        _reserved: [0; 2],
+        icmp_rate: 1000,
+        _reserved: 0,
     })
     .unwrap_or_else(|e| panic!("{e}"));
     dp.apply(plan, &hops).unwrap_or_else(|e| panic!("{e}"));
@@ -911,7 +955,7 @@ fn established_flows_keep_their_real_through_drain_reweight_and_removal() {
 }
 
 #[test]
-fn entries_expire_per_state_finished_tuples_are_reused_and_the_flood_guard_counts() {
+fn entries_expire_per_state_finished_tuples_are_reused_and_rate_limits_count() {
     let director = Director::new();
     director.ns.enter(|| {
         let plan = director.plan_of(&web(&[(11, 1), (12, 1), (13, 1)]), None);
@@ -968,7 +1012,8 @@ fn entries_expire_per_state_finished_tuples_are_reused_and_the_flood_guard_count
         dp.set_settings(Settings {
             flood_rate: 1,
             frag_timeout: 30,
-            _reserved: [0; 2],
+            icmp_rate: 1000,
+            _reserved: 0,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let before = snap(&dp);
@@ -981,6 +1026,34 @@ fn entries_expire_per_state_finished_tuples_are_reused_and_the_flood_guard_count
         let refused = delta(&after, &before, Event::CtInsertRefused);
         assert_eq!(inserted + refused, 5);
         assert!(refused >= 3, "{inserted} inserted, {refused} refused");
+
+        // ICMP time exceeded, one a second on this CPU, then none at all.
+        let low_ttl = || {
+            let mut low = ip(c, "192.0.2.100", 6);
+            low.ttl = 1;
+            frame(&low, &packet::tcp(43000, 80, 0x02))
+        };
+        for (rate, most) in [(1, 2), (0, 0)] {
+            dp.set_settings(Settings {
+                flood_rate: 0,
+                frag_timeout: 30,
+                icmp_rate: rate,
+                _reserved: 0,
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+            let before = snap(&dp);
+            for _ in 0..5 {
+                run(&dp, director.xa0, &low_ttl());
+            }
+            let after = snap(&dp);
+            let sent = after.reason(Reason::TxIcmpTimeExceeded)
+                - before.reason(Reason::TxIcmpTimeExceeded);
+            let dropped =
+                after.reason(Reason::DropTtlExceeded) - before.reason(Reason::DropTtlExceeded);
+            assert_eq!(sent + dropped, 5, "icmp_rate {rate}");
+            assert!(sent <= most, "icmp_rate {rate}: {sent} sent");
+            assert!(rate == 0 || sent >= 1, "icmp_rate {rate}: none sent");
+        }
     });
 }
 
