@@ -42,13 +42,13 @@ fn our_mac(ctx: &XdpContext) -> Result<(), Reason> {
 }
 
 /// The kernel's martian sources (ip_route_input_slow): multicast, limited broadcast,
-/// 0.0.0.0, loopback (127/8, without `route_localnet`); and a virtual address itself
+/// 0.0.0.0/8, loopback (127/8, without `route_localnet`); and a virtual address itself
 /// (the kernel's "local source"; the director's other addresses are not checked).
 #[inline(always)]
 fn martian_source(src: &AddrWords) -> Result<(), Reason> {
     let first = (src[0] & 0xff) as u8; // first octet: the word holds network order
     let martian = src[0] == u32::MAX
-        || src[0] == 0
+        || first == 0
         || first == 127
         || (first & 0xf0) == 0xe0
         || (lookup::maybe_vip(src) && lookup::is_vip(src));

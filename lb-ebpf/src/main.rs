@@ -89,7 +89,8 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
     if !lookup::maybe_vip(&ip.dst) {
         return Err(Reason::PassNotVip);
     }
-    hygiene::check(ctx, &ip)?;
+    // The filter may let through an address that is not a VIP: the kernel judges those.
+    hygiene::check(ctx, &ip).map_err(|r| vip_or_not(&ip, r))?;
     if ip.proto == IPPROTO_ICMP {
         return icmp_error(ctx, &ip);
     }

@@ -184,14 +184,7 @@ impl DrRig {
         let switch = Netns::create(&format!("{prefix}-sw"));
         switch.ip("link add br0 type bridge");
         switch.ip("link set br0 up");
-        let plug = |ns: &Netns, port: &str| {
-            switch.ip(&format!(
-                "link add {port} type veth peer name eth0 netns {}",
-                ns.name()
-            ));
-            switch.ip(&format!("link set {port} master br0 up"));
-            ns.ip("link set eth0 up");
-        };
+        let plug = |ns: &Netns, port: &str| plug(&switch, ns, port);
 
         let client = Netns::create(&format!("{prefix}-cl"));
         plug(&client, "cl");
@@ -268,6 +261,54 @@ impl DrRig {
     pub fn director_neighbours(&self) -> String {
         self.director.ip("-d neigh show dev eth0")
     }
+
+    /// `Ip: ForwDatagrams` of the director's namespace: datagrams its kernel routed.
+    pub fn forwarded_by_kernel(&self) -> u64 {
+        // /proc/thread-self: /proc/self would name the main thread's namespace.
+        let snmp = self
+            .director
+            .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+            .unwrap_or_else(|e| panic!("reading snmp: {e}"));
+        let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
+        let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == "ForwDatagrams")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Ip ForwDatagrams in {snmp}"))
+    }
+
+    /// Plugs `ns` into the switch: its `eth0` is the peer of the switch port `port`.
+    pub fn plug(&self, ns: &Netns, port: &str) {
+        plug(&self.switch, ns, port);
+    }
+}
+
+fn plug(switch: &Netns, ns: &Netns, port: &str) {
+    switch.ip(&format!(
+        "link add {port} type veth peer name eth0 netns {}",
+        ns.name()
+    ));
+    switch.ip(&format!("link set {port} master br0 up"));
+    ns.ip("link set eth0 up");
+}
+
+/// A value from a `key=value` field of a daemon report line.
+pub fn field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// The last line of a daemon report that starts (after indentation) with `prefix`.
+pub fn report_line<'a>(report: &'a [String], prefix: &str) -> &'a str {
+    report
+        .iter()
+        .rev()
+        .find(|l| l.trim_start().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting {prefix:?} in {report:#?}"))
 }
 
 /// Starts `xdpvs daemon` in `ns`; waits for it to be ready, or returns it as it is after

@@ -4,7 +4,7 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -44,41 +44,85 @@ impl Drop for Server {
 
 /// A TCP server in `ns` on `bind`: reads one line, answers `banner` and a newline.
 pub fn tcp_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    let banner = format!("{banner}\n");
+    tcp_listener(ns, bind, move |mut conn, _, served| {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        read_line(&mut conn);
+        if conn.write_all(banner.as_bytes()).is_ok() {
+            served.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// A TCP server in `ns` on `bind` that reads one line and answers `bytes` bytes, then
+/// closes: a transfer larger than any MTU.
+pub fn tcp_bulk_server(ns: &Netns, bind: SocketAddr, bytes: usize) -> Server {
+    tcp_listener(ns, bind, move |mut conn, _, served| {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        read_line(&mut conn);
+        let _ = conn.set_write_timeout(Some(Duration::from_secs(30)));
+        let block = [b'x'; 4096];
+        let mut left = bytes;
+        while left > 0 {
+            let k = left.min(block.len());
+            if conn.write_all(&block[..k]).is_err() {
+                return;
+            }
+            left -= k;
+        }
+        served.fetch_add(1, Ordering::Relaxed);
+    })
+}
+
+/// Reads up to a newline (at most 256 bytes), or until the peer stops or times out.
+fn read_line(conn: &mut TcpStream) {
+    let mut buf = [0u8; 256];
+    let mut got = 0;
+    while got < buf.len() {
+        match conn.read(&mut buf[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                got += k;
+                if buf[..got].contains(&b'\n') {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// A TCP listener in `ns` on `bind` that runs `handle(connection, stop, served)` on a
+/// thread of its own for each connection; the server joins them when it stops.
+fn tcp_listener(
+    ns: &Netns,
+    bind: SocketAddr,
+    handle: impl Fn(TcpStream, &AtomicBool, &AtomicU64) + Send + Sync + 'static,
+) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (s, n, banner) = (stop.clone(), served.clone(), format!("{banner}\n"));
+    let (s, n, handle) = (stop.clone(), served.clone(), Arc::new(handle));
     let thread = ns.spawn(move || {
         let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         listener
             .set_nonblocking(true)
             .unwrap_or_else(|e| panic!("{e}"));
         let _ = ready_tx.send(());
+        let mut workers: Vec<JoinHandle<()>> = Vec::new();
         while !s.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((mut conn, _)) => {
+                Ok((conn, _)) => {
                     let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut buf = [0u8; 256];
-                    let mut got = 0;
-                    while got < buf.len() {
-                        match conn.read(&mut buf[got..]) {
-                            Ok(0) | Err(_) => break,
-                            Ok(k) => {
-                                got += k;
-                                if buf[..got].contains(&b'\n') {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    if conn.write_all(banner.as_bytes()).is_ok() {
-                        n.fetch_add(1, Ordering::Relaxed);
-                    }
+                    let (s, n, handle) = (s.clone(), n.clone(), handle.clone());
+                    // Threads made here share this thread's network namespace.
+                    workers.push(std::thread::spawn(move || handle(conn, &s, &n)));
+                    workers.retain(|w| !w.is_finished());
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
                 Err(_) => std::thread::sleep(POLL),
             }
+        }
+        for w in workers {
+            let _ = w.join();
         }
     });
     ready_rx
@@ -103,7 +147,7 @@ pub fn udp_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
         sock.set_read_timeout(Some(POLL))
             .unwrap_or_else(|e| panic!("{e}"));
         let _ = ready_tx.send(());
-        let mut buf = [0u8; 2048];
+        let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::Relaxed) {
             if let Ok((_, from)) = sock.recv_from(&mut buf)
                 && sock.send_to(banner.as_bytes(), from).is_ok()
@@ -129,7 +173,7 @@ pub fn tcp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<St
     sock.bind(&SockAddr::from(SocketAddr::new(src, 0)))?;
     sock.connect_timeout(&SockAddr::from(dst), timeout)?;
     sock.set_read_timeout(Some(timeout))?;
-    let mut stream: std::net::TcpStream = sock.into();
+    let mut stream: TcpStream = sock.into();
     stream.write_all(b"hello\n")?;
     let mut answer = String::new();
     stream.read_to_string(&mut answer)?;
@@ -138,13 +182,24 @@ pub fn tcp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<St
 
 /// One UDP request from `src` to `dst`, retried up to `tries` times; returns the answer.
 pub fn udp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration, tries: u32) -> io::Result<String> {
+    udp_ask_with(src, dst, b"hello", timeout, tries)
+}
+
+/// As [`udp_ask`], with the datagram's payload (a large one leaves in fragments).
+pub fn udp_ask_with(
+    src: IpAddr,
+    dst: SocketAddr,
+    payload: &[u8],
+    timeout: Duration,
+    tries: u32,
+) -> io::Result<String> {
     let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
     sock.connect(dst)?;
     sock.set_read_timeout(Some(timeout))?;
     let mut buf = [0u8; 2048];
     let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
     for _ in 0..tries.max(1) {
-        sock.send(b"hello")?;
+        sock.send(payload)?;
         match sock.recv(&mut buf) {
             Ok(n) => return Ok(String::from_utf8_lossy(&buf[..n]).into_owned()),
             Err(e) => last = e,
@@ -156,44 +211,13 @@ pub fn udp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration, tries: u32) -> i
 /// A TCP server in `ns` on `bind` that keeps each connection open and answers every line
 /// with `banner` and a newline, until the client closes (a long-lived connection).
 pub fn tcp_line_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (s, n, banner) = (stop.clone(), served.clone(), format!("{banner}\n"));
-    let thread = ns.spawn(move || {
-        let listener = TcpListener::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|e| panic!("{e}"));
-        let _ = ready_tx.send(());
-        let mut workers = Vec::new();
-        while !s.load(Ordering::Relaxed) {
-            match listener.accept() {
-                Ok((conn, _)) => {
-                    let (s, n, banner) = (s.clone(), n.clone(), banner.clone());
-                    workers.push(std::thread::spawn(move || {
-                        serve_lines(conn, &s, &n, &banner)
-                    }));
-                }
-                Err(_) => std::thread::sleep(POLL),
-            }
-        }
-        for w in workers {
-            let _ = w.join();
-        }
-    });
-    ready_rx
-        .recv_timeout(Duration::from_secs(10))
-        .unwrap_or_else(|_| panic!("tcp server on {bind} did not start"));
-    Server {
-        stop,
-        served,
-        thread: Some(thread),
-    }
+    let banner = format!("{banner}\n");
+    tcp_listener(ns, bind, move |conn, stop, served| {
+        serve_lines(conn, stop, served, &banner)
+    })
 }
 
-fn serve_lines(mut conn: std::net::TcpStream, stop: &AtomicBool, n: &AtomicU64, banner: &str) {
-    let _ = conn.set_nonblocking(false);
+fn serve_lines(mut conn: TcpStream, stop: &AtomicBool, n: &AtomicU64, banner: &str) {
     let _ = conn.set_read_timeout(Some(POLL * 5));
     let mut buf = [0u8; 256];
     while !stop.load(Ordering::Relaxed) {
@@ -219,7 +243,7 @@ fn serve_lines(mut conn: std::net::TcpStream, stop: &AtomicBool, n: &AtomicU64, 
 
 /// A long-lived TCP connection that asks a line at a time (see [`tcp_line_server`]).
 pub struct Session {
-    stream: std::net::TcpStream,
+    stream: TcpStream,
 }
 
 impl Session {

@@ -15,7 +15,9 @@ use lb_userspace::{
     plan::{self, Plan},
 };
 use xdpvs_testbed::{
-    rig::{CLIENT, DIRECTOR, DR_CONFIG, DrRig, VIP, client_sources, real_address},
+    rig::{
+        CLIENT, DIRECTOR, DR_CONFIG, DrRig, VIP, client_sources, field, real_address, report_line,
+    },
     traffic::{Server, tcp_ask, tcp_server, udp_ask, udp_server},
 };
 
@@ -51,22 +53,6 @@ fn start_reals(rig: &DrRig) -> Vec<Server> {
         servers.push(udp_server(ns, SocketAddr::new(VIP.into(), 53), &name));
     }
     servers
-}
-
-/// A value from a `key=value` field of a report line.
-fn field(line: &str, key: &str) -> u64 {
-    line.split_whitespace()
-        .find_map(|f| f.strip_prefix(&format!("{key}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-}
-
-fn report_line<'a>(report: &'a [String], prefix: &str) -> &'a str {
-    report
-        .iter()
-        .rev()
-        .find(|l| l.trim_start().starts_with(prefix))
-        .unwrap_or_else(|| panic!("no line starting {prefix:?} in {report:#?}"))
 }
 
 #[test]
@@ -183,7 +169,7 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
     // martians (routing one real's replies via the director makes its connections time
     // out above; tried by mutation). And the director's kernel forwarded nothing at all.
     assert_eq!(
-        forwarded_by_kernel(&rig),
+        rig.forwarded_by_kernel(),
         0,
         "the director's stack forwarded packets"
     );
@@ -229,23 +215,6 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
         .director
         .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/eth0/forwarding"));
     assert_eq!(fwd.unwrap_or_default().trim(), "0");
-}
-
-/// `Ip: ForwDatagrams` of the director's namespace (from /proc/thread-self: /proc/self
-/// would name the main thread's namespace).
-fn forwarded_by_kernel(rig: &DrRig) -> u64 {
-    let snmp = rig
-        .director
-        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
-        .unwrap_or_else(|e| panic!("reading snmp: {e}"));
-    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip:"));
-    let (names, values) = (ip.next().unwrap_or(""), ip.next().unwrap_or(""));
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "ForwDatagrams")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("no Ip ForwDatagrams in {snmp}"))
 }
 
 /// Starts the daemon on a bad configuration; returns its exit code and standard error.

@@ -333,6 +333,28 @@ fn cases(plan: &Plan) -> Vec<Case> {
         Output::Unchanged,
         Reason::PassNotVip,
     );
+    // An address that shares a VIP's filter bit but is not one: whatever is wrong with
+    // the frame, the kernel judges it (found by search; it never leaves the test run).
+    let vip_bit = lb_common::vip_filter_bit(u32::from_ne_bytes([192, 0, 2, 100]));
+    let twin = (1u32..)
+        .map(|n| std::net::Ipv4Addr::from(n.wrapping_mul(2_654_435_761)))
+        .find(|a| {
+            lb_common::vip_filter_bit(u32::from_ne_bytes(a.octets())) == vip_bit
+                && *a != std::net::Ipv4Addr::new(192, 0, 2, 100)
+        })
+        .unwrap_or_else(|| panic!("no address shares the filter bit"));
+    let mut twin_frame = tcp_syn("127.0.0.1", "192.0.2.100", 80);
+    twin_frame[30..34].copy_from_slice(&twin.octets());
+    twin_frame[24..26].copy_from_slice(&[0, 0]);
+    let sum = packet::checksum(&twin_frame[14..34]);
+    twin_frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    add(
+        "a martian source to an address that only shares a vip's filter bit",
+        twin_frame,
+        XDP_PASS,
+        Output::Unchanged,
+        Reason::PassNotVip,
+    );
     let mut not_vip_fragment = ip("198.51.100.7", "192.0.2.1", 17);
     not_vip_fragment.frag = 0x2000;
     add(
@@ -565,6 +587,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
         "127.0.0.1",
         "224.0.0.5",
         "0.0.0.0",
+        "0.9.9.9",
         "255.255.255.255",
         "192.0.2.101",
     ] {

@@ -1,0 +1,295 @@
+//! End to end, the paths around direct routing: transit traffic the director must not
+//! route, fragmented UDP, a TTL that expires at the director, path-MTU discovery for the
+//! reals' replies, and a real whose MAC address changes. Real kernels, real sockets, the
+//! `xdpvs` daemon in driver mode (see `rig` for the segment they share).
+
+use std::{
+    io::{self, Read, Write},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use lb_userspace::{
+    config::{Config, Protocol},
+    nexthop::Route,
+    plan,
+};
+use xdpvs_testbed::{
+    netns::Netns,
+    rig::{
+        CLIENT, DIRECTOR, DR_CONFIG, DrRig, VIP, client_sources, field, real_address, report_line,
+    },
+    traffic::{tcp_bulk_server, udp_ask, udp_ask_with, udp_server},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A web service on the rig's first real only.
+const ONE_REAL: &str = "\
+director: {interfaces: [eth0], hash_seed: 1}
+services:
+  - {name: web, address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh,
+     reals: [{address: 192.0.2.11}]}
+";
+
+fn banner(address: IpAddr) -> String {
+    format!("real {address}")
+}
+
+/// The real the daemon's own plan names for a DNS request from `src`.
+fn dns_real(src: IpAddr) -> IpAddr {
+    let config = Config::parse(DR_CONFIG, Path::new("e2e.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    let route = |_| {
+        Ok(Route {
+            ifindex: 0,
+            gateway: None,
+            local: false,
+        })
+    };
+    let plan = plan::compile(&config, route, None).unwrap_or_else(|e| panic!("{e}"));
+    plan.service(VIP.into(), 53, Protocol::Udp)
+        .and_then(|s| s.real_for(src, VIP.into()))
+        .map(|r| r.address)
+        .unwrap_or_else(|| panic!("no real for {src}"))
+}
+
+fn dns_servers(rig: &DrRig) -> Vec<xdpvs_testbed::traffic::Server> {
+    (0..rig.reals.len())
+        .map(|i| {
+            let name = banner(real_address(i).into());
+            udp_server(&rig.reals[i], SocketAddr::new(VIP.into(), 53), &name)
+        })
+        .collect()
+}
+
+fn event(report: &[String], name: &str) -> u64 {
+    field(report_line(report, &format!("event {name} ")), "count")
+}
+
+fn reason(report: &[String], name: &str) -> u64 {
+    field(report_line(report, &format!("reason {name} ")), "packets")
+}
+
+#[test]
+fn transit_traffic_is_not_routed_while_xdpvs_runs() {
+    let rig = DrRig::new(1);
+    let real = real_address(0);
+    let _echo = udp_server(&rig.reals[0], SocketAddr::new(real.into(), 9000), "real");
+    let (daemon, ready) = rig.start_daemon(&rig.write_config(DR_CONFIG), Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let lo = || {
+        rig.director
+            .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/forwarding"))
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        lo().trim(),
+        "1",
+        "the fallback look-up needs forwarding on lo"
+    );
+
+    // The client sends datagrams for the real's own address to the director's MAC.
+    rig.client
+        .ip(&format!("route add {real}/32 via {DIRECTOR}"));
+    let to_real = SocketAddr::new(real.into(), 9000);
+    let ask = || {
+        rig.client
+            .enter(|| udp_ask(CLIENT.into(), to_real, TIMEOUT, 2))
+    };
+    let answer = ask();
+    assert!(answer.is_err(), "transit datagram answered: {answer:?}");
+    assert_eq!(rig.forwarded_by_kernel(), 0, "the director routed transit");
+
+    // The probe can see routing: with IP forwarding on, the same datagram gets through.
+    rig.director.sysctl("net/ipv4/ip_forward", "1");
+    let routed = ask();
+    rig.director.sysctl("net/ipv4/ip_forward", "0");
+    assert_eq!(routed.ok().as_deref(), Some("real"), "control: routing on");
+    assert!(rig.forwarded_by_kernel() > 0);
+
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    assert_eq!(lo().trim(), "0", "forwarding on lo left behind");
+}
+
+#[test]
+fn fragmented_udp_is_answered_and_an_expiring_ttl_gets_time_exceeded() {
+    let rig = DrRig::new(3);
+    let _servers = dns_servers(&rig);
+    let (daemon, ready) = rig.start_daemon(&rig.write_config(DR_CONFIG), Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+
+    // 4,000-byte requests leave the client in three fragments each; the real that the
+    // first fragment's ports choose reassembles and answers.
+    let vip53 = SocketAddr::new(VIP.into(), 53);
+    let sources: Vec<IpAddr> = client_sources().into_iter().step_by(25).collect();
+    let big = vec![0x5a; 4000];
+    for &src in &sources {
+        let answer = rig
+            .client
+            .enter(|| udp_ask_with(src, vip53, &big, TIMEOUT, 3))
+            .unwrap_or_else(|e| panic!("fragmented request from {src}: {e}"));
+        assert_eq!(answer, banner(dns_real(src)), "from {src}");
+    }
+
+    // TTL 1 to the VIP: the director answers with ICMP time exceeded, which the client's
+    // socket reports (IP_RECVERR) as "host unreachable"; TTL 64 on the same socket is
+    // answered, so it is the TTL that made the difference.
+    let (expired, control) = rig
+        .client
+        .enter(|| {
+            let sock = UdpSocket::bind(SocketAddr::new(CLIENT.into(), 0))?;
+            sock.connect(vip53)?;
+            sock.set_read_timeout(Some(TIMEOUT))?;
+            let on: libc::c_int = 1;
+            // SAFETY: a plain setsockopt with a live descriptor and an int option.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_RECVERR,
+                    (&on as *const libc::c_int).cast(),
+                    size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "IP_RECVERR: {}", io::Error::last_os_error());
+            let mut buf = [0u8; 256];
+            sock.set_ttl(1)?;
+            sock.send(b"traceroute")?;
+            let expired = sock.recv(&mut buf).map(|n| n.to_string());
+            sock.set_ttl(64)?;
+            sock.send(b"hello")?;
+            let control = sock
+                .recv(&mut buf)
+                .map(|n| String::from_utf8_lossy(&buf[..n]).into());
+            io::Result::Ok((expired, control))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        expired.as_ref().err().and_then(io::Error::raw_os_error),
+        Some(libc::EHOSTUNREACH),
+        "TTL 1 to the VIP: {expired:?}"
+    );
+    assert_eq!(control.ok(), Some(banner(dns_real(CLIENT.into()))));
+
+    let (status, stdout, stderr) = daemon.stop();
+    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    let n = sources.len() as u64;
+    assert!(event(&stdout, "frag_first") >= n, "{stdout:#?}");
+    assert!(event(&stdout, "frag_followed") >= 2 * n, "{stdout:#?}");
+    assert_eq!(reason(&stdout, "drop_fragment_unknown"), 0);
+    assert_eq!(reason(&stdout, "tx_icmp_time_exceeded"), 1);
+}
+
+/// Builds, next to the rig's segment, a router (192.0.2.254) to a far client
+/// (203.0.113.77) whose link has a smaller MTU on the router's side than on the
+/// client's, as on a tunnel: the client announces MSS 1460, and the real's full-sized
+/// replies need path-MTU discovery.
+struct FarClient {
+    router: Netns,
+    client: Netns,
+}
+
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 254);
+const FAR: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 77);
+const PATH_MTU: u32 = 1000;
+
+impl FarClient {
+    fn new(rig: &DrRig) -> FarClient {
+        let router = Netns::create(&format!("{}-rt", rig.prefix));
+        rig.plug(&router, "rt");
+        router.ip(&format!("addr add {ROUTER}/24 dev eth0"));
+        // Forwarded frames from the far side may carry partial checksums (veth), which
+        // the director's XDP_TX would not complete: finish them in software here.
+        router.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+        router.sysctl("net/ipv4/ip_forward", "1");
+        let client = Netns::create(&format!("{}-far", rig.prefix));
+        router.ip(&format!(
+            "link add far0 mtu {PATH_MTU} type veth peer name eth0 netns {}",
+            client.name()
+        ));
+        router.ip("addr add 203.0.113.1/24 dev far0");
+        router.ip("link set far0 up");
+        client.ip("link set eth0 up");
+        client.ip(&format!("addr add {FAR}/24 dev eth0"));
+        client.ip("route add default via 203.0.113.1");
+        client.exec("ethtool", &["-K", "eth0", "tx", "off"]);
+        for real in &rig.reals {
+            real.ip(&format!("route replace 203.0.113.0/24 via {ROUTER}"));
+        }
+        FarClient { router, client }
+    }
+}
+
+#[test]
+fn path_mtu_discovery_works_for_the_reals_replies() {
+    const BYTES: usize = 512 * 1024;
+    let rig = DrRig::new(1);
+    let far = FarClient::new(&rig);
+    let _bulk = tcp_bulk_server(&rig.reals[0], SocketAddr::new(VIP.into(), 80), BYTES);
+    let config = rig.write_config(ONE_REAL);
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+
+    // The real sends 1500-byte segments; the router answers each with "fragmentation
+    // needed, MTU 1000" to the VIP, that is to the director, which must hand it to the
+    // real. Without that the transfer stalls (a PMTU black hole).
+    let got = far.client.enter(|| {
+        let mut conn = TcpStream::connect_timeout(&SocketAddr::new(VIP.into(), 80), TIMEOUT)?;
+        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+        conn.write_all(b"get\n")?;
+        let mut total = 0;
+        let mut buf = [0u8; 65536];
+        loop {
+            match conn.read(&mut buf)? {
+                0 => return io::Result::Ok(total),
+                n => total += n,
+            }
+        }
+    });
+    assert_eq!(got.as_ref().ok(), Some(&BYTES), "transfer: {got:?}");
+    let cached = rig.reals[0].ip(&format!("route get {FAR} from {VIP}"));
+    assert!(
+        cached.contains(&format!("mtu {PATH_MTU}")),
+        "the real learned no path MTU: {cached}"
+    );
+    let (status, stdout, stderr) = daemon.stop();
+    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    assert!(event(&stdout, "icmp_to_real") >= 1, "{stdout:#?}");
+    drop(far.router);
+}
+
+#[test]
+fn a_real_whose_mac_changes_is_followed() {
+    let rig = DrRig::new(1);
+    let _servers = dns_servers(&rig);
+    // arp_notify: the real announces a new MAC with a gratuitous ARP, as hypervisors and
+    // bonding fail-over do.
+    rig.reals[0].sysctl("net/ipv4/conf/eth0/arp_notify", "1");
+    let (daemon, ready) = rig.start_daemon(&rig.write_config(DR_CONFIG), Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let vip53 = SocketAddr::new(VIP.into(), 53);
+    let ask = |timeout| {
+        rig.client
+            .enter(|| udp_ask(CLIENT.into(), vip53, timeout, 1))
+    };
+    assert_eq!(ask(TIMEOUT).ok(), Some(banner(real_address(0).into())));
+
+    rig.reals[0].ip("link set eth0 address 02:00:00:00:aa:01");
+    let changed = Instant::now();
+    let mut answered = None;
+    while changed.elapsed() < Duration::from_secs(20) {
+        if ask(Duration::from_millis(50)).is_ok() {
+            answered = Some(changed.elapsed());
+            break;
+        }
+    }
+    let neighbours = rig.director_neighbours();
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    let after = answered.unwrap_or_else(|| panic!("never followed; neighbours: {neighbours}"));
+    assert!(neighbours.contains("02:00:00:00:aa:01"), "{neighbours}");
+    eprintln!("a real's MAC change was followed after {after:?}");
+}
