@@ -159,6 +159,10 @@ fn later_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Rea
 #[inline(always)]
 fn icmp_error(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason> {
     let key = icmp::quoted_flow(ctx, ip).map_err(|r| vip_or_not(ip, r))?;
+    // The error is about a reply the real sent from the VIP, so it is addressed to it.
+    if key.dst != ip.dst[0] {
+        return Err(vip_or_not(ip, Reason::PassIcmpNoFlow));
+    }
     let Some(flow) = conntrack::peek(&key) else {
         return Err(vip_or_not(ip, Reason::PassIcmpNoFlow));
     };

@@ -7,6 +7,8 @@
 
 pub mod bench;
 pub mod cleanup;
+pub mod differential;
+pub mod model;
 pub mod netns;
 pub mod packet;
 pub mod rig;

@@ -32,9 +32,19 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
-const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
-const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb0];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
+/// The director's MAC on `xa0` (clients and reals .11-.13) and on `xb0` (real .21).
+pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
+pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb0];
+/// The MAC clients' frames come from.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
+/// The reals: address, the director's interface towards it, its MAC (permanent
+/// neighbour entries).
+pub const REALS: [(&str, &str, [u8; 6]); 4] = [
+    ("192.0.2.11", "xa0", [0x02, 0, 0, 0, 0x02, 0x0b]),
+    ("192.0.2.12", "xa0", [0x02, 0, 0, 0, 0x02, 0x0c]),
+    ("192.0.2.13", "xa0", [0x02, 0, 0, 0, 0x02, 0x0d]),
+    ("198.51.100.21", "xb0", [0x02, 0, 0, 0, 0x64, 0x15]),
+];
 /// Every frame is padded to this length (the classic small-packet size, without FCS).
 pub const FRAME_LEN: usize = 64;
 
@@ -205,12 +215,8 @@ impl Director {
             ns.ip(&format!("link set {dev}0 up"));
             ns.sysctl(&format!("net/ipv4/conf/{dev}0/forwarding"), "1");
         }
-        for (real, dev, mac) in [
-            ("192.0.2.11", "xa0", "02:00:00:00:02:0b"),
-            ("192.0.2.12", "xa0", "02:00:00:00:02:0c"),
-            ("192.0.2.13", "xa0", "02:00:00:00:02:0d"),
-            ("198.51.100.21", "xb0", "02:00:00:00:64:15"),
-        ] {
+        for (real, dev, mac) in REALS {
+            let mac = mac.map(|b| format!("{b:02x}")).join(":");
             ns.ip(&format!(
                 "neigh replace {real} lladdr {mac} dev {dev} nud permanent"
             ));
@@ -221,8 +227,13 @@ impl Director {
     }
 
     fn plan(&self) -> Plan {
-        let config =
-            Config::parse(CONFIG, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        self.plan_from(CONFIG, None)
+    }
+
+    /// The plan of another configuration over the same reals, keeping `previous`'s
+    /// indices (as a reload does).
+    pub fn plan_from(&self, yaml: &str, previous: Option<&Plan>) -> Plan {
+        let config = Config::parse(yaml, Path::new("bench.yaml")).unwrap_or_else(|e| panic!("{e}"));
         let (xa0, xb0) = (self.xa0, self.xb0);
         plan::compile(
             &config,
@@ -237,7 +248,7 @@ impl Director {
                     local: false,
                 })
             },
-            None,
+            previous,
         )
         .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -247,6 +258,16 @@ impl Director {
     /// Index of `xa0`, where frames come in.
     pub fn xa0(&self) -> u32 {
         self.xa0
+    }
+
+    /// Index of `xb0`, towards real .21.
+    pub fn xb0(&self) -> u32 {
+        self.xb0
+    }
+
+    /// The configuration the director's plan is compiled from.
+    pub fn config(&self) -> &'static str {
+        CONFIG
     }
 }
 
