@@ -17,6 +17,9 @@ pub struct Results {
     pub per_packet: Vec<per_packet::Measured>,
     pub rate: Vec<rate::Measured>,
     pub control: Vec<control::Measured>,
+    /// The differential run, if one was made: (frames, differing frames, differing
+    /// counters, seconds).
+    pub differential: Option<(u64, u64, usize, f64)>,
 }
 
 fn target_note(ratio: f64, limit: f64, at_most: bool) -> String {
@@ -136,6 +139,13 @@ impl Results {
             let _ = writeln!(out, "### Control plane\n");
             self.control_table(&mut out);
             out.push('\n');
+        }
+        if let Some((frames, frames_off, counters_off, secs)) = self.differential {
+            let _ = writeln!(
+                out,
+                "### Differential run (program vs reference model)\n\n{frames} frames in \
+                 {secs:.1} s: {frames_off} frames and {counters_off} counters differ.\n"
+            );
         }
         out
     }

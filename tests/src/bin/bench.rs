@@ -5,11 +5,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use xdpvs_testbed::{
     bench::{bench_cpu, control, per_packet, rate, report},
-    cleanup,
+    cleanup, differential,
 };
 
 const USAGE: &str = "\
-usage: xdpvs-bench [--quick] [--only per-packet,rate,control] [--rounds N]
+usage: xdpvs-bench [--quick] [--only per-packet,rate,control,differential] [--rounds N]
                    [--iterations N] [--frames N] [--services N,N] [--write FILE]
 
   --quick       a smoke run: 1 round, few iterations, 100 services; figures mean little
@@ -18,6 +18,7 @@ usage: xdpvs-bench [--quick] [--only per-packet,rate,control] [--rounds N]
   --iterations  BPF_PROG_TEST_RUN repeats per per-packet round (default 1000000)
   --frames      frames per forwarding-rate round (default 4000000)
   --services    service counts for the control-plane figures (default 1000,10000)
+  --random N    frames of the differential run (default 20000000; quick 1000000)
   --write       replace the results block of this Markdown file";
 
 struct Options {
@@ -26,17 +27,21 @@ struct Options {
     iterations: u32,
     frames: u32,
     services: Vec<usize>,
+    random: u64,
     write: Option<PathBuf>,
     quick: bool,
 }
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
-        parts: vec!["per-packet".into(), "rate".into(), "control".into()],
+        parts: ["per-packet", "rate", "control", "differential"]
+            .map(str::to_owned)
+            .to_vec(),
         rounds: 5,
         iterations: 1_000_000,
         frames: 4_000_000,
         services: vec![1000, 10_000],
+        random: 20_000_000,
         write: None,
         quick: false,
     };
@@ -60,14 +65,13 @@ fn parse(args: &[String]) -> Result<Options, String> {
                 o.iterations = 20_000;
                 o.frames = 200_000;
                 o.services = vec![100];
+                o.random = 1_000_000;
             }
             "--only" => {
                 o.parts = value()?.split(',').map(str::to_owned).collect();
-                if let Some(bad) = o
-                    .parts
-                    .iter()
-                    .find(|p| !["per-packet", "rate", "control"].contains(&p.as_str()))
-                {
+                if let Some(bad) = o.parts.iter().find(|p| {
+                    !["per-packet", "rate", "control", "differential"].contains(&p.as_str())
+                }) {
                     return Err(format!("--only: unknown part {bad:?}"));
                 }
             }
@@ -86,6 +90,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
                     .map(|v| number(v.to_owned()).map(|n| n as usize))
                     .collect::<Result<_, _>>()?
             }
+            "--random" => o.random = number(value()?)?,
             "--write" => o.write = Some(PathBuf::from(value()?)),
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -149,6 +154,24 @@ fn main() -> ExitCode {
             results.control = control::measure(&rig, &options.services);
         }
     }
+    if wants("differential") {
+        eprintln!("xdpvs-bench: differential run …");
+        let director = per_packet::Director::new();
+        let started = std::time::Instant::now();
+        let report = director.ns.enter(|| {
+            let _rx_queue = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
+            differential::run(&director, options.random, 0x0078_6470_7673)
+        });
+        for d in &report.described {
+            eprintln!("{d}");
+        }
+        results.differential = Some((
+            report.frames,
+            report.mismatches,
+            report.counters.len(),
+            started.elapsed().as_secs_f64(),
+        ));
+    }
     let block = results.markdown();
     println!("{block}");
     if let Some(path) = &options.write {
@@ -157,6 +180,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
         eprintln!("xdpvs-bench: results written to {}", path.display());
+    }
+    if results
+        .differential
+        .is_some_and(|(_, frames, counters, _)| frames + counters as u64 > 0)
+    {
+        eprintln!("xdpvs-bench: the program differs from its reference model (above)");
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
