@@ -53,7 +53,8 @@ reasons! {
     /// Frame shorter than an Ethernet header: the kernel drops and counts it.
     PassEthTruncated = 4, "pass_eth_truncated", Pass;
     /// IPv4 header truncated or inconsistent (IHL < 5, total length beyond the frame,
-    /// version not 4): the kernel validates, drops and counts it (InHdrErrors).
+    /// version not 4), to a virtual address or too short to name one: the kernel
+    /// validates, drops and counts it (InHdrErrors).
     PassIpMalformed = 5, "pass_ip_malformed", Pass;
     /// IPv4 to an address that is not a virtual address.
     PassNotVip = 6, "pass_not_vip", Pass;

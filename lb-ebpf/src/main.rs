@@ -85,10 +85,17 @@ fn real(index: u32) -> Option<RealServer> {
 #[inline(always)]
 fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let l3 = parse::ethernet(ctx)?;
-    let ip = parse::ipv4(ctx, l3)?;
-    if !lookup::maybe_vip(&ip.dst) {
+    let dst = parse::ipv4_destination(ctx, l3)?;
+    if !lookup::maybe_vip(&dst) {
         return Err(Reason::PassNotVip);
     }
+    let ip = parse::ipv4(ctx, l3).map_err(|r| {
+        if lookup::is_vip(&dst) {
+            r
+        } else {
+            Reason::PassNotVip
+        }
+    })?;
     // The filter may let through an address that is not a VIP: the kernel judges those.
     hygiene::check(ctx, &ip).map_err(|r| vip_or_not(&ip, r))?;
     if ip.proto == IPPROTO_ICMP {

@@ -58,6 +58,15 @@ pub fn ethernet(ctx: &XdpContext) -> Result<usize, Reason> {
     }
 }
 
+/// The destination address of the IPv4 header at `offset`, read before anything else
+/// is checked: traffic that is not for a VIP is the kernel's to judge, and should cost
+/// as little as possible.
+#[inline(always)]
+pub fn ipv4_destination(ctx: &XdpContext, offset: usize) -> Result<AddrWords, Reason> {
+    let dst = read_at::<u32>(ctx, offset + 16).ok_or(Reason::PassIpMalformed)?;
+    Ok([dst, 0, 0, 0])
+}
+
 /// What the later stages need from the IPv4 header.
 pub struct Ipv4Meta {
     /// Source address, network order.

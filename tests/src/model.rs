@@ -224,16 +224,17 @@ impl Model {
         if f.len() < 34 {
             return Err(Reason::PassIpMalformed);
         }
+        // Not for a VIP is decided on the destination alone (docs/ARCHITECTURE.md).
+        let (src, dst) = (quad(&f[26..]), quad(&f[30..]));
+        if !self.vips.contains(&dst) {
+            return Err(Reason::PassNotVip);
+        }
         let ihl = usize::from(f[14] & 0x0f) * 4;
         let total = usize::from(be16(&f[16..]));
         if f[14] >> 4 != 4 || ihl < 20 || total < ihl || 14 + total > f.len() {
             return Err(Reason::PassIpMalformed);
         }
         let end = 14 + total;
-        let (src, dst) = (quad(&f[26..]), quad(&f[30..]));
-        if !self.vips.contains(&dst) {
-            return Err(Reason::PassNotVip);
-        }
         // What the kernel would refuse.
         if f[..6] != self.ingress_mac {
             return Err(Reason::DropOtherHost);

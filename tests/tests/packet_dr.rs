@@ -437,6 +437,15 @@ fn cases(plan: &Plan) -> Vec<Case> {
         Output::Unchanged,
         Reason::PassIpMalformed,
     );
+    let mut not_ours = tcp_syn("198.51.100.7", "192.0.2.1", 22);
+    not_ours[14] = 0x44;
+    add(
+        "ihl below 5, not to a vip: not ours to judge",
+        not_ours,
+        XDP_PASS,
+        Output::Unchanged,
+        Reason::PassNotVip,
+    );
     let mut v6_in_v4 = good.clone();
     v6_in_v4[14] = 0x65;
     add(
