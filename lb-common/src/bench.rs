@@ -17,6 +17,11 @@ pub const COUNTER_MAP: &str = "XDPVS_BENCH_COUNTER";
 /// `PerCpuArray<u64>`, one entry: IPv4 TCP/UDP frames the sink dropped.
 pub const SINK_MAP: &str = "XDPVS_BENCH_SINK";
 
+/// `LruHashMap<FlowKeyV4, Flow>` with per-CPU LRU lists, as the connection table.
+pub const LRU_PERCPU_MAP: &str = "XDPVS_BENCH_LRU_PERCPU";
+/// `LruHashMap<FlowKeyV4, Flow>` with one common LRU list.
+pub const LRU_COMMON_MAP: &str = "XDPVS_BENCH_LRU_COMMON";
+
 /// Program names in the object.
 pub mod programs {
     /// Returns XDP_PASS: the floor of any XDP program.
@@ -30,6 +35,10 @@ pub mod programs {
     pub const GENERATOR: &str = "bench_generator";
     /// Counts IPv4 TCP/UDP frames and drops them; passes everything else (ARP).
     pub const SINK: &str = "bench_sink";
+    /// Inserts the frame's flow into `LRU_PERCPU_MAP`; XDP_DROP.
+    pub const LRU_PERCPU: &str = "bench_lru_percpu";
+    /// Inserts the frame's flow into `LRU_COMMON_MAP`; XDP_DROP.
+    pub const LRU_COMMON: &str = "bench_lru_common";
 }
 
 /// A frame and how to vary its flow. With `flows` = 0 the frame is used as it is;

@@ -7,15 +7,19 @@
 mod runtime;
 
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_xdp_store_bytes,
+    bindings::{
+        BPF_F_NO_COMMON_LRU,
+        xdp_action::{XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX},
+    },
+    helpers::{bpf_get_smp_processor_id, bpf_xdp_store_bytes},
     macros::{map, xdp},
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, LruHashMap, PerCpuArray, ProgramArray},
     programs::XdpContext,
 };
 use lb_common::{
     IPPROTO_TCP, IPPROTO_UDP,
     bench::{TEMPLATE_BYTES, Template},
+    conntrack::{Flow, FlowKeyV4, STATE_TCP_SYN},
 };
 
 #[map(name = "XDPVS_BENCH_TMPL")]
@@ -30,7 +34,60 @@ static COUNTER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "XDPVS_BENCH_SINK")]
 static SINK: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// The connection table's kind (per-CPU LRU lists); the bench sizes it at load.
+#[map(name = "XDPVS_BENCH_LRU_PERCPU")]
+static LRU_PERCPU: LruHashMap<FlowKeyV4, Flow> =
+    LruHashMap::with_max_entries(256, BPF_F_NO_COMMON_LRU);
+
+/// The same with one LRU list shared by all CPUs.
+#[map(name = "XDPVS_BENCH_LRU_COMMON")]
+static LRU_COMMON: LruHashMap<FlowKeyV4, Flow> = LruHashMap::with_max_entries(256, 0);
+
 const ETH_P_IPV4: [u8; 2] = [0x08, 0x00];
+
+/// Inserts the frame's flow (tagged with the CPU, so CPUs never share a key) into the
+/// per-CPU-lists LRU map; XDP_DROP, or XDP_ABORTED if the insert failed.
+#[xdp]
+pub fn bench_lru_percpu(ctx: XdpContext) -> u32 {
+    lru_insert(&ctx, &LRU_PERCPU)
+}
+
+/// As `bench_lru_percpu`, into the common-list LRU map.
+#[xdp]
+pub fn bench_lru_common(ctx: XdpContext) -> u32 {
+    lru_insert(&ctx, &LRU_COMMON)
+}
+
+#[inline(always)]
+fn lru_insert(ctx: &XdpContext, map: &LruHashMap<FlowKeyV4, Flow>) -> u32 {
+    let Some(h) = at::<[u8; 38]>(ctx, 0) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: `at` checked the bytes are inside the packet.
+    let h = unsafe { *h };
+    // SAFETY: a helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u8;
+    let key = FlowKeyV4 {
+        src: u32::from_ne_bytes([h[26], h[27], h[28], h[29]]),
+        dst: u32::from_ne_bytes([h[30], h[31], h[32], h[33]]),
+        sport: u16::from_ne_bytes([h[34], h[35]]),
+        dport: u16::from_ne_bytes([h[36], h[37]]),
+        proto: h[23],
+        _pad: [cpu, 0, 0],
+    };
+    let flow = Flow {
+        real: 0,
+        real_gen: 0,
+        last_seen: 0,
+        state: STATE_TCP_SYN,
+        flags: 0,
+        _pad: 0,
+    };
+    match map.insert(&key, &flow, 0) {
+        Ok(()) => XDP_DROP,
+        Err(_) => XDP_ABORTED,
+    }
+}
 
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {

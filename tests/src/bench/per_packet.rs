@@ -14,7 +14,11 @@ use aya::{
     maps::{PerCpuArray, PerCpuValues, ProgramArray},
     programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
 };
-use lb_common::bench as abi;
+use lb_common::{
+    bench as abi,
+    conntrack::{Flow, FlowKeyV4, STATE_TCP_ESTABLISHED},
+    maps::MAX_FLOWS,
+};
 use lb_userspace::{
     config::{Config, Limits},
     dataplane::Dataplane,
@@ -162,7 +166,7 @@ pub fn cases() -> Vec<Case> {
             }),
         },
         Case {
-            name: "DR TCP SYN, new flow every packet",
+            name: "DR TCP SYN, new flow every packet, into a full table (1M entries)",
             target: Target::Xdpvs,
             frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x02),
             flows: NEW_FLOW_PACKETS as u32,
@@ -406,6 +410,41 @@ impl Programs {
         result.duration.as_nanos() as f64
     }
 
+    /// Fills the connection table to its capacity with flows that are never sent (to
+    /// 192.0.2.250, no VIP), a share from each CPU: with per-CPU LRU lists an insert takes
+    /// an entry from its own CPU's list, so every list must be full for the next insert
+    /// to evict, as in a director that has run for a while. Ends pinned to the last CPU.
+    pub fn fill_flow_table(&mut self) {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per_cpu = MAX_FLOWS / cpus as u32 + 1;
+        let flow = Flow {
+            real: 0,
+            real_gen: 0,
+            last_seen: 0,
+            state: STATE_TCP_ESTABLISHED,
+            flags: 0,
+            _pad: 0,
+        };
+        for cpu in 0..cpus {
+            pin_to_cpu(cpu);
+            for i in 0..per_cpu {
+                let n = cpu as u32 * per_cpu + i;
+                let key = FlowKeyV4 {
+                    src: n.to_be(),
+                    dst: u32::from_ne_bytes([192, 0, 2, 250]),
+                    sport: 1,
+                    dport: 80u16.to_be(),
+                    proto: 6,
+                    _pad: [0; 3],
+                };
+                self.dataplane
+                    .set_flow(&key, flow)
+                    .unwrap_or_else(|e| panic!("filling the table: {e}"));
+            }
+        }
+        pin_to_cpu(cpus - 1);
+    }
+
     /// The number of times the xdpvs program forwarded a packet for any service.
     pub fn forwarded(&self) -> u64 {
         let snapshot = self
@@ -491,6 +530,9 @@ pub fn measure(rounds: usize, iterations: u32, cpu: usize) -> Vec<Measured> {
 /// The template stays in place from `check_wrapper` on and the flow counter keeps
 /// counting across rounds, so a "new flow" row never repeats a flow.
 fn measure_case(programs: &mut Programs, case: &Case, rounds: usize, iterations: u32) -> Measured {
+    if case.target == Target::Xdpvs && case.flows != 0 {
+        programs.fill_flow_table();
+    }
     check_wrapper(programs, case);
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {

@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use super::{control, per_packet, per_packet::Target, rate, rate::Director};
+use super::{control, lru, per_packet, per_packet::Target, rate, rate::Director};
 
 /// Where a run's block starts and ends in docs/PERFORMANCE.md.
 pub const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench`; edit outside) -->";
@@ -17,6 +17,7 @@ pub struct Results {
     pub per_packet: Vec<per_packet::Measured>,
     pub rate: Vec<rate::Measured>,
     pub control: Vec<control::Measured>,
+    pub lru: Vec<lru::Measured>,
     /// The differential run, if one was made: (frames, differing frames, differing
     /// counters, seconds).
     pub differential: Option<(u64, u64, usize, f64)>,
@@ -59,6 +60,35 @@ impl Results {
                 out,
                 "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {} |",
                 m.name, m.ns.median, m.ns.min, to_pass, to_swap, target
+            );
+        }
+    }
+
+    fn lru_table(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "| LRU lists | CPUs inserting at once | ns/insert median | min | max | × per-CPU lists |\n\
+             |---|---:|---:|---:|---:|---:|"
+        );
+        for m in &self.lru {
+            let same = self
+                .lru
+                .iter()
+                .find(|o| o.per_cpu_lists && o.cpus == m.cpus)
+                .map_or(f64::NAN, |o| m.ns.median / o.ns.median);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |",
+                if m.per_cpu_lists {
+                    "per CPU (`BPF_F_NO_COMMON_LRU`, xdpvs)"
+                } else {
+                    "one common list"
+                },
+                m.cpus,
+                m.ns.median,
+                m.ns.min,
+                m.ns.max,
+                same
             );
         }
     }
@@ -138,6 +168,14 @@ impl Results {
         if !self.control.is_empty() {
             let _ = writeln!(out, "### Control plane\n");
             self.control_table(&mut out);
+            out.push('\n');
+        }
+        if !self.lru.is_empty() {
+            let _ = writeln!(
+                out,
+                "### Connection-table inserts into a full 1M-entry LRU map (BPF_PROG_TEST_RUN)\n"
+            );
+            self.lru_table(&mut out);
             out.push('\n');
         }
         if let Some((frames, frames_off, counters_off, secs)) = self.differential {

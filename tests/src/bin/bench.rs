@@ -4,12 +4,12 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use xdpvs_testbed::{
-    bench::{bench_cpu, control, per_packet, rate, report},
+    bench::{self, bench_cpu, control, per_packet, rate, report},
     cleanup, differential,
 };
 
 const USAGE: &str = "\
-usage: xdpvs-bench [--quick] [--only per-packet,rate,control,differential] [--rounds N]
+usage: xdpvs-bench [--quick] [--only per-packet,lru,rate,control,differential] [--rounds N]
                    [--iterations N] [--frames N] [--services N,N] [--write FILE]
 
   --quick       a smoke run: 1 round, few iterations, 100 services; figures mean little
@@ -34,7 +34,7 @@ struct Options {
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
-        parts: ["per-packet", "rate", "control", "differential"]
+        parts: ["per-packet", "lru", "rate", "control", "differential"]
             .map(str::to_owned)
             .to_vec(),
         rounds: 5,
@@ -70,7 +70,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--only" => {
                 o.parts = value()?.split(',').map(str::to_owned).collect();
                 if let Some(bad) = o.parts.iter().find(|p| {
-                    !["per-packet", "rate", "control", "differential"].contains(&p.as_str())
+                    !["per-packet", "lru", "rate", "control", "differential"].contains(&p.as_str())
                 }) {
                     return Err(format!("--only: unknown part {bad:?}"));
                 }
@@ -142,6 +142,10 @@ fn main() -> ExitCode {
     if wants("per-packet") {
         eprintln!("xdpvs-bench: per-packet cost …");
         results.per_packet = per_packet::measure(options.rounds, options.iterations, cpu);
+    }
+    if wants("lru") {
+        eprintln!("xdpvs-bench: connection-table inserts …");
+        results.lru = bench::lru::measure(options.rounds, options.iterations);
     }
     if wants("rate") || wants("control") {
         let rig = rate::Rig::new();
