@@ -83,7 +83,7 @@ fn lru_insert(ctx: &XdpContext, map: &LruHashMap<FlowKeyV4, Flow>) -> u32 {
         flags: 0,
         _pad: 0,
     };
-    match map.insert(&key, &flow, 0) {
+    match map.insert(key, flow, 0) {
         Ok(()) => XDP_DROP,
         Err(_) => XDP_ABORTED,
     }
