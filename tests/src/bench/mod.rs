@@ -103,9 +103,15 @@ pub fn pin_to_cpu(cpu: usize) {
 
 /// The CPU the benchmarks pin to: the last one (CPU 0 takes most interrupts).
 pub fn bench_cpu() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get() - 1)
-        .unwrap_or(0)
+    online_cpus() - 1
+}
+
+/// CPUs online on the machine, whatever the calling thread is pinned to
+/// (`available_parallelism` answers for the thread's affinity).
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0).unwrap_or(1)
 }
 
 #[cfg(test)]

@@ -413,9 +413,9 @@ impl Programs {
     /// Fills the connection table to its capacity with flows that are never sent (to
     /// 192.0.2.250, no VIP), a share from each CPU: with per-CPU LRU lists an insert takes
     /// an entry from its own CPU's list, so every list must be full for the next insert
-    /// to evict, as in a director that has run for a while. Ends pinned to the last CPU.
-    pub fn fill_flow_table(&mut self) {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    /// to evict, as in a director that has run for a while. Ends pinned to `cpu`.
+    pub fn fill_flow_table(&mut self, cpu: usize) {
+        let cpus = super::online_cpus();
         let per_cpu = MAX_FLOWS / cpus as u32 + 1;
         let flow = Flow {
             real: 0,
@@ -425,10 +425,10 @@ impl Programs {
             flags: 0,
             _pad: 0,
         };
-        for cpu in 0..cpus {
-            pin_to_cpu(cpu);
+        for filler in 0..cpus {
+            pin_to_cpu(filler);
             for i in 0..per_cpu {
-                let n = cpu as u32 * per_cpu + i;
+                let n = filler as u32 * per_cpu + i;
                 let key = FlowKeyV4 {
                     src: n.to_be(),
                     dst: u32::from_ne_bytes([192, 0, 2, 250]),
@@ -442,7 +442,7 @@ impl Programs {
                     .unwrap_or_else(|e| panic!("filling the table: {e}"));
             }
         }
-        pin_to_cpu(cpus - 1);
+        pin_to_cpu(cpu);
     }
 
     /// The number of times the xdpvs program forwarded a packet for any service.
@@ -522,16 +522,22 @@ pub fn measure(rounds: usize, iterations: u32, cpu: usize) -> Vec<Measured> {
         let mut programs = Programs::load(&director);
         cases()
             .iter()
-            .map(|case| measure_case(&mut programs, case, rounds, iterations))
+            .map(|case| measure_case(&mut programs, case, rounds, iterations, cpu))
             .collect()
     })
 }
 
 /// The template stays in place from `check_wrapper` on and the flow counter keeps
 /// counting across rounds, so a "new flow" row never repeats a flow.
-fn measure_case(programs: &mut Programs, case: &Case, rounds: usize, iterations: u32) -> Measured {
+fn measure_case(
+    programs: &mut Programs,
+    case: &Case,
+    rounds: usize,
+    iterations: u32,
+    cpu: usize,
+) -> Measured {
     if case.target == Target::Xdpvs && case.flows != 0 {
-        programs.fill_flow_table();
+        programs.fill_flow_table(cpu);
     }
     check_wrapper(programs, case);
     let mut samples = Vec::with_capacity(rounds);

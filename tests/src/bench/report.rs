@@ -148,7 +148,7 @@ impl Results {
             utc_now(),
             kernel(),
             cpu_model(),
-            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            super::online_cpus(),
             self.command,
             self.settings
         );
