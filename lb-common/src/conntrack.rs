@@ -66,7 +66,10 @@ pub struct Flow {
     pub state: u8,
     /// Reserved; zero.
     pub flags: u8,
-    pub _pad: u16,
+    /// Id of the virtual service the flow was scheduled for: its row of
+    /// `SERVICE_PARAMS` gives the timeouts and flags, so a hit needs no `SERVICES`
+    /// look-up (service ids are below 65,536).
+    pub service: u16,
 }
 
 /// Key of `FRAGMENTS_V4`: one fragmented datagram (RFC 791's reassembly key).

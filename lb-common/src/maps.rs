@@ -16,11 +16,17 @@ pub const REALS: &str = "XDPVS_REAL_V2";
 /// `Array<u32>`: `MAX_SERVICES` rows of `SCHED_SLOTS` real indices, built by the daemon.
 pub const SCHED_TABLE: &str = "XDPVS_SCHED_V1";
 /// `LruHashMap<FlowKeyV4, Flow>` (`BPF_F_NO_COMMON_LRU`): the IPv4 connection table.
-pub const CONNTRACK_V4: &str = "XDPVS_CT4_V1";
+pub const CONNTRACK_V4: &str = "XDPVS_CT4_V2";
+/// `Array<ServiceValue>` by service id: what a connection-table hit needs of its
+/// service (timeouts, flags), read without a hash look-up. Written before `SERVICES`.
+pub const SERVICE_PARAMS: &str = "XDPVS_SVCP_V1";
 /// `LruHashMap<FragKeyV4, FragValue>`: where each fragmented datagram's first fragment went.
 pub const FRAGMENTS_V4: &str = "XDPVS_FRAG4_V1";
 /// `HashMap<u32, Iface>`: the interfaces the program is attached to, by ifindex.
 pub const IFACES: &str = "XDPVS_IFACE_V1";
+/// `Array<Iface>`, `IFACE_SLOTS` entries: the same for interfaces whose index is below
+/// `IFACE_SLOTS`, read without a hash look-up (an all-zero MAC: not attached).
+pub const IFACE_INDEX: &str = "XDPVS_IFIDX_V1";
 /// `Array<Settings>`, one entry: director-wide knobs.
 pub const SETTINGS: &str = "XDPVS_SETTINGS_V1";
 /// `PerCpuArray<FloodWindow>`, `conntrack::WINDOWS` entries: per-CPU counts per second
@@ -36,8 +42,10 @@ pub const REASONS: &str = "XDPVS_REASON_V2";
 pub const EVENTS: &str = "XDPVS_EVENT_V1";
 
 /// Every map name, for checks that the object and the daemon agree.
-pub const ALL: [&str; 14] = [
+pub const ALL: [&str; 16] = [
     SERVICES,
+    SERVICE_PARAMS,
+    IFACE_INDEX,
     VIPS,
     VIP_FILTER,
     REALS,
@@ -67,3 +75,5 @@ pub const MAX_FLOWS: u32 = 1 << 20;
 pub const MAX_FRAGMENTED: u32 = 16_384;
 /// Capacity of `IFACES`.
 pub const MAX_IFACES: u32 = 64;
+/// Capacity of `IFACE_INDEX`: interfaces with a larger index use `IFACES` only.
+pub const IFACE_SLOTS: u32 = 4096;

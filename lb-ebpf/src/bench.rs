@@ -81,7 +81,7 @@ fn lru_insert(ctx: &XdpContext, map: &LruHashMap<FlowKeyV4, Flow>) -> u32 {
         last_seen: 0,
         state: STATE_TCP_SYN,
         flags: 0,
-        _pad: 0,
+        service: 0,
     };
     match map.insert(key, flow, 0) {
         Ok(()) => XDP_DROP,

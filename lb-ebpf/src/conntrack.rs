@@ -6,13 +6,13 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     SVC_F_EXPIRE_NODEST, ServiceValue,
-    conntrack::{self, Flow, FlowKeyV4, STATES, WINDOW_INSERTS},
+    conntrack::{self, DEFAULT_TIMEOUTS, Flow, FlowKeyV4, STATES, WINDOW_INSERTS},
     event::Event,
     reason::Reason,
 };
 
 use crate::{
-    maps::{CONNTRACK_V4, SETTINGS},
+    maps::{CONNTRACK_V4, SERVICE_PARAMS, SETTINGS},
     stats, window,
 };
 
@@ -26,31 +26,43 @@ pub fn now() -> u32 {
     (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32
 }
 
-/// The real index and generation the flow is bound to, or `None` when the packet must
-/// be scheduled (no entry, an expired one, or a new connection on a finished 5-tuple).
-/// A hit updates the entry's state and, once a second, its last-seen time.
+/// What the connection table says about a packet.
+pub enum Lookup {
+    /// The flow's entry: its real, and its service's id and `SVC_F_*` flags.
+    Hit {
+        real: u32,
+        real_gen: u32,
+        service: u32,
+        flags: u32,
+    },
+    /// No entry.
+    Miss,
+    /// An entry that no longer holds (expired, or a new connection on a finished
+    /// 5-tuple), already counted: schedule as new.
+    Stale,
+}
+
+/// The flow's entry. Its service parameters (timeouts, flags) come from
+/// `SERVICE_PARAMS` by the id the entry holds, an array read. A hit updates the entry's
+/// state and, once a second, its last-seen time.
 #[inline(always)]
-pub fn lookup(
-    key: &FlowKeyV4,
-    service: &ServiceValue,
-    tcp_flags: u8,
-    now: u32,
-) -> Option<(u32, u32)> {
+pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
     let Some(entry) = CONNTRACK_V4.get_ptr_mut(key) else {
-        stats::count_event(Event::CtMiss);
-        return None;
+        return Lookup::Miss;
     };
     // SAFETY: the pointer is valid for this program run (RCU); fields are plain integers,
     // and a racing update from another CPU can only leave another valid state or time.
     let flow = unsafe { *entry };
-    let timeout = service.timeouts[flow.state as usize & (STATES - 1)];
+    let params = SERVICE_PARAMS.get(u32::from(flow.service));
+    let (timeouts, flags) = params.map_or((DEFAULT_TIMEOUTS, 0), |p| (p.timeouts, p.flags));
+    let timeout = timeouts[flow.state as usize & (STATES - 1)];
     if conntrack::expired(flow.last_seen, now, timeout) {
         stats::count_event(Event::CtExpired);
-        return None;
+        return Lookup::Stale;
     }
     let Some(state) = conntrack::next_state(flow.state, tcp_flags) else {
         stats::count_event(Event::CtReused);
-        return None;
+        return Lookup::Stale;
     };
     if state != flow.state || now != flow.last_seen {
         // SAFETY: as above.
@@ -60,13 +72,25 @@ pub fn lookup(
         }
     }
     stats::count_event(Event::CtHit);
-    Some((flow.real, flow.real_gen))
+    Lookup::Hit {
+        real: flow.real,
+        real_gen: flow.real_gen,
+        service: u32::from(flow.service),
+        flags,
+    }
 }
 
 /// Remembers a newly scheduled flow, unless the flood guard says this CPU has made too
 /// many entries this second (the flow is forwarded all the same).
 #[inline(always)]
-pub fn insert(key: &FlowKeyV4, real: u32, real_gen: u32, state: u8, now: u32) {
+pub fn insert(
+    key: &FlowKeyV4,
+    service: &ServiceValue,
+    real: u32,
+    real_gen: u32,
+    state: u8,
+    now: u32,
+) {
     let rate = SETTINGS.get(0).map_or(0, |s| s.flood_rate);
     if rate != 0 && !window::admit(WINDOW_INSERTS, rate, now) {
         stats::count_event(Event::CtInsertRefused);
@@ -78,7 +102,8 @@ pub fn insert(key: &FlowKeyV4, real: u32, real_gen: u32, state: u8, now: u32) {
         last_seen: now,
         state,
         flags: 0,
-        _pad: 0,
+        // Service ids are below 65,536 (`limits.max_services`).
+        service: service.id as u16,
     };
     match CONNTRACK_V4.insert(key, flow, BPF_ANY) {
         Ok(()) => stats::count_event(Event::CtInsert),
@@ -90,8 +115,8 @@ pub fn insert(key: &FlowKeyV4, real: u32, real_gen: u32, state: u8, now: u32) {
 /// `expire_nodest_conn`. The packet is dropped; with the service's flag the entry goes
 /// too, so the flow's next packet is scheduled afresh.
 #[inline(always)]
-pub fn orphaned(key: &FlowKeyV4, service: &ServiceValue) -> Reason {
-    if service.flags & SVC_F_EXPIRE_NODEST != 0 && CONNTRACK_V4.remove(key).is_ok() {
+pub fn orphaned(key: &FlowKeyV4, service_flags: u32) -> Reason {
+    if service_flags & SVC_F_EXPIRE_NODEST != 0 && CONNTRACK_V4.remove(key).is_ok() {
         stats::count_event(Event::CtNodestExpired);
     }
     Reason::DropRealRemoved

@@ -7,7 +7,7 @@ use lb_common::{AddrWords, event::Event, reason::Reason};
 
 use crate::{
     lookup,
-    maps::IFACES,
+    maps::{IFACE_INDEX, IFACES},
     parse::{self, Ipv4Meta},
     stats,
 };
@@ -29,8 +29,12 @@ pub fn check(ctx: &XdpContext, ip: &Ipv4Meta) -> Result<(), Reason> {
 #[inline(always)]
 fn our_mac(ctx: &XdpContext) -> Result<(), Reason> {
     let ifindex = ctx.ingress_ifindex() as u32;
+    let slot = IFACE_INDEX
+        .get(ifindex)
+        .copied()
+        .filter(|i| i.mac != [0; 6]);
     // SAFETY: the value is copied out at once; the daemon replaces values whole.
-    let Some(iface) = (unsafe { IFACES.get(ifindex) }).copied() else {
+    let Some(iface) = slot.or_else(|| unsafe { IFACES.get(ifindex) }.copied()) else {
         stats::count_event(Event::IfaceUnknown);
         return Ok(());
     };

@@ -31,7 +31,7 @@ use lb_common::{
     reason::{Action, Reason},
 };
 
-use crate::maps::REALS;
+use crate::{conntrack::Lookup, maps::REALS};
 
 const IPPROTO_ICMP: u8 = 1;
 
@@ -108,20 +108,34 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
         return later_fragment(ctx, &ip);
     }
     let l4 = parse::l4(ctx, &ip).map_err(|r| vip_or_not(&ip, r))?;
-    let Some(service) = lookup::service(&ip.dst, l4.dport, ip.proto) else {
-        return Err(vip_or_not(&ip, Reason::PassVipNoService));
-    };
     if ip.ttl <= 1 {
-        return Err(time_exceeded::reply(ctx, &ip));
+        return match lookup::service(&ip.dst, l4.dport, ip.proto) {
+            Some(_) => Err(time_exceeded::reply(ctx, &ip)),
+            None => Err(vip_or_not(&ip, Reason::PassVipNoService)),
+        };
     }
+    // An established flow is found by its 5-tuple first, as IPVS does: its entry names
+    // the real and the service, so the hit path needs no SERVICES look-up.
     let now = conntrack::now();
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
-    let (index, real) = match conntrack::lookup(&key, &service, l4.flags, now) {
-        Some((index, generation)) => match real(index) {
-            Some(r) if r.generation == generation => (index, r),
-            _ => return Err(conntrack::orphaned(&key, &service)),
+    let found = conntrack::lookup(&key, l4.flags, now);
+    let (index, real, service_id) = match found {
+        Lookup::Hit {
+            real: index,
+            real_gen,
+            service,
+            flags,
+        } => match real(index) {
+            Some(r) if r.generation == real_gen => (index, r, service),
+            _ => return Err(conntrack::orphaned(&key, flags)),
         },
-        None => {
+        Lookup::Miss | Lookup::Stale => {
+            let Some(service) = lookup::service(&ip.dst, l4.dport, ip.proto) else {
+                return Err(vip_or_not(&ip, Reason::PassVipNoService));
+            };
+            if matches!(found, Lookup::Miss) {
+                stats::count_event(Event::CtMiss);
+            }
             let index = schedule::pick(&service, &ip)?;
             let r = real(index).ok_or(Reason::DropInternal)?;
             let is_tcp = ip.proto == IPPROTO_TCP;
@@ -129,16 +143,16 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
                 stats::count_event(Event::CtMidstreamMiss);
             }
             let state = first_state(is_tcp, l4.flags);
-            conntrack::insert(&key, index, r.generation, state, now);
-            (index, r)
+            conntrack::insert(&key, &service, index, r.generation, state, now);
+            (index, r, service.id)
         }
     };
     if ip.more_fragments {
-        fragment::remember(&ip, index, real.generation, service.id, now);
+        fragment::remember(&ip, index, real.generation, service_id, now);
     }
     let verdict = rewrite::direct_route(ctx, &ip, &real)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_service(service.id, bytes);
+    stats::count_service(service_id, bytes);
     stats::count_real(index, bytes);
     Ok(verdict)
 }

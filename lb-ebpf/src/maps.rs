@@ -10,13 +10,17 @@ use lb_common::{
     Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey,
     conntrack::{FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Settings, WINDOWS},
     event::EVENT_COUNT,
-    maps::{MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_REALS, MAX_SERVICES, MAX_VIPS},
+    maps::{IFACE_SLOTS, MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_REALS, MAX_SERVICES, MAX_VIPS},
     reason::REASON_COUNT,
 };
 
 /// Virtual services by (VIP, port, protocol).
 #[map(name = "XDPVS_SVC_V2")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+/// The same service values by id, for connection-table hits.
+#[map(name = "XDPVS_SVCP_V1")]
+pub static SERVICE_PARAMS: Array<ServiceValue> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Virtual addresses, whatever the port: tells "VIP, unknown port" from "not a VIP".
 #[map(name = "XDPVS_VIP_V1")]
@@ -36,7 +40,7 @@ pub static SCHED_TABLE: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHE
 
 /// The IPv4 connection table. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`) keep inserts
 /// from contending on one lock; each CPU evicts its own least recently used entries.
-#[map(name = "XDPVS_CT4_V1")]
+#[map(name = "XDPVS_CT4_V2")]
 pub static CONNTRACK_V4: LruHashMap<FlowKeyV4, Flow> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
@@ -48,6 +52,10 @@ pub static FRAGMENTS_V4: LruHashMap<FragKeyV4, FragValue> =
 /// The interfaces the program is attached to, with their MACs.
 #[map(name = "XDPVS_IFACE_V1")]
 pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0);
+
+/// The same for interface indices below `IFACE_SLOTS`, without a hash look-up.
+#[map(name = "XDPVS_IFIDX_V1")]
+pub static IFACE_INDEX: Array<Iface> = Array::with_max_entries(IFACE_SLOTS, 0);
 
 /// Director-wide knobs (flood guard, fragment timeout).
 #[map(name = "XDPVS_SETTINGS_V1")]

@@ -11,7 +11,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, VIP_FILTER_WORDS, VipKey,
+    Counters, RealServer, SCHED_SLOTS, ServiceValue, VIP_FILTER_WORDS, VipKey,
     conntrack::{Flow, FlowKeyV4, Iface, Settings},
     event::{EVENT_COUNT, Event},
     maps,
@@ -135,6 +135,10 @@ pub struct Dataplane {
     tables: StdHashMap<u32, Vec<u32>>,
     /// `VIP_FILTER` as written.
     filter: Vec<u64>,
+    /// `SERVICE_PARAMS` rows as written, by service id.
+    params: StdHashMap<u32, ServiceValue>,
+    /// Interface indices written into `IFACE_INDEX`.
+    iface_slots: Vec<u32>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -147,6 +151,7 @@ impl Dataplane {
     pub fn load(limits: Limits) -> Result<Dataplane, DataplaneError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::SERVICES, limits.max_services)
+            .map_max_entries(maps::SERVICE_PARAMS, limits.max_services)
             .map_max_entries(maps::VIPS, limits.max_services)
             .map_max_entries(maps::SERVICE_STATS, limits.max_services)
             .map_max_entries(maps::SCHED_TABLE, limits.max_services * SCHED_SLOTS)
@@ -171,6 +176,8 @@ impl Dataplane {
             reals: StdHashMap::new(),
             tables: StdHashMap::new(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
+            params: StdHashMap::new(),
+            iface_slots: Vec::new(),
         })
     }
 
@@ -182,13 +189,32 @@ impl Dataplane {
         map.set(0, settings, 0).map_err(&e)
     }
 
-    /// Makes `IFACES` hold exactly these interfaces (ifindex, MAC).
+    /// Makes `IFACES` (and `IFACE_INDEX`, for indices below `IFACE_SLOTS`) hold exactly
+    /// these interfaces (ifindex, MAC).
     pub fn set_interfaces(&mut self, interfaces: &[(u32, [u8; 6])]) -> Result<(), DataplaneError> {
         let wanted = interfaces
             .iter()
             .map(|&(index, mac)| (index, Iface { mac, _pad: 0 }))
             .collect();
-        sync_hash_map(self.map_mut(maps::IFACES)?, maps::IFACES, wanted)
+        sync_hash_map(self.map_mut(maps::IFACES)?, maps::IFACES, wanted)?;
+        let e = map_err(maps::IFACE_INDEX);
+        let old = std::mem::take(&mut self.iface_slots);
+        let mut slots: Array<_, Iface> = Array::try_from(
+            self.ebpf
+                .map_mut(maps::IFACE_INDEX)
+                .ok_or(DataplaneError::MissingMap(maps::IFACE_INDEX))?,
+        )
+        .map_err(&e)?;
+        for index in old {
+            slots.set(index, Iface::default(), 0).map_err(&e)?;
+        }
+        for &(index, mac) in interfaces {
+            if index < maps::IFACE_SLOTS {
+                slots.set(index, Iface { mac, _pad: 0 }, 0).map_err(&e)?;
+                self.iface_slots.push(index);
+            }
+        }
+        Ok(())
     }
 
     /// The loaded program, e.g. for BPF_PROG_TEST_RUN.
@@ -300,6 +326,23 @@ impl Dataplane {
             .map(|(a, b)| a | b)
             .collect();
         self.write_filter(&union)?;
+        // A hit reads its service's row by id, so rows are written before the services
+        // that use them appear; a removed service's row stays for its orphaned entries.
+        {
+            let e = map_err(maps::SERVICE_PARAMS);
+            let mut params: Array<_, ServiceValue> = Array::try_from(
+                self.ebpf
+                    .map_mut(maps::SERVICE_PARAMS)
+                    .ok_or(DataplaneError::MissingMap(maps::SERVICE_PARAMS))?,
+            )
+            .map_err(&e)?;
+            for s in &plan.services {
+                if self.params.get(&s.value.id) != Some(&s.value) {
+                    params.set(s.value.id, s.value, 0).map_err(&e)?;
+                    self.params.insert(s.value.id, s.value);
+                }
+            }
+        }
         sync_hash_map(
             self.map_mut(maps::SERVICES)?,
             maps::SERVICES,

@@ -32,7 +32,6 @@ pub struct Hop {
 struct Service {
     dh: bool,
     seed: u32,
-    expire_nodest: bool,
     /// Real index per slot (`u32::MAX`: none).
     table: Vec<u32>,
 }
@@ -77,6 +76,8 @@ pub struct Model {
     vips: HashSet<[u8; 4]>,
     services: HashMap<([u8; 4], u16, u8), Service>,
     reals: HashMap<u32, Real>,
+    /// Each service's `expire_nodest_conn`, as last configured (kept after a removal).
+    expire_nodest: HashMap<([u8; 4], u16, u8), bool>,
     flows: HashMap<FlowKey, Flow>,
     frags: HashMap<FragKey, (u32, u32)>,
     /// Events the model expects, by name.
@@ -141,6 +142,7 @@ impl Model {
             vips: HashSet::new(),
             services: HashMap::new(),
             reals: HashMap::new(),
+            expire_nodest: HashMap::new(),
             flows: HashMap::new(),
             frags: HashMap::new(),
             events: HashMap::new(),
@@ -159,12 +161,14 @@ impl Model {
             };
             self.vips.insert(vip.octets());
             let proto = s.key.proto;
+            let expire_nodest = s.value.flags & lb_common::SVC_F_EXPIRE_NODEST != 0;
+            self.expire_nodest
+                .insert((vip.octets(), s.port, proto), expire_nodest);
             self.services.insert(
                 (vip.octets(), s.port, proto),
                 Service {
                     dh: s.value.scheduler == lb_common::SCHED_DH,
                     seed: s.value.hash_seed,
-                    expire_nodest: s.value.flags & lb_common::SVC_F_EXPIRE_NODEST != 0,
                     table: s.table.clone(),
                 },
             );
@@ -282,16 +286,21 @@ impl Model {
         }
         let (sport, dport) = (be16(&f[l4..]), be16(&f[l4 + 2..]));
         let flags = if tcp { f[l4 + 13] } else { 0 };
-        let Some(service) = self.services.get(&(dst, dport, proto)).cloned() else {
-            return Err(Reason::PassVipNoService);
-        };
+        let service = self.services.get(&(dst, dport, proto)).cloned();
         if ttl <= 1 {
-            return Ok(time_exceeded(f, ihl));
+            return match service {
+                Some(_) => Ok(time_exceeded(f, ihl)),
+                None => Err(Reason::PassVipNoService),
+            };
         }
+        // An established flow is found by its 5-tuple first (as IPVS does); a service's
+        // existence matters only to a packet that must be scheduled.
         let key = (src, dst, sport, dport, proto);
         let hit = match self.flows.get(&key).copied() {
             None => {
-                self.event(Event::CtMiss);
+                if service.is_some() {
+                    self.event(Event::CtMiss);
+                }
                 None
             }
             Some(flow) => match next_state(flow.state, flags) {
@@ -310,7 +319,8 @@ impl Model {
             Some(flow) => match self.reals.get(&flow.real) {
                 Some(r) if r.generation == flow.generation => (flow.real, *r),
                 _ => {
-                    if service.expire_nodest {
+                    // The flags of the service the flow was made for, as last configured.
+                    if self.expire_nodest.get(&(dst, dport, proto)) == Some(&true) {
                         self.flows.remove(&key);
                         self.event(Event::CtNodestExpired);
                     }
@@ -318,6 +328,7 @@ impl Model {
                 }
             },
             None => {
+                let service = service.ok_or(Reason::PassVipNoService)?;
                 let by = if service.dh { dst } else { src };
                 let mut addr = [0u8; 16];
                 addr[..4].copy_from_slice(&by);

@@ -423,7 +423,7 @@ impl Programs {
             last_seen: 0,
             state: STATE_TCP_ESTABLISHED,
             flags: 0,
-            _pad: 0,
+            service: 0,
         };
         for filler in 0..cpus {
             pin_to_cpu(filler);
