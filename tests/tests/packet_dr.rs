@@ -893,7 +893,7 @@ fn delta(after: &Snapshot, before: &Snapshot, event: Event) -> u64 {
 }
 
 #[test]
-fn established_flows_keep_their_real_through_drain_reweight_and_removal() {
+fn established_flows_keep_their_real_through_drain_reweight_and_removal_of_real_or_service() {
     let director = Director::new();
     director.ns.enter(|| {
         let plan = director.plan_of(&web(&[(11, 1), (12, 1), (13, 1)]), None);
@@ -983,6 +983,28 @@ fn established_flows_keep_their_real_through_drain_reweight_and_removal() {
                 );
             }
         }
+
+        // Removing the whole service (the VIP keeps another): its flows' reals went with
+        // it, so each flow's next packet is dropped and its entry deleted, and the one
+        // after reaches the director's stack, which resets it, as with LVS.
+        let other = web(&[(11, 1)]).replace("port: 80", "port: 81");
+        let gone = director.plan_of(&other, Some(&next));
+        let hops = xdpvs_testbed::rig::resolve(&gone, &[]).0;
+        dp.apply(&gone, &hops).unwrap_or_else(|e| panic!("{e}"));
+        let before = dp.snapshot(&gone).unwrap_or_else(|e| panic!("{e}"));
+        let ack = tcp_frame(&clients[1], 40000, "192.0.2.100", 0x10);
+        assert_eq!(run(&dp, director.xa0, &ack).0, XDP_DROP);
+        assert_eq!(run(&dp, director.xa0, &ack).0, XDP_PASS);
+        let after = dp.snapshot(&gone).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            after.reason(Reason::DropRealRemoved) - before.reason(Reason::DropRealRemoved),
+            1
+        );
+        assert_eq!(
+            after.reason(Reason::PassVipNoService) - before.reason(Reason::PassVipNoService),
+            1
+        );
+        assert_eq!(delta(&after, &before, Event::CtNodestExpired), 1);
     });
 }
 
