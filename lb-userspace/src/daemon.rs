@@ -160,6 +160,7 @@ async fn start(
             .ensure(netlink, r.value.ifindex, r.address)
             .await?;
     }
+    neighbours.forget_leftovers(netlink).await;
     // Attach only once the reals' MACs are known, so the first packets are not dropped
     // as drop_no_neighbour. A real that does not answer ARP does not hold up the start.
     let deadline = Instant::now() + NEIGHBOUR_WAIT;
@@ -391,7 +392,7 @@ pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     unblock_signals();
     let mut signals = signals()?;
     let netlink = Netlink::open()?;
-    let mut neighbours = ManagedNeighbours::default();
+    let mut neighbours = ManagedNeighbours::open(Path::new(STATE_DIR));
     let result = serve(config_path, &netlink, &mut neighbours, &mut signals).await;
     neighbours.release(&netlink).await;
     result

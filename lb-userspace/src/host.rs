@@ -37,6 +37,15 @@ fn err(path: &Path) -> impl Fn(io::Error) -> HostError + '_ {
     }
 }
 
+/// `<state_dir>/<stem>.<inode of this thread's network namespace>`: one file per
+/// namespace, since each has its own `lo` and neighbour tables.
+pub fn state_file(state_dir: &Path, stem: &str) -> PathBuf {
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap_or(0);
+    state_dir.join(format!("{stem}.{netns}"))
+}
+
 /// `lo` forwarding turned on by this daemon; [`LoForwarding::restore`] puts it back.
 pub struct LoForwarding {
     state_file: PathBuf,
@@ -46,11 +55,7 @@ pub struct LoForwarding {
 impl LoForwarding {
     /// Turns forwarding on for `lo`, saving the original value first.
     pub fn enable(state_dir: &Path) -> Result<LoForwarding, HostError> {
-        // One file per network namespace: each has its own `lo`.
-        let netns = std::fs::metadata("/proc/thread-self/ns/net")
-            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
-            .unwrap_or(0);
-        let state_file = state_dir.join(format!("lo-forwarding.{netns}"));
+        let state_file = state_file(state_dir, "lo-forwarding");
         let sysctl = Path::new(LO_FORWARDING);
         let original = match std::fs::read_to_string(&state_file) {
             // A daemon that was killed left this: its value is the host's own.

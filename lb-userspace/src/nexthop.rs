@@ -378,13 +378,85 @@ fn link_of(m: &LinkMessage) -> Link {
 }
 
 /// The neighbour entries the daemon made. Removed by [`ManagedNeighbours::release`],
-/// which every way out of the daemon calls.
+/// which every way out of the daemon calls. With a state file ([`ManagedNeighbours::open`])
+/// they are also listed on disk, so a start after a `kill -9` removes the ones its
+/// configuration no longer names ([`ManagedNeighbours::forget_leftovers`]).
 #[derive(Default)]
 pub struct ManagedNeighbours {
     entries: Vec<(u32, IpAddr)>,
+    state_file: Option<std::path::PathBuf>,
+    /// Entries an earlier run listed that this one has not taken over.
+    leftover: Vec<(u32, IpAddr)>,
 }
 
 impl ManagedNeighbours {
+    /// Entries listed in `<state_dir>/neighbours.<netns>`, left by a run that did not
+    /// stop cleanly, become leftovers: taken over when this run wants them too,
+    /// removed by [`ManagedNeighbours::forget_leftovers`] otherwise.
+    pub fn open(state_dir: &std::path::Path) -> ManagedNeighbours {
+        let state_file = crate::host::state_file(state_dir, "neighbours");
+        let leftover: Vec<(u32, IpAddr)> = std::fs::read_to_string(&state_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let (index, address) = line.split_once(' ')?;
+                Some((index.parse().ok()?, address.parse().ok()?))
+            })
+            .collect();
+        if !leftover.is_empty() {
+            log::info!(
+                "{} left by an earlier run: {} neighbour entries to take over or remove",
+                state_file.display(),
+                leftover.len()
+            );
+        }
+        ManagedNeighbours {
+            entries: Vec::new(),
+            state_file: Some(state_file),
+            leftover,
+        }
+    }
+
+    /// Lists the entries on disk (or removes the list when there are none). A failure
+    /// is logged: the list only serves the repair after a crash.
+    fn save(&self) {
+        let Some(path) = &self.state_file else {
+            return;
+        };
+        let all: Vec<String> = self
+            .entries
+            .iter()
+            .chain(&self.leftover)
+            .map(|(index, address)| format!("{index} {address}\n"))
+            .collect();
+        let result = if all.is_empty() {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
+        } else {
+            let tmp = path.with_extension("tmp");
+            path.parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&tmp, all.concat()))
+                .and_then(|()| std::fs::rename(&tmp, path))
+        };
+        if let Err(e) = result {
+            log::warn!("{}: {e}", path.display());
+        }
+    }
+
+    /// Removes the entries an earlier run left that this one has not taken over.
+    pub async fn forget_leftovers(&mut self, netlink: &Netlink) {
+        for (ifindex, address) in std::mem::take(&mut self.leftover) {
+            match netlink.forget(ifindex, address).await {
+                Ok(()) => log::info!("removed neighbour entry {address} left by an earlier run"),
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+        self.save();
+    }
+
     /// Makes sure the kernel keeps `address` on `ifindex` resolved.
     pub async fn ensure(
         &mut self,
@@ -395,14 +467,18 @@ impl ManagedNeighbours {
         if self.entries.contains(&(ifindex, address)) {
             return Ok(());
         }
-        if let Some((state, _)) = netlink.neighbour(ifindex, address).await?
+        let was_left = self.leftover.contains(&(ifindex, address));
+        if !was_left
+            && let Some((state, _)) = netlink.neighbour(ifindex, address).await?
             && matches!(state, NeighbourState::Permanent | NeighbourState::Noarp)
         {
             log::info!("neighbour {address} is static; using it as it is");
             return Ok(());
         }
         netlink.manage(ifindex, address).await?;
+        self.leftover.retain(|&e| e != (ifindex, address));
         self.entries.push((ifindex, address));
+        self.save();
         Ok(())
     }
 
@@ -417,6 +493,7 @@ impl ManagedNeighbours {
                 log::warn!("{e}");
             }
         }
+        self.save();
     }
 
     /// Removes every entry this daemon made.

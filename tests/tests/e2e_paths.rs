@@ -293,3 +293,43 @@ fn a_real_whose_mac_changes_is_followed() {
     assert!(neighbours.contains("02:00:00:00:aa:01"), "{neighbours}");
     eprintln!("a real's MAC change was followed after {after:?}");
 }
+
+#[test]
+fn a_start_after_kill_9_repairs_what_the_killed_daemon_left() {
+    let rig = DrRig::new(2);
+    let lo = || {
+        rig.director
+            .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/forwarding"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    };
+    let managed = |address: &str| {
+        rig.director_neighbours()
+            .lines()
+            .any(|l| l.starts_with(&format!("{address} ")) && l.contains("managed"))
+    };
+    let two = ONE_REAL.replace(
+        "reals: [{address: 192.0.2.11}]",
+        "reals: [{address: 192.0.2.11}, {address: 192.0.2.12}]",
+    );
+    let (daemon, ready) = rig.start_daemon(&rig.write_config(&two), Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    assert!(managed("192.0.2.12") && lo() == "1");
+    daemon.signal(libc::SIGKILL);
+    let _ = daemon.wait(Duration::from_secs(10));
+    // The kernel detached the program with the process; what it set on the host stays.
+    assert!(!rig.director_has_xdp());
+    assert!(managed("192.0.2.12") && lo() == "1");
+
+    // The next start, with .12 gone from the file, takes over .11 and removes .12.
+    let config = rig.write_config(ONE_REAL);
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    assert!(managed("192.0.2.11"), "{}", rig.director_neighbours());
+    assert!(!managed("192.0.2.12"), "{}", rig.director_neighbours());
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    assert!(!managed("192.0.2.11"), "{}", rig.director_neighbours());
+    assert_eq!(lo(), "0", "lo forwarding as it was before the first start");
+}
