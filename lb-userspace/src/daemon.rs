@@ -18,7 +18,7 @@ use tokio::{
 use crate::{
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError},
-    host::{HostError, LoForwarding, STATE_DIR},
+    host::{HostError, InstanceLock, LoForwarding, LockError, STATE_DIR},
     nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
     plan::{self, Plan, PlanError},
     stats,
@@ -53,6 +53,8 @@ pub enum DaemonError {
     Dataplane(#[from] DataplaneError),
     #[error("host settings: {0}")]
     Host(#[from] HostError),
+    #[error("{0}")]
+    Lock(#[from] LockError),
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
     /// A reload that changes what only a restart can change.
@@ -391,6 +393,8 @@ fn signals() -> Result<Signals, DaemonError> {
 pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
     unblock_signals();
     let mut signals = signals()?;
+    // Before anything is touched: a second daemon must leave the first one's state alone.
+    let _lock = InstanceLock::acquire(Path::new(STATE_DIR))?;
     let netlink = Netlink::open()?;
     let mut neighbours = ManagedNeighbours::open(Path::new(STATE_DIR));
     let result = serve(config_path, &netlink, &mut neighbours, &mut signals).await;

@@ -46,6 +46,56 @@ pub fn state_file(state_dir: &Path, stem: &str) -> PathBuf {
     state_dir.join(format!("{stem}.{netns}"))
 }
 
+/// Held while a daemon runs: one director per network namespace. An advisory lock
+/// (`flock`) on `<state_dir>/lock.<netns inode>`, released by the kernel when the process
+/// ends however it ends; the file holds the holder's pid for the message a second daemon
+/// prints.
+pub struct InstanceLock {
+    _file: std::fs::File,
+}
+
+/// Why the lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "another xdpvs daemon (pid {pid}) runs in this network namespace ({path}); \
+         stop it first, or use `kill -HUP` to reload it"
+    )]
+    Held { pid: String, path: PathBuf },
+    #[error(transparent)]
+    Io(#[from] HostError),
+}
+
+impl InstanceLock {
+    /// Takes the lock, or says who holds it. Call before touching anything.
+    pub fn acquire(state_dir: &Path) -> Result<InstanceLock, LockError> {
+        use std::io::Write as _;
+        std::fs::create_dir_all(state_dir).map_err(err(state_dir))?;
+        let path = state_file(state_dir, "lock");
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(err(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                return Err(LockError::Held {
+                    pid: pid.trim().to_owned(),
+                    path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(err(&path)(e).into()),
+        }
+        file.set_len(0).map_err(err(&path))?;
+        write!(file, "{}", std::process::id()).map_err(err(&path))?;
+        Ok(InstanceLock { _file: file })
+    }
+}
+
 /// `lo` forwarding turned on by this daemon; [`LoForwarding::restore`] puts it back.
 pub struct LoForwarding {
     state_file: PathBuf,

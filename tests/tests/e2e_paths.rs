@@ -333,3 +333,48 @@ fn a_start_after_kill_9_repairs_what_the_killed_daemon_left() {
     assert!(!managed("192.0.2.11"), "{}", rig.director_neighbours());
     assert_eq!(lo(), "0", "lo forwarding as it was before the first start");
 }
+
+#[test]
+fn a_second_daemon_is_refused_and_leaves_the_first_alone() {
+    let rig = DrRig::new(1);
+    let _servers = dns_servers(&rig);
+    let config = rig.write_config(DR_CONFIG);
+    let (first, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", first.stderr());
+    let managed = || -> Vec<String> {
+        let mut m: Vec<String> = rig
+            .director_neighbours()
+            .lines()
+            .filter(|l| l.contains("managed"))
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        m.sort();
+        m
+    };
+    let neighbours = managed();
+    assert_eq!(neighbours.len(), 3, "{neighbours:?}");
+    let (second, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(!ready, "a second daemon started");
+    let (status, _, stderr) = second.wait(Duration::from_secs(10));
+    let stderr = stderr.join("\n");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another xdpvs daemon") && stderr.contains(&first.pid().to_string()),
+        "{stderr}"
+    );
+    // The first still serves, with its neighbour entries and lo forwarding as they were.
+    assert!(rig.director_has_xdp());
+    assert_eq!(managed(), neighbours);
+    let lo = rig
+        .director
+        .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/forwarding"))
+        .unwrap_or_default();
+    assert_eq!(lo.trim(), "1");
+    let vip53 = SocketAddr::new(VIP.into(), 53);
+    let answer = rig
+        .client
+        .enter(|| udp_ask(CLIENT.into(), vip53, TIMEOUT, 3));
+    assert_eq!(answer.ok(), Some(banner(real_address(0).into())));
+    let (status, _, stderr) = first.stop();
+    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+}
