@@ -39,9 +39,10 @@ enum Task {
     /// Build, start a client, a director and three reals in namespaces, send traffic
     /// through xdpvs and show which real answered, with the counters.
     Demo,
-    /// Measure per-packet cost, forwarding rate and control-plane costs next to baselines
-    /// and peers, print the tables and write them to docs/PERFORMANCE.md (not with
-    /// --quick, a smoke run). Arguments go to xdpvs-bench (`cargo xtask bench -- --help`).
+    /// Measure per-packet cost, connection-table inserts, forwarding rate and control-plane
+    /// costs next to baselines and peers, run the differential check, print the tables and
+    /// write them to docs/PERFORMANCE.md (not with --quick, a smoke run, nor with --only,
+    /// a partial one). Arguments go to xdpvs-bench (`cargo xtask bench -- --help`).
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -101,9 +102,10 @@ fn bench(root: &Path, args: &[String]) -> Result<()> {
             "XDPVS_BENCH_COMMAND",
             format!("cargo xtask bench {}", args.join(" ")).trim_end(),
         );
+    // A smoke or partial run would replace the full results with less.
     let smoke = args
         .iter()
-        .any(|a| a == "--quick" || a == "--help" || a == "-h");
+        .any(|a| a == "--quick" || a == "--only" || a == "--help" || a == "-h");
     if !smoke && !args.iter().any(|a| a == "--write") {
         cmd.arg("--write").arg(root.join("docs/PERFORMANCE.md"));
     }
