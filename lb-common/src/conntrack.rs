@@ -64,13 +64,18 @@ pub struct Flow {
     pub last_seen: u32,
     /// `STATE_*`.
     pub state: u8,
-    /// Reserved; zero.
+    /// `FLOW_F_*` bits.
     pub flags: u8,
     /// Id of the virtual service the flow was scheduled for: its row of
     /// `SERVICE_PARAMS` gives the timeouts and flags, so a hit needs no `SERVICES`
     /// look-up (service ids are below 65,536).
     pub service: u16,
 }
+
+/// `Flow::flags`: the service had `expire_nodest_conn` when the entry was made. Kept in
+/// the entry because a removed service's id (and its `SERVICE_PARAMS` row) may go to
+/// another service while its orphaned entries remain.
+pub const FLOW_F_EXPIRE_NODEST: u8 = 1;
 
 /// Key of `FRAGMENTS_V4`: one fragmented datagram (RFC 791's reassembly key).
 #[repr(C)]

@@ -6,7 +6,9 @@
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     SVC_F_EXPIRE_NODEST, ServiceValue,
-    conntrack::{self, DEFAULT_TIMEOUTS, Flow, FlowKeyV4, STATES, WINDOW_INSERTS},
+    conntrack::{
+        self, DEFAULT_TIMEOUTS, FLOW_F_EXPIRE_NODEST, Flow, FlowKeyV4, STATES, WINDOW_INSERTS,
+    },
     event::Event,
     reason::Reason,
 };
@@ -28,12 +30,13 @@ pub fn now() -> u32 {
 
 /// What the connection table says about a packet.
 pub enum Lookup {
-    /// The flow's entry: its real, and its service's id and `SVC_F_*` flags.
+    /// The flow's entry: its real, its service's id, and whether an orphaned entry
+    /// goes at once (`expire_nodest_conn` of its service when it was made).
     Hit {
         real: u32,
         real_gen: u32,
         service: u32,
-        flags: u32,
+        expire_nodest: bool,
     },
     /// No entry.
     Miss,
@@ -53,8 +56,9 @@ pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
     // SAFETY: the pointer is valid for this program run (RCU); fields are plain integers,
     // and a racing update from another CPU can only leave another valid state or time.
     let flow = unsafe { *entry };
-    let params = SERVICE_PARAMS.get(u32::from(flow.service));
-    let (timeouts, flags) = params.map_or((DEFAULT_TIMEOUTS, 0), |p| (p.timeouts, p.flags));
+    let timeouts = SERVICE_PARAMS
+        .get(u32::from(flow.service))
+        .map_or(DEFAULT_TIMEOUTS, |p| p.timeouts);
     let timeout = timeouts[flow.state as usize & (STATES - 1)];
     if conntrack::expired(flow.last_seen, now, timeout) {
         stats::count_event(Event::CtExpired);
@@ -76,7 +80,7 @@ pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
         real: flow.real,
         real_gen: flow.real_gen,
         service: u32::from(flow.service),
-        flags,
+        expire_nodest: flow.flags & FLOW_F_EXPIRE_NODEST != 0,
     }
 }
 
@@ -101,7 +105,11 @@ pub fn insert(
         real_gen,
         last_seen: now,
         state,
-        flags: 0,
+        flags: if service.flags & SVC_F_EXPIRE_NODEST != 0 {
+            FLOW_F_EXPIRE_NODEST
+        } else {
+            0
+        },
         // Service ids are below 65,536 (`limits.max_services`).
         service: service.id as u16,
     };
@@ -115,8 +123,8 @@ pub fn insert(
 /// `expire_nodest_conn`. The packet is dropped; with the service's flag the entry goes
 /// too, so the flow's next packet is scheduled afresh.
 #[inline(always)]
-pub fn orphaned(key: &FlowKeyV4, service_flags: u32) -> Reason {
-    if service_flags & SVC_F_EXPIRE_NODEST != 0 && CONNTRACK_V4.remove(key).is_ok() {
+pub fn orphaned(key: &FlowKeyV4, expire_nodest: bool) -> Reason {
+    if expire_nodest && CONNTRACK_V4.remove(key).is_ok() {
         stats::count_event(Event::CtNodestExpired);
     }
     Reason::DropRealRemoved

@@ -124,10 +124,12 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
             real: index,
             real_gen,
             service,
-            flags,
+            expire_nodest,
         } => match real(index) {
             Some(r) if r.generation == real_gen => (index, r, service),
-            _ => return Err(conntrack::orphaned(&key, flags)),
+            // A VIP removed since (its filter bit kept by a collision) is not ours.
+            _ if !lookup::is_vip(&ip.dst) => return Err(Reason::PassNotVip),
+            _ => return Err(conntrack::orphaned(&key, expire_nodest)),
         },
         Lookup::Miss | Lookup::Stale => {
             let Some(service) = lookup::service(&ip.dst, l4.dport, ip.proto) else {

@@ -6,7 +6,8 @@
 //! the first 8 bytes of the datagram (RFC 792). The frame is turned around in place:
 //! 28 bytes are added in front for the new IP and ICMP headers, the tail is cut after
 //! the quote, and the Ethernet addresses are swapped. Like the kernel's
-//! `icmp_msgs_per_sec`, the errors are rate-limited (`icmp_rate` per CPU per second).
+//! `icmp_msgs_per_sec`, the errors are rate-limited (`icmp_rate` per CPU per second; the
+//! kernel also limits per destination host, which this does not).
 
 use aya_ebpf::{
     helpers::generated::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
@@ -32,8 +33,10 @@ const ICMP_HDR: usize = 8;
 const QUOTED_PAYLOAD: usize = 8;
 /// Longest quote: an IP header with 40 bytes of options, and the payload bytes.
 const MAX_QUOTE: usize = 60 + QUOTED_PAYLOAD;
-/// `IPTOS_PREC_INTERNETCONTROL`, the kernel's TOS for ICMP errors.
+/// `IPTOS_PREC_INTERNETCONTROL`: the kernel sends an ICMP error with this precedence
+/// and the datagram's own TOS bits (`RT_TOS`, mask `IPTOS_TOS_MASK`).
 const TOS_INTERNETCONTROL: u8 = 0xc0;
+const TOS_MASK: u8 = 0x1e;
 /// `net.ipv4.ip_default_ttl`.
 const DEFAULT_TTL: u8 = 64;
 
@@ -55,6 +58,7 @@ pub fn reply(ctx: &XdpContext, ip: &Ipv4Meta) -> Reason {
 #[inline(always)]
 fn build(ctx: &XdpContext, ip: &Ipv4Meta) -> Option<()> {
     let macs = read_at::<[u8; 12]>(ctx, 0)?;
+    let [_vihl, tos] = read_at::<[u8; 2]>(ctx, ip.l3_offset)?;
     let quote = ip.ihl + QUOTED_PAYLOAD;
     let grow = (IP_HDR + ICMP_HDR) as i32;
     // SAFETY: helper calls on the program's own context; every pointer is re-checked
@@ -86,7 +90,7 @@ fn build(ctx: &XdpContext, ip: &Ipv4Meta) -> Option<()> {
     let (vip, client) = (ip.dst[0].to_ne_bytes(), ip.src[0].to_ne_bytes());
     let mut hdr = [
         0x45,
-        TOS_INTERNETCONTROL,
+        TOS_INTERNETCONTROL | (tos & TOS_MASK),
         total[0],
         total[1],
         0,

@@ -11,7 +11,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, ServiceValue, VIP_FILTER_WORDS, VipKey,
+    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey,
     conntrack::{Flow, FlowKeyV4, Iface, Settings},
     event::{EVENT_COUNT, Event},
     maps,
@@ -139,6 +139,8 @@ pub struct Dataplane {
     params: StdHashMap<u32, ServiceValue>,
     /// Interface indices written into `IFACE_INDEX`.
     iface_slots: Vec<u32>,
+    /// The service each id was last given to.
+    service_keys: StdHashMap<u32, ServiceKey>,
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -178,6 +180,7 @@ impl Dataplane {
             filter: vec![0; VIP_FILTER_WORDS as usize],
             params: StdHashMap::new(),
             iface_slots: Vec::new(),
+            service_keys: StdHashMap::new(),
         })
     }
 
@@ -286,14 +289,15 @@ impl Dataplane {
         for (&index, &value) in &wanted_reals {
             self.write_real(index, value)?;
         }
-        let written_ids: HashSet<u32> = self.tables.keys().copied().collect();
+        // An id new to the maps, or given to another service since the last apply.
         let fresh_services: Vec<u32> = plan
             .services
             .iter()
+            .filter(|s| self.service_keys.get(&s.value.id) != Some(&s.key))
             .map(|s| s.value.id)
-            .filter(|id| !written_ids.contains(id))
             .collect();
         self.zero_counters(maps::SERVICE_STATS, &fresh_services)?;
+        self.service_keys = plan.services.iter().map(|s| (s.value.id, s.key)).collect();
         {
             let e = map_err(maps::SCHED_TABLE);
             let mut table: Array<_, u32> = Array::try_from(

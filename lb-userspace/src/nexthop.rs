@@ -315,7 +315,8 @@ impl Netlink {
         })
         .await
         {
-            Err(e) if e.errno() == Some(libc::ENOENT) => Ok(()),
+            // Gone already, or its interface is.
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT | libc::ENODEV)) => Ok(()),
             other => other,
         }
     }
@@ -435,7 +436,11 @@ impl ManagedNeighbours {
                 other => other,
             }
         } else {
-            let tmp = path.with_extension("tmp");
+            // Next to the file and named after all of it: daemons in other namespaces
+            // write their own lists in the same directory.
+            let mut tmp = path.clone().into_os_string();
+            tmp.push(".tmp");
+            let tmp = std::path::PathBuf::from(tmp);
             path.parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
                 .and_then(|()| std::fs::write(&tmp, all.concat()))
@@ -446,12 +451,16 @@ impl ManagedNeighbours {
         }
     }
 
-    /// Removes the entries an earlier run left that this one has not taken over.
+    /// Removes the entries an earlier run left that this one has not taken over; one
+    /// that cannot be removed stays listed for the next start.
     pub async fn forget_leftovers(&mut self, netlink: &Netlink) {
         for (ifindex, address) in std::mem::take(&mut self.leftover) {
             match netlink.forget(ifindex, address).await {
                 Ok(()) => log::info!("removed neighbour entry {address} left by an earlier run"),
-                Err(e) => log::warn!("{e}"),
+                Err(e) => {
+                    log::warn!("{e}");
+                    self.leftover.push((ifindex, address));
+                }
             }
         }
         self.save();
@@ -467,18 +476,24 @@ impl ManagedNeighbours {
         if self.entries.contains(&(ifindex, address)) {
             return Ok(());
         }
-        let was_left = self.leftover.contains(&(ifindex, address));
-        if !was_left
-            && let Some((state, _)) = netlink.neighbour(ifindex, address).await?
+        if let Some((state, _)) = netlink.neighbour(ifindex, address).await?
             && matches!(state, NeighbourState::Permanent | NeighbourState::Noarp)
         {
+            // Someone else's (made since, if an earlier run listed it): not ours to remove.
             log::info!("neighbour {address} is static; using it as it is");
+            self.leftover.retain(|&e| e != (ifindex, address));
+            self.save();
             return Ok(());
         }
-        netlink.manage(ifindex, address).await?;
+        // Listed before it is made, so a kill -9 in between leaves no unlisted entry.
         self.leftover.retain(|&e| e != (ifindex, address));
         self.entries.push((ifindex, address));
         self.save();
+        if let Err(e) = netlink.manage(ifindex, address).await {
+            self.entries.retain(|&entry| entry != (ifindex, address));
+            self.save();
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -490,7 +505,9 @@ impl ManagedNeighbours {
         self.entries = kept;
         for (ifindex, address) in gone {
             if let Err(e) = netlink.forget(ifindex, address).await {
+                // Listed still, so the next start tries again.
                 log::warn!("{e}");
+                self.leftover.push((ifindex, address));
             }
         }
         self.save();

@@ -288,6 +288,10 @@ fn finish(rng: &mut Rng, src: [u8; 4], dst: [u8; 4], proto: u8, l4: &[u8]) -> Ve
         ip.options = (0..words * 4).map(|_| rng.pick(&[1u8, 0, 0x94])).collect();
     }
     let mut datagram = ip.packet(l4);
+    if rng.chance(10) {
+        datagram[1] = rng.next() as u8; // TOS / DSCP and ECN
+        packet::reseal(&mut datagram);
+    }
     if proto != 1 && rng.chance(10) {
         fragment(rng, &mut datagram);
     }
@@ -326,24 +330,13 @@ fn fragment(rng: &mut Rng, d: &mut [u8]) {
         rng.pick(&[0x2001, 0x0003, 0x00b9])
     };
     d[6..8].copy_from_slice(&frag.to_be_bytes());
-    reseal(d);
+    packet::reseal(d);
 }
 
 fn set_total(d: &mut [u8]) {
     let total = d.len() as u16;
     d[2..4].copy_from_slice(&total.to_be_bytes());
-    reseal(d);
-}
-
-/// Recomputes the IPv4 header checksum of the datagram `d`, if its header is there.
-fn reseal(d: &mut [u8]) {
-    let ihl = usize::from(d.first().copied().unwrap_or(0) & 0x0f) * 4;
-    if ihl < 20 || d.len() < ihl {
-        return;
-    }
-    d[10..12].copy_from_slice(&[0, 0]);
-    let sum = internet_checksum(&d[..ihl]);
-    d[10..12].copy_from_slice(&sum.to_be_bytes());
+    packet::reseal(d);
 }
 
 /// An ICMP message and where to send it: mostly an error quoting the reply of a flow
@@ -413,7 +406,7 @@ fn mutate(rng: &mut Rng, frame: &mut Vec<u8>) {
     if rng.chance(50) && frame.len() > 14 {
         let ihl = usize::from(frame[14] & 0x0f) * 4;
         if frame.len() >= 14 + ihl {
-            reseal(&mut frame[14..]);
+            packet::reseal(&mut frame[14..]);
         }
     }
 }

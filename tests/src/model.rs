@@ -32,6 +32,7 @@ pub struct Hop {
 struct Service {
     dh: bool,
     seed: u32,
+    expire_nodest: bool,
     /// Real index per slot (`u32::MAX`: none).
     table: Vec<u32>,
 }
@@ -56,6 +57,7 @@ struct Flow {
     real: u32,
     generation: u32,
     state: State,
+    expire_nodest: bool,
 }
 
 /// What the program must do with one frame.
@@ -76,8 +78,6 @@ pub struct Model {
     vips: HashSet<[u8; 4]>,
     services: HashMap<([u8; 4], u16, u8), Service>,
     reals: HashMap<u32, Real>,
-    /// Each service's `expire_nodest_conn`, as last configured (kept after a removal).
-    expire_nodest: HashMap<([u8; 4], u16, u8), bool>,
     flows: HashMap<FlowKey, Flow>,
     frags: HashMap<FragKey, (u32, u32)>,
     /// Events the model expects, by name.
@@ -142,7 +142,6 @@ impl Model {
             vips: HashSet::new(),
             services: HashMap::new(),
             reals: HashMap::new(),
-            expire_nodest: HashMap::new(),
             flows: HashMap::new(),
             frags: HashMap::new(),
             events: HashMap::new(),
@@ -161,14 +160,12 @@ impl Model {
             };
             self.vips.insert(vip.octets());
             let proto = s.key.proto;
-            let expire_nodest = s.value.flags & lb_common::SVC_F_EXPIRE_NODEST != 0;
-            self.expire_nodest
-                .insert((vip.octets(), s.port, proto), expire_nodest);
             self.services.insert(
                 (vip.octets(), s.port, proto),
                 Service {
                     dh: s.value.scheduler == lb_common::SCHED_DH,
                     seed: s.value.hash_seed,
+                    expire_nodest: s.value.flags & lb_common::SVC_F_EXPIRE_NODEST != 0,
                     table: s.table.clone(),
                 },
             );
@@ -318,9 +315,11 @@ impl Model {
         let (index, real) = match hit {
             Some(flow) => match self.reals.get(&flow.real) {
                 Some(r) if r.generation == flow.generation => (flow.real, *r),
+                // A VIP removed since is not ours, whatever its entries say.
+                _ if !self.vips.contains(&dst) => return Err(Reason::PassNotVip),
                 _ => {
-                    // The flags of the service the flow was made for, as last configured.
-                    if self.expire_nodest.get(&(dst, dport, proto)) == Some(&true) {
+                    // The service's expire_nodest_conn when the entry was made.
+                    if flow.expire_nodest {
                         self.flows.remove(&key);
                         self.event(Event::CtNodestExpired);
                     }
@@ -342,6 +341,7 @@ impl Model {
                     real: index,
                     generation: real.generation,
                     state: first_state(tcp, flags),
+                    expire_nodest: service.expire_nodest,
                 };
                 self.flows.insert(key, flow);
                 self.event(Event::CtInsert);
@@ -425,13 +425,14 @@ impl Model {
 }
 
 /// RFC 792 time exceeded from the datagram's destination back to its sender, quoting
-/// the IP header and 8 bytes; TOS 0xc0 and TTL 64 as the kernel sends ICMP errors.
+/// the IP header and 8 bytes; TTL 64 and TOS 0xc0 with the datagram's TOS bits (0x1e)
+/// as the kernel sends ICMP errors.
 fn time_exceeded(f: &[u8], ihl: usize) -> Outcome {
     let mut icmp = vec![11, 0, 0, 0, 0, 0, 0, 0];
     icmp.extend_from_slice(&f[14..14 + ihl + 8]);
     let sum = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
-    let mut ip = vec![0x45, 0xc0];
+    let mut ip = vec![0x45, 0xc0 | (f[15] & 0x1e)];
     ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
     ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
     ip.extend_from_slice(&f[30..34]);

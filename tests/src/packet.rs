@@ -102,6 +102,18 @@ pub fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
         .collect()
 }
 
+/// Recomputes the header checksum of the IPv4 datagram `d` (after a test changed a
+/// header field), if the whole header is there.
+pub fn reseal(d: &mut [u8]) {
+    let ihl = usize::from(d.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if ihl < 20 || d.len() < ihl {
+        return;
+    }
+    d[10..12].copy_from_slice(&[0, 0]);
+    let sum = checksum(&d[..ihl]);
+    d[10..12].copy_from_slice(&sum.to_be_bytes());
+}
+
 /// The Internet checksum (RFC 1071).
 pub fn checksum(bytes: &[u8]) -> u16 {
     let mut sum = 0u32;

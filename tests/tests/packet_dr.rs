@@ -185,7 +185,7 @@ impl Output {
             let sum = packet::checksum(&icmp);
             icmp[2..4].copy_from_slice(&sum.to_be_bytes());
             let total = (20 + icmp.len()) as u16;
-            let mut ip = vec![0x45, 0xc0];
+            let mut ip = vec![0x45, 0xc0 | (f[15] & 0x1e)];
             ip.extend_from_slice(&total.to_be_bytes());
             ip.extend_from_slice(&[0, 0, 0, 0, 64, 1, 0, 0]);
             ip.extend_from_slice(&f[30..34]);
@@ -345,9 +345,7 @@ fn cases(plan: &Plan) -> Vec<Case> {
         .unwrap_or_else(|| panic!("no address shares the filter bit"));
     let mut twin_frame = tcp_syn("127.0.0.1", "192.0.2.100", 80);
     twin_frame[30..34].copy_from_slice(&twin.octets());
-    twin_frame[24..26].copy_from_slice(&[0, 0]);
-    let sum = packet::checksum(&twin_frame[14..34]);
-    twin_frame[24..26].copy_from_slice(&sum.to_be_bytes());
+    packet::reseal(&mut twin_frame[14..]);
     add(
         "a martian source to an address that only shares a vip's filter bit",
         twin_frame,
@@ -578,6 +576,23 @@ fn cases(plan: &Plan) -> Vec<Case> {
             Reason::TxIcmpTimeExceeded,
         );
     }
+    let mut dscp = frame(
+        &{
+            let mut low = ip("198.51.100.7", "192.0.2.100", 6);
+            low.ttl = 1;
+            low
+        },
+        &packet::tcp(40000, 80, 0x02),
+    );
+    dscp[15] = 0xbb; // DSCP EF and ECN bits: the error keeps the TOS bits (0x1e) only
+    packet::reseal(&mut dscp[14..]);
+    add(
+        "ttl expiring with a tos: icmp precedence plus the datagram's tos bits",
+        dscp,
+        XDP_TX,
+        Output::TimeExceeded,
+        Reason::TxIcmpTimeExceeded,
+    );
     let mut low = ip("198.51.100.7", "192.0.2.100", 17);
     low.ttl = 1;
     low.options = vec![0x94, 0x04, 0, 0, 0x01, 0x01, 0x01, 0x00];
