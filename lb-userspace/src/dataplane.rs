@@ -202,12 +202,8 @@ impl Dataplane {
         sync_hash_map(self.map_mut(maps::IFACES)?, maps::IFACES, wanted)?;
         let e = map_err(maps::IFACE_INDEX);
         let old = std::mem::take(&mut self.iface_slots);
-        let mut slots: Array<_, Iface> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::IFACE_INDEX)
-                .ok_or(DataplaneError::MissingMap(maps::IFACE_INDEX))?,
-        )
-        .map_err(&e)?;
+        let mut slots: Array<_, Iface> =
+            Array::try_from(map_in(&mut self.ebpf, maps::IFACE_INDEX)?).map_err(&e)?;
         for index in old {
             slots.set(index, Iface::default(), 0).map_err(&e)?;
         }
@@ -300,12 +296,8 @@ impl Dataplane {
         self.service_keys = plan.services.iter().map(|s| (s.value.id, s.key)).collect();
         {
             let e = map_err(maps::SCHED_TABLE);
-            let mut table: Array<_, u32> = Array::try_from(
-                self.ebpf
-                    .map_mut(maps::SCHED_TABLE)
-                    .ok_or(DataplaneError::MissingMap(maps::SCHED_TABLE))?,
-            )
-            .map_err(&e)?;
+            let mut table: Array<_, u32> =
+                Array::try_from(map_in(&mut self.ebpf, maps::SCHED_TABLE)?).map_err(&e)?;
             for s in &plan.services {
                 let row = s.value.id * SCHED_SLOTS;
                 let old = self.tables.get(&s.value.id);
@@ -334,12 +326,8 @@ impl Dataplane {
         // that use them appear; a removed service's row stays for its orphaned entries.
         {
             let e = map_err(maps::SERVICE_PARAMS);
-            let mut params: Array<_, ServiceValue> = Array::try_from(
-                self.ebpf
-                    .map_mut(maps::SERVICE_PARAMS)
-                    .ok_or(DataplaneError::MissingMap(maps::SERVICE_PARAMS))?,
-            )
-            .map_err(&e)?;
+            let mut params: Array<_, ServiceValue> =
+                Array::try_from(map_in(&mut self.ebpf, maps::SERVICE_PARAMS)?).map_err(&e)?;
             for s in &plan.services {
                 if self.params.get(&s.value.id) != Some(&s.value) {
                     params.set(s.value.id, s.value, 0).map_err(&e)?;
@@ -370,12 +358,8 @@ impl Dataplane {
             .copied()
             .collect();
         let e = map_err(maps::REALS);
-        let mut reals: HashMap<_, u32, RealServer> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::REALS)
-                .ok_or(DataplaneError::MissingMap(maps::REALS))?,
-        )
-        .map_err(&e)?;
+        let mut reals: HashMap<_, u32, RealServer> =
+            HashMap::try_from(map_in(&mut self.ebpf, maps::REALS)?).map_err(&e)?;
         for index in stale {
             match reals.remove(&index) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -413,12 +397,8 @@ impl Dataplane {
 
     fn write_filter(&mut self, words: &[u64]) -> Result<(), DataplaneError> {
         let e = map_err(maps::VIP_FILTER);
-        let mut map: Array<_, u64> = Array::try_from(
-            self.ebpf
-                .map_mut(maps::VIP_FILTER)
-                .ok_or(DataplaneError::MissingMap(maps::VIP_FILTER))?,
-        )
-        .map_err(&e)?;
+        let mut map: Array<_, u64> =
+            Array::try_from(map_in(&mut self.ebpf, maps::VIP_FILTER)?).map_err(&e)?;
         for (i, (&new, old)) in words.iter().zip(self.filter.iter_mut()).enumerate() {
             if new != *old {
                 map.set(i as u32, new, 0).map_err(&e)?;
@@ -521,8 +501,15 @@ impl Dataplane {
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
-        self.ebpf
-            .map_mut(name)
-            .ok_or(DataplaneError::MissingMap(name))
+        map_in(&mut self.ebpf, name)
     }
+}
+
+/// A map of the object by name. A free function, so a caller holding other fields of the
+/// `Dataplane` borrows only `ebpf`.
+fn map_in<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut aya::maps::Map, DataplaneError> {
+    ebpf.map_mut(name).ok_or(DataplaneError::MissingMap(name))
 }

@@ -9,7 +9,7 @@ use std::sync::Barrier;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{HashMap, ProgramArray},
-    programs::{TestRun, TestRunOptions, Xdp},
+    programs::Xdp,
 };
 use lb_common::{
     bench as abi,
@@ -17,7 +17,9 @@ use lb_common::{
     maps::MAX_FLOWS,
 };
 
-use super::{Stat, map_mut, per_packet, pin_to_cpu, set_template, xdp};
+use super::{
+    Stat, fill_from_every_cpu, map_mut, per_packet, pin_to_cpu, set_template, time_runs, xdp,
+};
 
 /// One measured configuration.
 #[derive(Clone, Debug)]
@@ -69,7 +71,7 @@ fn measure_on_threads(rounds: usize, iterations: u32) -> Vec<Measured> {
         (true, abi::LRU_PERCPU_MAP, abi::programs::LRU_PERCPU),
         (false, abi::LRU_COMMON_MAP, abi::programs::LRU_COMMON),
     ] {
-        fill(&mut bench, map, all);
+        fill(&mut bench, map, all - 1);
         for cpus in if all > 1 { vec![1, all] } else { vec![1] } {
             let mut samples = Vec::with_capacity(rounds);
             for _ in 0..rounds {
@@ -87,26 +89,22 @@ fn measure_on_threads(rounds: usize, iterations: u32) -> Vec<Measured> {
 
 /// Fills `map` to capacity, a share from each CPU (a per-CPU list takes entries only
 /// from its own CPU's share).
-fn fill(bench: &mut Ebpf, name: &str, cpus: usize) {
+fn fill(bench: &mut Ebpf, name: &str, cpu_after: usize) {
     let mut map: HashMap<_, FlowKeyV4, Flow> =
         HashMap::try_from(map_mut(bench, name)).unwrap_or_else(|e| panic!("{name}: {e}"));
-    let per_cpu = MAX_FLOWS / cpus as u32 + 1;
     let flow = Flow {
         state: STATE_TCP_ESTABLISHED,
         ..Flow::default()
     };
-    for cpu in 0..cpus {
-        pin_to_cpu(cpu);
-        for i in 0..per_cpu {
-            let key = FlowKeyV4 {
-                src: (cpu as u32 * per_cpu + i).to_be(),
-                _pad: [0xff, 0, 0],
-                ..FlowKeyV4::default()
-            };
-            map.insert(key, flow, 0)
-                .unwrap_or_else(|e| panic!("filling {name}: {e}"));
-        }
-    }
+    fill_from_every_cpu(MAX_FLOWS, cpu_after, |n| {
+        let key = FlowKeyV4 {
+            src: n.to_be(),
+            _pad: [0xff, 0, 0],
+            ..FlowKeyV4::default()
+        };
+        map.insert(key, flow, 0)
+            .unwrap_or_else(|e| panic!("filling {name}: {e}"));
+    });
 }
 
 /// One round on the last `cpus` CPUs at once: ns per insert, the mean over the CPUs.
@@ -119,7 +117,13 @@ fn round(bench: &mut Ebpf, program: &str, cpus: usize, all: usize, iterations: u
         .iter()
         .map(|&cpu| {
             pin_to_cpu(cpu);
-            time(wrapper(bench), &frame, iterations, per_packet::XDP_PASS)
+            time_runs(
+                wrapper(bench),
+                &frame,
+                None,
+                iterations,
+                per_packet::XDP_PASS,
+            )
         })
         .collect();
     set_target(bench, program);
@@ -134,7 +138,7 @@ fn round(bench: &mut Ebpf, program: &str, cpus: usize, all: usize, iterations: u
                 s.spawn(move || {
                     pin_to_cpu(cpu);
                     barrier.wait();
-                    time(wrapper, frame, iterations, XDP_DROP) - base
+                    time_runs(wrapper, frame, None, iterations, XDP_DROP) - base
                 })
             })
             .collect();
@@ -174,21 +178,4 @@ fn set_target(bench: &mut Ebpf, name: &str) {
     ProgramArray::try_from(map_mut(bench, abi::TARGET_MAP))
         .and_then(|mut targets| targets.set(0, &fd, 0))
         .unwrap_or_else(|e| panic!("setting the wrapper's target: {e}"));
-}
-
-/// Nanoseconds per run over `iterations` runs (the kernel's own measure).
-fn time(program: &Xdp, frame: &[u8], iterations: u32, expected: u32) -> f64 {
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            repeat: iterations,
-            ..TestRunOptions::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
-    assert_eq!(
-        result.return_value, expected,
-        "returned {} while being timed",
-        result.return_value
-    );
-    result.duration.as_nanos() as f64
 }

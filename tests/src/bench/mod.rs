@@ -85,6 +85,51 @@ pub fn xdp<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> &'a mut aya::programs::Xd
         .unwrap_or_else(|| panic!("no XDP program {name} in the object"))
 }
 
+/// Nanoseconds per run of `program` over `iterations` runs of `frame`, as the kernel
+/// measures it around its repeat loop (an integer: the kernel divides its total by
+/// `repeat`; a wall clock around the call would add the call's own set-up, which was
+/// milliseconds here). `ctx` is the `xdp_md` to run with, if any. Panics if a run
+/// returns another action than `expected`.
+pub fn time_runs(
+    program: &aya::programs::Xdp,
+    frame: &[u8],
+    ctx: Option<&[u8]>,
+    iterations: u32,
+    expected: u32,
+) -> f64 {
+    use aya::programs::{TestRun, TestRunOptions};
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: ctx,
+            repeat: iterations,
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+    assert_eq!(
+        result.return_value, expected,
+        "returned {} while being timed",
+        result.return_value
+    );
+    result.duration.as_nanos() as f64
+}
+
+/// Calls `insert(n)` for `total` numbers, an equal share from each CPU in turn (pinned
+/// there): an LRU map with per-CPU lists takes each new entry from the inserting CPU's
+/// share, so filling it to capacity needs every CPU. Leaves the thread pinned to
+/// `cpu_after`.
+pub fn fill_from_every_cpu(total: u32, cpu_after: usize, mut insert: impl FnMut(u32)) {
+    let cpus = online_cpus();
+    let per_cpu = total / cpus as u32 + 1;
+    for cpu in 0..cpus {
+        pin_to_cpu(cpu);
+        for i in 0..per_cpu {
+            insert(cpu as u32 * per_cpu + i);
+        }
+    }
+    pin_to_cpu(cpu_after);
+}
+
 /// Pins the calling thread to one CPU, so a figure is one CPU's work.
 pub fn pin_to_cpu(cpu: usize) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it.

@@ -389,25 +389,10 @@ impl Programs {
         run_once(self.program(abi::programs::WRAPPER), frame, self.ingress)
     }
 
-    /// Nanoseconds per run over `iterations` runs, as the kernel measures it around its
-    /// repeat loop (an integer: the kernel divides its total by `repeat`). A wall clock
-    /// around the call would add the call's own set-up, which was milliseconds here.
+    /// Nanoseconds per run of the bench program `name` (see `super::time_runs`).
     fn time(&self, name: &str, frame: &[u8], iterations: u32, expected: u32) -> f64 {
-        let program = self.program(name);
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                ctx_in: Some(&packet::xdp_md(frame.len(), self.ingress)),
-                repeat: iterations,
-                ..TestRunOptions::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {name}: {e}"));
-        assert_eq!(
-            result.return_value, expected,
-            "{name} returned {} while being timed",
-            result.return_value
-        );
-        result.duration.as_nanos() as f64
+        let ctx = packet::xdp_md(frame.len(), self.ingress);
+        super::time_runs(self.program(name), frame, Some(&ctx), iterations, expected)
     }
 
     /// Fills the connection table to its capacity with flows that are never sent (to
@@ -415,34 +400,24 @@ impl Programs {
     /// an entry from its own CPU's list, so every list must be full for the next insert
     /// to evict, as in a director that has run for a while. Ends pinned to `cpu`.
     pub fn fill_flow_table(&mut self, cpu: usize) {
-        let cpus = super::online_cpus();
-        let per_cpu = MAX_FLOWS / cpus as u32 + 1;
         let flow = Flow {
-            real: 0,
-            real_gen: 0,
-            last_seen: 0,
             state: STATE_TCP_ESTABLISHED,
-            flags: 0,
-            service: 0,
+            ..Flow::default()
         };
-        for filler in 0..cpus {
-            pin_to_cpu(filler);
-            for i in 0..per_cpu {
-                let n = filler as u32 * per_cpu + i;
-                let key = FlowKeyV4 {
-                    src: n.to_be(),
-                    dst: u32::from_ne_bytes([192, 0, 2, 250]),
-                    sport: 1,
-                    dport: 80u16.to_be(),
-                    proto: 6,
-                    _pad: [0; 3],
-                };
-                self.dataplane
-                    .set_flow(&key, flow)
-                    .unwrap_or_else(|e| panic!("filling the table: {e}"));
-            }
-        }
-        pin_to_cpu(cpu);
+        let dataplane = &mut self.dataplane;
+        super::fill_from_every_cpu(MAX_FLOWS, cpu, |n| {
+            let key = FlowKeyV4 {
+                src: n.to_be(),
+                dst: u32::from_ne_bytes([192, 0, 2, 250]),
+                sport: 1,
+                dport: 80u16.to_be(),
+                proto: 6,
+                _pad: [0; 3],
+            };
+            dataplane
+                .set_flow(&key, flow)
+                .unwrap_or_else(|e| panic!("filling the table: {e}"));
+        });
     }
 
     /// The number of times the xdpvs program forwarded a packet for any service.
