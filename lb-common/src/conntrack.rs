@@ -51,6 +51,12 @@ pub struct FlowKeyV4 {
 }
 
 /// Value of `CONNTRACK_V4`: where the flow goes and how long it may stay idle.
+///
+/// A direct-routing flow has one entry, keyed as the client sends. A NAT or full-NAT
+/// flow has two, made together: the forward entry (keyed as the client sends) and the
+/// reply entry (keyed as the real sends its answers, `FLOW_F_REPLY`). Each holds the
+/// tuple its packets are rewritten to; the other entry's key is that tuple reversed
+/// ([`peer_key`]), so either direction finds its twin to keep state and time in step.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Flow {
@@ -70,12 +76,49 @@ pub struct Flow {
     /// `SERVICE_PARAMS` gives the timeouts and flags, so a hit needs no `SERVICES`
     /// look-up (service ids are below 65,536).
     pub service: u16,
+    /// With `FLOW_F_NAT`: the packet's tuple after translation (addresses and ports in
+    /// network order). Zero under direct routing.
+    pub to: Tuple,
+    /// With `FLOW_F_NAT`: the hop towards the client, learnt from the client's frames
+    /// (the interface they came in by, the MAC they came from and the director's MAC
+    /// they went to). A reply leaves by it; a forward packet from another hop moves it.
+    pub hop_ifindex: u32,
+    pub hop_mac: [u8; 6],
+    pub hop_own_mac: [u8; 6],
+    pub _pad: u32,
+}
+
+/// A flow's addresses and ports, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Tuple {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
 }
 
 /// `Flow::flags`: the service had `expire_nodest_conn` when the entry was made. Kept in
 /// the entry because a removed service's id (and its `SERVICE_PARAMS` row) may go to
 /// another service while its orphaned entries remain.
 pub const FLOW_F_EXPIRE_NODEST: u8 = 1;
+/// `Flow::flags`: the entry rewrites addresses and ports to `Flow::to` (NAT, full-NAT).
+pub const FLOW_F_NAT: u8 = 2;
+/// `Flow::flags`: the reply entry of a NAT flow (keyed as the real sends).
+pub const FLOW_F_REPLY: u8 = 4;
+
+/// The key of the other direction's entry: the translated tuple, reversed.
+#[inline(always)]
+pub fn peer_key(to: &Tuple, proto: u8) -> FlowKeyV4 {
+    FlowKeyV4 {
+        src: to.dst,
+        dst: to.src,
+        sport: to.dport,
+        dport: to.sport,
+        proto,
+        _pad: [0; 3],
+    }
+}
 
 /// Key of `FRAGMENTS_V4`: one fragmented datagram (RFC 791's reassembly key).
 #[repr(C)]
@@ -101,6 +144,10 @@ pub struct FragValue {
     pub service: u32,
     /// When the first fragment passed, in seconds (as `Flow::last_seen`).
     pub created: u32,
+    /// Under NAT, the source and destination addresses the first fragment was given
+    /// (network order); 0 and 0 under direct routing.
+    pub src: u32,
+    pub dst: u32,
 }
 
 /// The single value of `SETTINGS`: director-wide knobs the daemon sets.
@@ -194,6 +241,22 @@ pub fn first_state(is_tcp: bool, flags: u8) -> u8 {
     }
 }
 
+/// What a packet the real sends does to a NAT entry's state: its FIN and RST close the
+/// connection as the client's do, but its SYN-ACK does not establish it; the client's
+/// ACK does (as LVS's state table, where only the client's ACK leaves SYN_RECV).
+#[inline(always)]
+pub fn next_state_reply(state: u8, flags: u8) -> u8 {
+    if state == STATE_UDP {
+        STATE_UDP
+    } else if flags & TCP_RST != 0 {
+        STATE_TCP_CLOSE
+    } else if flags & TCP_FIN != 0 {
+        STATE_TCP_FIN
+    } else {
+        state
+    }
+}
+
 /// Whether an entry last seen at `last_seen` has timed out at `now` (seconds).
 #[inline(always)]
 pub fn expired(last_seen: u32, now: u32, timeout: u32) -> bool {
@@ -220,9 +283,10 @@ pub fn flow_key_v4(
 }
 
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
-const _: () = assert!(core::mem::size_of::<Flow>() == 16);
+const _: () = assert!(core::mem::size_of::<Flow>() == 48);
+const _: () = assert!(core::mem::size_of::<Tuple>() == 12);
 const _: () = assert!(core::mem::size_of::<FragKeyV4>() == 12);
-const _: () = assert!(core::mem::size_of::<FragValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FragValue>() == 24);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<FloodWindow>() == 8);
 const _: () = assert!(core::mem::size_of::<Iface>() == 8);
@@ -234,6 +298,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKeyV4 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Tuple {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FragKeyV4 {}
     // SAFETY: as above.
@@ -281,6 +347,47 @@ mod tests {
             Some(STATE_TCP_ESTABLISHED)
         );
         assert_eq!(next_state(STATE_UDP, 0), Some(STATE_UDP));
+    }
+
+    #[test]
+    fn the_reals_flags_close_but_do_not_establish() {
+        assert_eq!(
+            next_state_reply(STATE_TCP_SYN, TCP_SYN | TCP_ACK),
+            STATE_TCP_SYN
+        );
+        assert_eq!(
+            next_state_reply(STATE_TCP_ESTABLISHED, TCP_FIN | TCP_ACK),
+            STATE_TCP_FIN
+        );
+        assert_eq!(next_state_reply(STATE_TCP_SYN, TCP_RST), STATE_TCP_CLOSE);
+        assert_eq!(next_state_reply(STATE_UDP, 0), STATE_UDP);
+    }
+
+    #[test]
+    fn each_entrys_peer_key_is_its_translation_reversed() {
+        // Full-NAT: client 1:1000 -> VIP 2:80 becomes pool 3:5000 -> real 4:8080.
+        let to = Tuple {
+            src: 3,
+            dst: 4,
+            sport: 5000,
+            dport: 8080,
+        };
+        let reply = peer_key(&to, 6);
+        assert_eq!(
+            (reply.src, reply.dst, reply.sport, reply.dport),
+            (4, 3, 8080, 5000)
+        );
+        let back = Tuple {
+            src: 2,
+            dst: 1,
+            sport: 80,
+            dport: 1000,
+        };
+        let forward = peer_key(&back, 6);
+        assert_eq!(
+            (forward.src, forward.dst, forward.sport, forward.dport),
+            (1, 2, 1000, 80)
+        );
     }
 
     #[test]

@@ -53,9 +53,19 @@ events! {
     IcmpToReal = 12, "icmp_to_real";
     /// The ingress interface is not in `IFACES`, so its MAC could not be checked.
     IfaceUnknown = 13, "iface_unknown";
+    /// A NAT real's answer found its flow's reply entry.
+    CtReplyHit = 14, "ct_reply_hit";
+    /// A full-NAT source port was taken by a live flow; another was tried.
+    SnatRetry = 15, "snat_retry";
+    /// A full-NAT source port held by an expired entry was taken over.
+    SnatReclaimed = 16, "snat_reclaimed";
+    /// A NAT flow's client-side hop (interface or MAC) changed; its reply entry follows.
+    HopMoved = 17, "hop_moved";
+    /// An ICMP error about a NAT flow was translated and sent to the flow's client.
+    IcmpToClient = 18, "icmp_to_client";
 }
 
 /// Number of event codes: the size of the `EVENTS` array.
-pub const EVENT_COUNT: u32 = 14;
+pub const EVENT_COUNT: u32 = 19;
 
 const _: () = assert!(Event::ALL.len() == EVENT_COUNT as usize);

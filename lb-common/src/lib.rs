@@ -30,6 +30,20 @@ pub const SCHED_DH: u32 = 2;
 
 /// LVS direct routing ("gatewaying", `ipvsadm -g`): only the MAC addresses are rewritten.
 pub const FWD_DR: u32 = 1;
+/// LVS masquerading (`ipvsadm -m`): the destination becomes the real's address and port;
+/// the real's replies come back through the director, which puts the VIP back.
+pub const FWD_NAT: u32 = 2;
+/// Full NAT: as `FWD_NAT`, and the source becomes an address and port of the service's
+/// SNAT pool, so the reals need no route back through the director.
+pub const FWD_FULLNAT: u32 = 3;
+
+/// `REPLY_FILTER` bit of a NAT real's address: the same hash as [`vip_filter_bit`]. A
+/// packet to an address that is not a VIP is looked up as a NAT reply only when its
+/// source's bit is set.
+#[inline(always)]
+pub const fn reply_filter_bit(addr_word: u32) -> u32 {
+    vip_filter_bit(addr_word)
+}
 
 /// `VIP_FILTER` bit of an IPv4 address (network order, as in `AddrWords` word 0): a
 /// Fibonacci hash to 16 bits. The program tests this bit before any hash-map look-up, so
@@ -90,13 +104,15 @@ pub struct ServiceValue {
     pub id: u32,
     /// `SCHED_SH` or `SCHED_DH`.
     pub scheduler: u32,
-    /// `FWD_DR`.
+    /// `FWD_DR`, `FWD_NAT` or `FWD_FULLNAT`.
     pub forwarding: u32,
     /// Seed of the flow hash (host order). Equal seeds and configs give equal choices
     /// on every director.
     pub hash_seed: u32,
     /// `SVC_F_*` bits.
     pub flags: u32,
+    /// Row of `SNAT_POOLS` for `FWD_FULLNAT`; unused otherwise.
+    pub pool: u32,
     /// Idle timeout in seconds of a connection-table entry, indexed by its state
     /// (`conntrack::STATE_*`); index 0 is unused.
     pub timeouts: [u32; conntrack::STATES],
@@ -140,7 +156,8 @@ pub struct RealServer {
     pub generation: u32,
     /// Egress interface towards the real (host order).
     pub ifindex: u32,
-    /// Real port, network byte order; equals the virtual port under direct routing.
+    /// Real port, network byte order; equals the virtual port under direct routing, and
+    /// is the port a NAT flow's destination becomes.
     pub port: u16,
     /// `FAMILY_IPV4` or `FAMILY_IPV6`.
     pub family: u8,
@@ -154,6 +171,23 @@ pub struct RealServer {
     pub mtu: u32,
 }
 
+/// Most addresses in one SNAT pool.
+pub const POOL_ADDRS: usize = 16;
+
+/// Value of `SNAT_POOLS`: the source addresses and ports full-NAT flows take. Each flow
+/// gets an (address, port) that no live flow to the same real address and port holds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnatPool {
+    /// Director addresses, network order; the first `count` are used.
+    pub addrs: [u32; POOL_ADDRS],
+    /// Addresses in use, 1..=`POOL_ADDRS` (0: the pool is empty, flows are refused).
+    pub count: u32,
+    /// First and last source port, host order, `first <= last`, `first >= 1`.
+    pub first_port: u16,
+    pub last_port: u16,
+}
+
 /// Value of `SERVICE_STATS` and `REAL_STATS` (per CPU).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -165,10 +199,11 @@ pub struct Counters {
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 52);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 56);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<RealServer>() == 44);
 const _: () = assert!(core::mem::size_of::<Counters>() == 16);
+const _: () = assert!(core::mem::size_of::<SnatPool>() == 72);
 const _: () = assert!(SCHED_SLOTS.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -184,4 +219,6 @@ mod pod {
     unsafe impl aya::Pod for super::RealServer {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SnatPool {}
 }

@@ -3,7 +3,7 @@
 //! and checks each name is present. A name's version suffix changes with its layout.
 
 /// `HashMap<ServiceKey, ServiceValue>`: the virtual services.
-pub const SERVICES: &str = "XDPVS_SVC_V2";
+pub const SERVICES: &str = "XDPVS_SVC_V3";
 /// `HashMap<VipKey, u32>`: every virtual address, so traffic to a VIP on an unconfigured
 /// port or protocol is told apart from traffic that is not for us at all.
 pub const VIPS: &str = "XDPVS_VIP_V1";
@@ -16,12 +16,20 @@ pub const REALS: &str = "XDPVS_REAL_V2";
 /// `Array<u32>`: `MAX_SERVICES` rows of `SCHED_SLOTS` real indices, built by the daemon.
 pub const SCHED_TABLE: &str = "XDPVS_SCHED_V1";
 /// `LruHashMap<FlowKeyV4, Flow>` (`BPF_F_NO_COMMON_LRU`): the IPv4 connection table.
-pub const CONNTRACK_V4: &str = "XDPVS_CT4_V2";
+pub const CONNTRACK_V4: &str = "XDPVS_CT4_V3";
 /// `Array<ServiceValue>` by service id: what a connection-table hit needs of its
 /// service (timeouts, flags), read without a hash look-up. Written before `SERVICES`.
-pub const SERVICE_PARAMS: &str = "XDPVS_SVCP_V1";
+pub const SERVICE_PARAMS: &str = "XDPVS_SVCP_V2";
 /// `LruHashMap<FragKeyV4, FragValue>`: where each fragmented datagram's first fragment went.
-pub const FRAGMENTS_V4: &str = "XDPVS_FRAG4_V1";
+pub const FRAGMENTS_V4: &str = "XDPVS_FRAG4_V2";
+/// `Array<SnatPool>` by pool id: the source addresses and ports of full-NAT services.
+pub const SNAT_POOLS: &str = "XDPVS_SNAT_V1";
+/// `Array<u64>`, `VIP_FILTER_WORDS` words: bit `reply_filter_bit(addr)` is set for every
+/// real of a NAT or full-NAT service, so only their packets are looked up as replies.
+pub const REPLY_FILTER: &str = "XDPVS_RPLF_V1";
+/// `DevMapHash` by ifindex: the interfaces the program may redirect to (the attached
+/// ones), so XDP_REDIRECT goes through a device map and is flushed in bulk.
+pub const TX_PORTS: &str = "XDPVS_TXPORT_V1";
 /// `HashMap<u32, Iface>`: the interfaces the program is attached to, by ifindex.
 pub const IFACES: &str = "XDPVS_IFACE_V1";
 /// `Array<Iface>`, `IFACE_SLOTS` entries: the same for interfaces whose index is below
@@ -37,13 +45,16 @@ pub const SERVICE_STATS: &str = "XDPVS_SVCST_V1";
 /// `PerCpuArray<Counters>` indexed by real index.
 pub const REAL_STATS: &str = "XDPVS_REALST_V1";
 /// `PerCpuArray<u64>` indexed by `reason::Reason` code: every packet's outcome.
-pub const REASONS: &str = "XDPVS_REASON_V2";
+pub const REASONS: &str = "XDPVS_REASON_V3";
 /// `PerCpuArray<u64>` indexed by `event::Event` code.
-pub const EVENTS: &str = "XDPVS_EVENT_V1";
+pub const EVENTS: &str = "XDPVS_EVENT_V2";
 
 /// Every map name, for checks that the object and the daemon agree.
-pub const ALL: [&str; 16] = [
+pub const ALL: [&str; 19] = [
     SERVICES,
+    SNAT_POOLS,
+    REPLY_FILTER,
+    TX_PORTS,
     SERVICE_PARAMS,
     IFACE_INDEX,
     VIPS,
@@ -73,7 +84,10 @@ pub const MAX_REALS: u32 = 4096;
 pub const MAX_FLOWS: u32 = 1 << 20;
 /// Default capacity of `FRAGMENTS_V4`.
 pub const MAX_FRAGMENTED: u32 = 16_384;
-/// Capacity of `IFACES`.
+/// Capacity of `SNAT_POOLS` (the director's pool is row 0; services with their own
+/// pool take the others).
+pub const MAX_POOLS: u32 = 64;
+/// Capacity of `IFACES` and `TX_PORTS`.
 pub const MAX_IFACES: u32 = 64;
 /// Capacity of `IFACE_INDEX`: interfaces with a larger index use `IFACES` only.
 pub const IFACE_SLOTS: u32 = 4096;

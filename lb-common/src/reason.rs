@@ -33,6 +33,11 @@ macro_rules! reasons {
                 match self { $(Reason::$name => $text,)+ }
             }
 
+            /// The reason with this code.
+            pub const fn from_code(code: u32) -> Option<Reason> {
+                match code { $($code => Some(Reason::$name),)+ _ => None }
+            }
+
             /// What the program does with the packet.
             pub const fn action(self) -> Action {
                 match self { $(Reason::$name => Action::$action,)+ }
@@ -107,9 +112,33 @@ reasons! {
     /// TTL 0 or 1 on a packet to a virtual service: as IPVS does (`decrement_ttl`), the
     /// director answers with an ICMP time exceeded from the VIP, within `icmp_rate`.
     TxIcmpTimeExceeded = 24, "tx_icmp_time_exceeded", Tx;
+    /// TCP/UDP from a NAT real's address (by its reply-filter bit) to an address that is
+    /// not a VIP, with no live reply entry: the real's own traffic, or an answer to a
+    /// flow the table no longer holds. The kernel decides, as IPVS leaves such packets to
+    /// routing (`nat_icmp_send = 0`).
+    PassReplyNoFlow = 25, "pass_reply_no_flow", Pass;
+    /// A full-NAT flow found no free source port in its pool within the bounded tries:
+    /// refused, so no two flows ever share one.
+    DropSnatExhausted = 26, "drop_snat_exhausted", Drop;
+    /// A NAT flow's first packet, when the flood guard refused the entries its replies
+    /// need: dropped, as forwarding it would strand the answer.
+    DropInsertRefused = 27, "drop_insert_refused", Drop;
 }
 
 /// Number of reason codes: the size of the `REASONS` array.
-pub const REASON_COUNT: u32 = 25;
+pub const REASON_COUNT: u32 = 28;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for &r in Reason::ALL {
+            assert_eq!(Reason::from_code(r as u32), Some(r));
+        }
+        assert_eq!(Reason::from_code(REASON_COUNT), None);
+    }
+}

@@ -82,6 +82,7 @@ fn lru_insert(ctx: &XdpContext, map: &LruHashMap<FlowKeyV4, Flow>) -> u32 {
         state: STATE_TCP_SYN,
         flags: 0,
         service: 0,
+        ..Flow::default()
     };
     match map.insert(key, flow, 0) {
         Ok(()) => XDP_DROP,

@@ -7,7 +7,8 @@ use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     SVC_F_EXPIRE_NODEST, ServiceValue,
     conntrack::{
-        self, DEFAULT_TIMEOUTS, FLOW_F_EXPIRE_NODEST, Flow, FlowKeyV4, STATES, WINDOW_INSERTS,
+        self, DEFAULT_TIMEOUTS, FLOW_F_EXPIRE_NODEST, FLOW_F_REPLY, Flow, FlowKeyV4, STATES,
+        WINDOW_INSERTS,
     },
     event::Event,
     reason::Reason,
@@ -19,7 +20,9 @@ use crate::{
 };
 
 /// `BPF_ANY`: create or replace.
-const BPF_ANY: u64 = 0;
+pub const BPF_ANY: u64 = 0;
+/// `BPF_NOEXIST`: create only.
+pub const BPF_NOEXIST: u64 = 1;
 
 /// Seconds of CLOCK_MONOTONIC_COARSE: cheap, and fine-grained enough for timeouts.
 #[inline(always)]
@@ -30,24 +33,35 @@ pub fn now() -> u32 {
 
 /// What the connection table says about a packet.
 pub enum Lookup {
-    /// The flow's entry: its real, its service's id, and whether an orphaned entry
-    /// goes at once (`expire_nodest_conn` of its service when it was made).
-    Hit {
-        real: u32,
-        real_gen: u32,
-        service: u32,
-        expire_nodest: bool,
-    },
+    /// The flow's entry as this packet leaves it; `touched` when the packet changed its
+    /// state or last-seen second (a NAT flow copies those to its other entry).
+    Hit { flow: Flow, touched: bool },
     /// No entry.
     Miss,
     /// An entry that no longer holds (expired, or a new connection on a finished
-    /// 5-tuple), already counted: schedule as new.
-    Stale,
+    /// 5-tuple), already counted: schedule as new. Its NAT twin is the caller's to drop.
+    Stale(Flow),
+}
+
+/// The idle timeout of `flow` in its state, from its service's parameters.
+#[inline(always)]
+fn timeout(flow: &Flow) -> u32 {
+    let timeouts = SERVICE_PARAMS
+        .get(u32::from(flow.service))
+        .map_or(DEFAULT_TIMEOUTS, |p| p.timeouts);
+    timeouts[flow.state as usize & (STATES - 1)]
+}
+
+/// Whether `flow` has outlived its idle timeout at `now`.
+#[inline(always)]
+pub fn is_expired(flow: &Flow, now: u32) -> bool {
+    conntrack::expired(flow.last_seen, now, timeout(flow))
 }
 
 /// The flow's entry. Its service parameters (timeouts, flags) come from
 /// `SERVICE_PARAMS` by the id the entry holds, an array read. A hit updates the entry's
-/// state and, once a second, its last-seen time.
+/// state (by the client's flags, or the real's for a reply entry) and, once a second,
+/// its last-seen time.
 #[inline(always)]
 pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
     let Some(entry) = CONNTRACK_V4.get_ptr_mut(key) else {
@@ -55,52 +69,50 @@ pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
     };
     // SAFETY: the pointer is valid for this program run (RCU); fields are plain integers,
     // and a racing update from another CPU can only leave another valid state or time.
-    let flow = unsafe { *entry };
-    let timeouts = SERVICE_PARAMS
-        .get(u32::from(flow.service))
-        .map_or(DEFAULT_TIMEOUTS, |p| p.timeouts);
-    let timeout = timeouts[flow.state as usize & (STATES - 1)];
-    if conntrack::expired(flow.last_seen, now, timeout) {
+    let mut flow = unsafe { *entry };
+    if is_expired(&flow, now) {
         stats::count_event(Event::CtExpired);
-        return Lookup::Stale;
+        return Lookup::Stale(flow);
     }
-    let Some(state) = conntrack::next_state(flow.state, tcp_flags) else {
-        stats::count_event(Event::CtReused);
-        return Lookup::Stale;
+    let state = if flow.flags & FLOW_F_REPLY != 0 {
+        conntrack::next_state_reply(flow.state, tcp_flags)
+    } else {
+        match conntrack::next_state(flow.state, tcp_flags) {
+            Some(state) => state,
+            None => {
+                stats::count_event(Event::CtReused);
+                return Lookup::Stale(flow);
+            }
+        }
     };
-    if state != flow.state || now != flow.last_seen {
+    let touched = state != flow.state || now != flow.last_seen;
+    if touched {
         // SAFETY: as above.
         unsafe {
             (*entry).state = state;
             (*entry).last_seen = now;
         }
+        flow.state = state;
+        flow.last_seen = now;
     }
-    stats::count_event(Event::CtHit);
-    Lookup::Hit {
-        real: flow.real,
-        real_gen: flow.real_gen,
-        service: u32::from(flow.service),
-        expire_nodest: flow.flags & FLOW_F_EXPIRE_NODEST != 0,
-    }
+    Lookup::Hit { flow, touched }
 }
 
-/// Remembers a newly scheduled flow, unless the flood guard says this CPU has made too
-/// many entries this second (the flow is forwarded all the same).
+/// Whether the flood guard lets this CPU make another entry this second.
 #[inline(always)]
-pub fn insert(
-    key: &FlowKeyV4,
-    service: &ServiceValue,
-    real: u32,
-    real_gen: u32,
-    state: u8,
-    now: u32,
-) {
+pub fn admit(now: u32) -> bool {
     let rate = SETTINGS.get(0).map_or(0, |s| s.flood_rate);
     if rate != 0 && !window::admit(WINDOW_INSERTS, rate, now) {
         stats::count_event(Event::CtInsertRefused);
-        return;
+        return false;
     }
-    let flow = Flow {
+    true
+}
+
+/// A new entry for a flow scheduled to `real` (flags `FLOW_F_*` beyond the service's).
+#[inline(always)]
+pub fn entry(service: &ServiceValue, real: u32, real_gen: u32, state: u8, now: u32) -> Flow {
+    Flow {
         real,
         real_gen,
         last_seen: now,
@@ -112,11 +124,45 @@ pub fn insert(
         },
         // Service ids are below 65,536 (`limits.max_services`).
         service: service.id as u16,
-    };
-    match CONNTRACK_V4.insert(key, flow, BPF_ANY) {
-        Ok(()) => stats::count_event(Event::CtInsert),
-        Err(_) => stats::count_event(Event::CtInsertFailed),
+        ..Flow::default()
     }
+}
+
+/// Writes an entry (`BPF_ANY` or `BPF_NOEXIST`); counts the outcome.
+#[inline(always)]
+pub fn store(key: &FlowKeyV4, flow: &Flow, flags: u64) -> bool {
+    match CONNTRACK_V4.insert(key, flow, flags) {
+        Ok(()) => {
+            stats::count_event(Event::CtInsert);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Remembers a newly scheduled direct-routing flow, unless the flood guard says this CPU
+/// has made too many entries this second (the flow is forwarded all the same).
+#[inline(always)]
+pub fn insert(
+    key: &FlowKeyV4,
+    service: &ServiceValue,
+    real: u32,
+    real_gen: u32,
+    state: u8,
+    now: u32,
+) {
+    if !admit(now) {
+        return;
+    }
+    if !store(key, &entry(service, real, real_gen, state, now), BPF_ANY) {
+        stats::count_event(Event::CtInsertFailed);
+    }
+}
+
+/// Deletes an entry (a NAT flow's twin when the flow ends early).
+#[inline(always)]
+pub fn remove(key: &FlowKeyV4) {
+    let _ = CONNTRACK_V4.remove(key);
 }
 
 /// The entry's real server is gone (removed, or its index given to another real): LVS
@@ -136,4 +182,10 @@ pub fn orphaned(key: &FlowKeyV4, expire_nodest: bool) -> Reason {
 pub fn peek(key: &FlowKeyV4) -> Option<Flow> {
     // SAFETY: the value is copied out at once.
     unsafe { CONNTRACK_V4.get(key) }.copied()
+}
+
+/// A pointer to the entry for `key`, to change it in place.
+#[inline(always)]
+pub fn entry_mut(key: &FlowKeyV4) -> Option<*mut Flow> {
+    CONNTRACK_V4.get_ptr_mut(key)
 }

@@ -1,7 +1,7 @@
 //! Fragments to a virtual service. The first fragment carries the ports, so it is
 //! scheduled like any packet and its real remembered under the datagram's reassembly key
 //! (source, destination, protocol, IP id), as Cilium does; later fragments carry no ports
-//! and follow that entry. A later fragment that arrives before its first (or after the
+//! and follow that entry (under NAT, with the addresses the first fragment was given). A later fragment that arrives before its first (or after the
 //! entry expired) cannot be placed: it is dropped and counted.
 
 use lb_common::{
@@ -29,13 +29,8 @@ fn key(ip: &Ipv4Meta) -> FragKeyV4 {
 
 /// Remembers where a first fragment went.
 #[inline(always)]
-pub fn remember(ip: &Ipv4Meta, real: u32, real_gen: u32, service: u32, now: u32) {
-    let value = FragValue {
-        real,
-        real_gen,
-        service,
-        created: now,
-    };
+pub fn remember(ip: &Ipv4Meta, placed: FragValue) {
+    let value = placed;
     if FRAGMENTS_V4.insert(key(ip), value, 0).is_ok() {
         stats::count_event(Event::FragFirst);
     }

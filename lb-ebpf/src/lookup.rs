@@ -1,10 +1,11 @@
 //! Virtual address and virtual service lookup.
 
 use lb_common::{
-    AddrWords, FAMILY_IPV4, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey, vip_filter_bit,
+    AddrWords, FAMILY_IPV4, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey, reply_filter_bit,
+    vip_filter_bit,
 };
 
-use crate::maps::{SERVICES, VIP_FILTER, VIPS};
+use crate::maps::{REPLY_FILTER, SERVICES, VIP_FILTER, VIPS};
 
 /// Whether `addr` (IPv4) may be a virtual address: one array read. A `false` is
 /// certain; a `true` is confirmed by [`is_vip`] or [`service`].
@@ -12,6 +13,16 @@ use crate::maps::{SERVICES, VIP_FILTER, VIPS};
 pub fn maybe_vip(addr: &AddrWords) -> bool {
     let bit = vip_filter_bit(addr[0]);
     match VIP_FILTER.get((bit >> 6) & (VIP_FILTER_WORDS - 1)) {
+        Some(word) => *word & (1u64 << (bit & 63)) != 0,
+        None => false,
+    }
+}
+
+/// Whether `addr` (IPv4) may be a NAT real's: one array read; `false` is certain.
+#[inline(always)]
+pub fn maybe_nat_real(addr: &AddrWords) -> bool {
+    let bit = reply_filter_bit(addr[0]);
+    match REPLY_FILTER.get((bit >> 6) & (VIP_FILTER_WORDS - 1)) {
         Some(word) => *word & (1u64 << (bit & 63)) != 0,
         None => false,
     }

@@ -3,6 +3,7 @@
 //! Stages (one module each): `parse` (Ethernet, IPv4, ports) → `lookup` (virtual address
 //! filter, virtual service) → `hygiene` (what the kernel would refuse) → `conntrack`
 //! (the flow's entry) or `schedule` (flow hash → slot → real server) for a new flow →
+//! `nat` (NAT and full-NAT: both entries, translation, the answers' way back) →
 //! `rewrite` (next hop, TTL, MACs) → `stats`; `icmp` and `fragment` place ICMP errors
 //! and fragments on their flows' reals; `time_exceeded` answers a TTL that would expire. Each stage returns the next stage's input or a
 //! [`Reason`]; only [`xdpvs`] turns the outcome into an XDP action.
@@ -15,6 +16,7 @@ mod hygiene;
 mod icmp;
 mod lookup;
 mod maps;
+mod nat;
 mod parse;
 mod rewrite;
 mod runtime;
@@ -23,15 +25,20 @@ mod stats;
 mod time_exceeded;
 mod window;
 
-use aya_ebpf::{macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_md, macros::xdp, programs::XdpContext};
 use lb_common::{
-    IPPROTO_TCP, IPPROTO_UDP, RealServer,
-    conntrack::{first_state, flow_key_v4},
+    FWD_DR, IPPROTO_TCP, IPPROTO_UDP, RealServer,
+    conntrack::{
+        FLOW_F_EXPIRE_NODEST, FLOW_F_NAT, FLOW_F_REPLY, FragValue, first_state, flow_key_v4,
+    },
     event::Event,
     reason::{Action, Reason},
 };
 
-use crate::{conntrack::Lookup, maps::REALS};
+use crate::{
+    conntrack::Lookup,
+    maps::{REALS, TX_PORTS},
+};
 
 const IPPROTO_ICMP: u8 = 1;
 
@@ -45,22 +52,68 @@ pub enum Verdict {
 
 #[xdp]
 pub fn xdpvs(ctx: XdpContext) -> u32 {
-    let reason = match try_forward(&ctx) {
-        Ok(Verdict::Tx) => Reason::ForwardTx,
-        Ok(Verdict::Redirect(ifindex)) => {
-            stats::count_reason(Reason::ForwardRedirect);
-            // SAFETY: a plain helper call; flags 0 is the only defined value.
-            return unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) } as u32;
-        }
-        Err(reason) => reason,
+    let outcome = match dispatch(&ctx) {
+        Ok(outcome) => outcome,
+        Err(reason) => encode(Err(reason)),
     };
+    let reason = Reason::from_code(outcome as u32).unwrap_or(Reason::DropInternal);
     stats::count_reason(reason);
     match reason.action() {
         Action::Pass => aya_ebpf::bindings::xdp_action::XDP_PASS,
         Action::Drop => aya_ebpf::bindings::xdp_action::XDP_DROP,
         Action::Tx => aya_ebpf::bindings::xdp_action::XDP_TX,
-        // Redirects return above with the helper's verdict.
-        Action::Redirect => aya_ebpf::bindings::xdp_action::XDP_ABORTED,
+        Action::Redirect => redirect((outcome >> 32) as u32),
+    }
+}
+
+/// Sends a packet down the path for its destination: a virtual address's, a NAT real's
+/// answers', or none (the kernel's). The two paths are separate BPF functions, so each
+/// has the stack to itself.
+#[inline(always)]
+fn dispatch(ctx: &XdpContext) -> Result<u64, Reason> {
+    let l3 = parse::ethernet(ctx)?;
+    let dst = parse::ipv4_destination(ctx, l3)?;
+    if lookup::maybe_vip(&dst) {
+        return Ok(to_vip(ctx.ctx, l3));
+    }
+    let src = parse::ipv4_source(ctx, l3)?;
+    if lookup::maybe_nat_real(&src) {
+        return Ok(from_real(ctx.ctx, l3));
+    }
+    Err(Reason::PassNotVip)
+}
+
+/// A path's outcome in one register: the reason code, and for a redirect the interface
+/// index in the upper half.
+#[inline(always)]
+fn encode(outcome: Result<Verdict, Reason>) -> u64 {
+    match outcome {
+        Ok(Verdict::Tx) => Reason::ForwardTx as u64,
+        Ok(Verdict::Redirect(ifindex)) => {
+            (u64::from(ifindex) << 32) | Reason::ForwardRedirect as u64
+        }
+        Err(reason) => reason as u64,
+    }
+}
+
+#[inline(never)]
+fn to_vip(ctx: *mut xdp_md, l3: usize) -> u64 {
+    encode(try_forward(&XdpContext::new(ctx), l3))
+}
+
+#[inline(never)]
+fn from_real(ctx: *mut xdp_md, l3: usize) -> u64 {
+    encode(reply(&XdpContext::new(ctx), l3))
+}
+
+/// XDP_REDIRECT through the device map when the interface is one the program is attached
+/// to (frames are then sent in bulk), else by `bpf_redirect`.
+#[inline(always)]
+fn redirect(ifindex: u32) -> u32 {
+    match TX_PORTS.redirect(ifindex, 0) {
+        Ok(action) => action,
+        // SAFETY: a plain helper call; flags 0 is the only defined value.
+        Err(_) => (unsafe { aya_ebpf::helpers::bpf_redirect(ifindex, 0) }) as u32,
     }
 }
 
@@ -83,12 +136,8 @@ fn real(index: u32) -> Option<RealServer> {
 }
 
 #[inline(always)]
-fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
-    let l3 = parse::ethernet(ctx)?;
+fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     let dst = parse::ipv4_destination(ctx, l3)?;
-    if !lookup::maybe_vip(&dst) {
-        return Err(Reason::PassNotVip);
-    }
     let ip = parse::ipv4(ctx, l3).map_err(|r| {
         if lookup::is_vip(&dst) {
             r
@@ -119,24 +168,44 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
     let now = conntrack::now();
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
     let found = conntrack::lookup(&key, l4.flags, now);
-    let (index, real, service_id) = match found {
-        Lookup::Hit {
-            real: index,
-            real_gen,
-            service,
-            expire_nodest,
-        } => match real(index) {
-            Some(r) if r.generation == real_gen => (index, r, service),
-            // A VIP removed since (its filter bit kept by a collision) is not ours.
-            _ if !lookup::is_vip(&ip.dst) => return Err(Reason::PassNotVip),
-            _ => return Err(conntrack::orphaned(&key, expire_nodest)),
-        },
-        Lookup::Miss | Lookup::Stale => {
+    let (real, flow) = match found {
+        Lookup::Hit { flow, touched } if flow.flags & FLOW_F_REPLY == 0 => {
+            stats::count_event(Event::CtHit);
+            match real(flow.real) {
+                Some(r) if r.generation == flow.real_gen => {
+                    if flow.flags & FLOW_F_NAT != 0 {
+                        if touched {
+                            nat::mirror(&flow, ip.proto);
+                        }
+                        let hop = nat::hop(ctx)?;
+                        if !nat::same_hop(&flow, &hop) {
+                            nat::follow_hop(&key, &flow, &hop);
+                        }
+                    }
+                    (r, flow)
+                }
+                // A VIP removed since (its filter bit kept by a collision) is not ours.
+                _ if !lookup::is_vip(&ip.dst) => return Err(Reason::PassNotVip),
+                _ => {
+                    let expire = flow.flags & FLOW_F_EXPIRE_NODEST != 0;
+                    if expire && flow.flags & FLOW_F_NAT != 0 {
+                        nat::close(&flow, ip.proto);
+                    }
+                    return Err(conntrack::orphaned(&key, expire));
+                }
+            }
+        }
+        // A reply entry under a client's key cannot be made (pool addresses are not
+        // VIPs, and a VIP source is martian): not ours.
+        Lookup::Hit { .. } => return Err(Reason::PassNotVip),
+        Lookup::Miss | Lookup::Stale(_) => {
             let Some(service) = lookup::service(&ip.dst, l4.dport, ip.proto) else {
                 return Err(vip_or_not(&ip, Reason::PassVipNoService));
             };
-            if matches!(found, Lookup::Miss) {
-                stats::count_event(Event::CtMiss);
+            match &found {
+                Lookup::Stale(old) if old.flags & FLOW_F_NAT != 0 => nat::close(old, ip.proto),
+                Lookup::Miss => stats::count_event(Event::CtMiss),
+                _ => {}
             }
             let index = schedule::pick(&service, &ip)?;
             let r = real(index).ok_or(Reason::DropInternal)?;
@@ -145,17 +214,74 @@ fn try_forward(ctx: &XdpContext) -> Result<Verdict, Reason> {
                 stats::count_event(Event::CtMidstreamMiss);
             }
             let state = first_state(is_tcp, l4.flags);
-            conntrack::insert(&key, &service, index, r.generation, state, now);
-            (index, r, service.id)
+            let flow = if service.forwarding == FWD_DR {
+                conntrack::insert(&key, &service, index, r.generation, state, now);
+                conntrack::entry(&service, index, r.generation, state, now)
+            } else {
+                nat::open(&key, &service, index, &r, state, now, &nat::hop(ctx)?)?
+            };
+            (r, flow)
         }
     };
+    let nat = flow.flags & FLOW_F_NAT != 0;
     if ip.more_fragments {
-        fragment::remember(&ip, index, real.generation, service_id, now);
+        let (src, dst) = if nat {
+            (flow.to.src, flow.to.dst)
+        } else {
+            (0, 0)
+        };
+        fragment::remember(
+            &ip,
+            FragValue {
+                real: flow.real,
+                real_gen: flow.real_gen,
+                service: u32::from(flow.service),
+                created: now,
+                src,
+                dst,
+            },
+        );
+    }
+    if nat {
+        nat::translate(ctx, &ip, &flow.to)?;
     }
     let verdict = rewrite::direct_route(ctx, &ip, &real)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_service(service_id, bytes);
-    stats::count_real(index, bytes);
+    stats::count_service(u32::from(flow.service), bytes);
+    stats::count_real(flow.real, bytes);
+    Ok(verdict)
+}
+
+/// A packet to an address that is not a VIP from one whose reply-filter bit is set: a
+/// NAT real's answer to a tracked flow, or the kernel's business.
+#[inline(always)]
+fn reply(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
+    let ip = parse::ipv4(ctx, l3).map_err(|_| Reason::PassNotVip)?;
+    if ip.proto == IPPROTO_ICMP {
+        return icmp_from_real(ctx, &ip);
+    }
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP || ip.frag_offset != 0 {
+        return Err(Reason::PassNotVip);
+    }
+    let l4 = parse::l4(ctx, &ip).map_err(|_| Reason::PassNotVip)?;
+    let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
+    let now = conntrack::now();
+    let (flow, touched) = match conntrack::lookup(&key, l4.flags, now) {
+        Lookup::Hit { flow, touched } if flow.flags & FLOW_F_REPLY != 0 => (flow, touched),
+        _ => return Err(Reason::PassReplyNoFlow),
+    };
+    hygiene::check(ctx, &ip)?;
+    if ip.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    stats::count_event(Event::CtReplyHit);
+    if touched {
+        nat::mirror(&flow, ip.proto);
+    }
+    let verdict = nat::to_client(ctx, &ip, &flow)?;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    stats::count_service(u32::from(flow.service), bytes);
+    stats::count_real(flow.real, bytes);
     Ok(verdict)
 }
 
@@ -170,6 +296,9 @@ fn later_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Rea
         Some(r) if r.generation == placed.real_gen => r,
         _ => return Err(Reason::DropRealRemoved),
     };
+    if placed.dst != 0 {
+        nat::addresses(ctx, ip, placed.src, placed.dst)?;
+    }
     let verdict = rewrite::direct_route(ctx, ip, &real)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(placed.service, bytes);
@@ -177,8 +306,8 @@ fn later_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Rea
     Ok(verdict)
 }
 
-/// An ICMP message to a VIP: an error about a tracked flow goes to the flow's real;
-/// anything else is the director's own business.
+/// An ICMP message to a VIP: an error about a tracked flow goes to the flow's real
+/// (translated under NAT); anything else is the director's own business.
 #[inline(always)]
 fn icmp_error(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason> {
     let key = icmp::quoted_flow(ctx, ip).map_err(|r| vip_or_not(ip, r))?;
@@ -186,8 +315,9 @@ fn icmp_error(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason>
     if key.dst != ip.dst[0] {
         return Err(vip_or_not(ip, Reason::PassIcmpNoFlow));
     }
-    let Some(flow) = conntrack::peek(&key) else {
-        return Err(vip_or_not(ip, Reason::PassIcmpNoFlow));
+    let flow = match conntrack::peek(&key) {
+        Some(flow) if flow.flags & FLOW_F_REPLY == 0 => flow,
+        _ => return Err(vip_or_not(ip, Reason::PassIcmpNoFlow)),
     };
     let real = match real(flow.real) {
         Some(r) if r.generation == flow.real_gen => r,
@@ -196,8 +326,31 @@ fn icmp_error(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason>
     if ip.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
+    if flow.flags & FLOW_F_NAT != 0 {
+        icmp::translate(ctx, ip, &key, &flow)?;
+    }
     let verdict = rewrite::direct_route(ctx, ip, &real)?;
     stats::count_event(Event::IcmpToReal);
+    stats::count_real(flow.real, (ctx.data_end() - ctx.data()) as u64);
+    Ok(verdict)
+}
+
+/// An ICMP error from a NAT real (port unreachable, ...) about a flow: translated and
+/// sent to the flow's client.
+#[inline(always)]
+fn icmp_from_real(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason> {
+    let key = icmp::quoted_flow(ctx, ip).map_err(|_| Reason::PassNotVip)?;
+    let flow = match conntrack::peek(&key) {
+        Some(flow) if flow.flags & FLOW_F_REPLY != 0 && key.dst == ip.dst[0] => flow,
+        _ => return Err(Reason::PassReplyNoFlow),
+    };
+    hygiene::check(ctx, ip)?;
+    if ip.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    icmp::translate(ctx, ip, &key, &flow)?;
+    let verdict = nat::back_by_hop(ctx, ip, &flow)?;
+    stats::count_event(Event::IcmpToClient);
     stats::count_real(flow.real, (ctx.data_end() - ctx.data()) as u64);
     Ok(verdict)
 }

@@ -4,22 +4,26 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey,
+    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS,
+    VipKey,
     conntrack::{FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Settings, WINDOWS},
     event::EVENT_COUNT,
-    maps::{IFACE_SLOTS, MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_REALS, MAX_SERVICES, MAX_VIPS},
+    maps::{
+        IFACE_SLOTS, MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_POOLS, MAX_REALS, MAX_SERVICES,
+        MAX_VIPS,
+    },
     reason::REASON_COUNT,
 };
 
 /// Virtual services by (VIP, port, protocol).
-#[map(name = "XDPVS_SVC_V2")]
+#[map(name = "XDPVS_SVC_V3")]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
 
 /// The same service values by id, for connection-table hits.
-#[map(name = "XDPVS_SVCP_V1")]
+#[map(name = "XDPVS_SVCP_V2")]
 pub static SERVICE_PARAMS: Array<ServiceValue> = Array::with_max_entries(MAX_SERVICES, 0);
 
 /// Virtual addresses, whatever the port: tells "VIP, unknown port" from "not a VIP".
@@ -29,6 +33,19 @@ pub static VIPS: HashMap<VipKey, u32> = HashMap::with_max_entries(MAX_VIPS, 0);
 /// One bit per hashed virtual address: a clear bit proves "not a VIP" cheaply.
 #[map(name = "XDPVS_VIPF_V1")]
 pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// One bit per hashed address of a NAT or full-NAT real: a clear bit proves a packet
+/// to a non-VIP is not a NAT reply.
+#[map(name = "XDPVS_RPLF_V1")]
+pub static REPLY_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// Full-NAT source pools by pool id.
+#[map(name = "XDPVS_SNAT_V1")]
+pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(MAX_POOLS, 0);
+
+/// The attached interfaces by ifindex, for `bpf_redirect_map` (bulk transmit).
+#[map(name = "XDPVS_TXPORT_V1")]
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 
 /// Real servers and their next hops, by real index.
 #[map(name = "XDPVS_REAL_V2")]
@@ -40,12 +57,12 @@ pub static SCHED_TABLE: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHE
 
 /// The IPv4 connection table. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`) keep inserts
 /// from contending on one lock; each CPU evicts its own least recently used entries.
-#[map(name = "XDPVS_CT4_V2")]
+#[map(name = "XDPVS_CT4_V3")]
 pub static CONNTRACK_V4: LruHashMap<FlowKeyV4, Flow> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
 
 /// Where each fragmented datagram's first fragment went.
-#[map(name = "XDPVS_FRAG4_V1")]
+#[map(name = "XDPVS_FRAG4_V2")]
 pub static FRAGMENTS_V4: LruHashMap<FragKeyV4, FragValue> =
     LruHashMap::with_max_entries(MAX_FRAGMENTED, 0);
 
@@ -74,9 +91,9 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 /// Packets per outcome (`lb_common::reason::Reason`).
-#[map(name = "XDPVS_REASON_V2")]
+#[map(name = "XDPVS_REASON_V3")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
 /// Events per kind (`lb_common::event::Event`).
-#[map(name = "XDPVS_EVENT_V1")]
+#[map(name = "XDPVS_EVENT_V2")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);

@@ -67,6 +67,14 @@ pub fn ipv4_destination(ctx: &XdpContext, offset: usize) -> Result<AddrWords, Re
     Ok([dst, 0, 0, 0])
 }
 
+/// The source address of the IPv4 header at `offset`, read before anything else is
+/// checked (as [`ipv4_destination`], which has made sure the bytes are there).
+#[inline(always)]
+pub fn ipv4_source(ctx: &XdpContext, offset: usize) -> Result<AddrWords, Reason> {
+    let src = read_at::<u32>(ctx, offset + 12).ok_or(Reason::PassNotVip)?;
+    Ok([src, 0, 0, 0])
+}
+
 /// What the later stages need from the IPv4 header.
 pub struct Ipv4Meta {
     /// Source address, network order.

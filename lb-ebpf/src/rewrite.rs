@@ -1,4 +1,4 @@
-//! Direct routing (LVS `-g`): the frame is re-addressed to the real server's MAC from the
+//! Direct routing (LVS `-g`), and the last step of NAT towards a real: the frame is re-addressed to the real server's MAC from the
 //! director's own MAC on the interface towards the real, and the TTL is decremented as
 //! IPVS does (so a routing loop between directors dies out).
 //!
@@ -43,12 +43,7 @@ pub fn direct_route(ctx: &XdpContext, ip: &Ipv4Meta, real: &RealServer) -> Resul
         fib_fallback(ctx, ip, real)?
     };
     decrement_ttl(ctx, ip)?;
-    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Reason::DropInternal)?;
-    // SAFETY: `ptr_at_mut` checked the whole header is inside the packet.
-    unsafe {
-        (*eth).dst_addr = dmac;
-        (*eth).src_addr = smac;
-    }
+    set_macs(ctx, dmac, smac)?;
     if ifindex == ctx.ingress_ifindex() as u32 {
         Ok(Verdict::Tx)
     } else {
@@ -56,10 +51,22 @@ pub fn direct_route(ctx: &XdpContext, ip: &Ipv4Meta, real: &RealServer) -> Resul
     }
 }
 
+/// Re-addresses the Ethernet frame.
+#[inline(always)]
+pub fn set_macs(ctx: &XdpContext, dmac: [u8; 6], smac: [u8; 6]) -> Result<(), Reason> {
+    let eth = ptr_at_mut::<EthHdr>(ctx, 0).ok_or(Reason::DropInternal)?;
+    // SAFETY: `ptr_at_mut` checked the whole header is inside the packet.
+    unsafe {
+        (*eth).dst_addr = dmac;
+        (*eth).src_addr = smac;
+    }
+    Ok(())
+}
+
 /// `ip_decrease_ttl`: TTL minus one, checksum patched incrementally (RFC 1624). The
 /// caller has made sure the TTL is above 1.
 #[inline(always)]
-fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4Meta) -> Result<(), Reason> {
+pub fn decrement_ttl(ctx: &XdpContext, ip: &Ipv4Meta) -> Result<(), Reason> {
     let hdr = ptr_at_mut::<Ipv4Hdr>(ctx, ip.l3_offset).ok_or(Reason::DropInternal)?;
     // SAFETY: `ptr_at_mut` checked the fixed header is inside the packet.
     unsafe {

@@ -104,7 +104,36 @@ pub enum Forwarding {
     /// Direct routing (`ipvsadm -g`): the real answers the client directly.
     #[default]
     Dr,
+    /// Masquerading (`ipvsadm -m`): the destination becomes the real's address and
+    /// port; the real routes its answers through the director.
+    Nat,
+    /// Full NAT: as `nat`, and the source becomes an address and port of the SNAT pool,
+    /// so the reals answer the director whatever their routes.
+    Fullnat,
 }
+
+impl fmt::Display for Forwarding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Forwarding::Dr => "dr",
+            Forwarding::Nat => "nat",
+            Forwarding::Fullnat => "fullnat",
+        })
+    }
+}
+
+/// Source addresses and ports for full-NAT flows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnatPool {
+    /// Addresses of the director (checked against its interfaces when applied).
+    pub addresses: Vec<IpAddr>,
+    pub first_port: u16,
+    pub last_port: u16,
+    pub origin: Origin,
+}
+
+/// Default full-NAT source ports.
+pub const DEFAULT_SNAT_PORTS: (u16, u16) = (1024, 65535);
 
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -140,6 +169,8 @@ pub struct Director {
     pub icmp_rate: u32,
     /// LVS `expire_nodest_conn` for services that do not say.
     pub expire_nodest_conn: bool,
+    /// The SNAT pool of full-NAT services that name none.
+    pub snat_pool: Option<SnatPool>,
 }
 
 /// Idle timeouts of connection-table entries, in seconds (`ipvsadm --set tcp tcpfin udp`).
@@ -199,6 +230,8 @@ pub struct Service {
     /// LVS `expire_nodest_conn`: an entry whose real was removed is deleted at its next
     /// packet (true) or its packets are dropped until it times out (false).
     pub expire_nodest_conn: bool,
+    /// Full-NAT: the service's own pool, or the director's.
+    pub snat_pool: Option<SnatPool>,
     pub reals: Vec<Real>,
     pub origin: Origin,
 }
@@ -246,6 +279,16 @@ struct RawDirector {
     icmp_rate: Option<u32>,
     #[serde(default)]
     expire_nodest_conn: Option<bool>,
+    #[serde(default)]
+    snat_pool: Option<Spanned<RawSnatPool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSnatPool {
+    addresses: Spanned<Vec<Spanned<IpAddr>>>,
+    #[serde(default)]
+    ports: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +322,8 @@ struct RawService {
     timeouts: Option<Spanned<RawTimeouts>>,
     #[serde(default)]
     expire_nodest_conn: Option<bool>,
+    #[serde(default)]
+    snat_pool: Option<Spanned<RawSnatPool>>,
     #[serde(default)]
     reals: Vec<Spanned<RawReal>>,
 }
@@ -412,7 +457,12 @@ impl Validator<'_> {
             interfaces.push(n.clone());
         }
         let timeouts = self.timeouts(raw.timeouts, "director.timeouts", Timeouts::default())?;
+        let snat_pool = match raw.snat_pool {
+            Some(p) => Some(self.snat_pool(p, "director.snat_pool")?),
+            None => None,
+        };
         Ok(Director {
+            snat_pool,
             interfaces,
             xdp_mode: raw.xdp_mode,
             hash_seed: raw.hash_seed,
@@ -424,6 +474,69 @@ impl Validator<'_> {
                 .icmp_rate
                 .unwrap_or(lb_common::conntrack::DEFAULT_ICMP_RATE),
             expire_nodest_conn: raw.expire_nodest_conn.unwrap_or(true),
+        })
+    }
+
+    fn snat_pool(&self, raw: Spanned<RawSnatPool>, field: &str) -> Result<SnatPool, ConfigError> {
+        let at = origin(&raw, field);
+        let p = raw.value;
+        let list_at = origin(&p.addresses, format!("{field}.addresses"));
+        if p.addresses.value.is_empty() || p.addresses.value.len() > lb_common::POOL_ADDRS {
+            return Err(self.invalid(
+                list_at,
+                format!(
+                    "a pool holds 1 to {} addresses, not {}",
+                    lb_common::POOL_ADDRS,
+                    p.addresses.value.len()
+                ),
+            ));
+        }
+        let mut addresses = Vec::new();
+        for (i, a) in p.addresses.value.iter().enumerate() {
+            let address = a.value;
+            let a_at = origin(a, format!("{field}.addresses[{i}]"));
+            if !address.is_ipv4() {
+                return Err(self.invalid(a_at, format!("{address}: only IPv4 pools so far")));
+            }
+            if address.is_unspecified()
+                || address.is_multicast()
+                || address.is_loopback()
+                || is_broadcast(address)
+            {
+                return Err(self.invalid(a_at, format!("{address} cannot be a source address")));
+            }
+            if addresses.contains(&address) {
+                return Err(self.invalid(a_at, format!("{address} is listed twice")));
+            }
+            addresses.push(address);
+        }
+        let (first_port, last_port) = match p.ports {
+            None => DEFAULT_SNAT_PORTS,
+            Some(ports) => {
+                let ports_at = origin(&ports, format!("{field}.ports"));
+                let range = ports.value.split_once('-').and_then(|(a, b)| {
+                    Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+                });
+                match range {
+                    Some((a, b)) if a >= 1 && a <= b => (a, b),
+                    _ => {
+                        return Err(self.invalid(
+                            ports_at,
+                            format!(
+                                "{:?} is not a port range FIRST-LAST with 1 <= FIRST <= LAST \
+                                 <= 65535",
+                                ports.value
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+        Ok(SnatPool {
+            addresses,
+            first_port,
+            last_port,
+            origin: at,
         })
     }
 
@@ -516,13 +629,55 @@ impl Validator<'_> {
                 "port 0 (every port) is not supported yet; name the port",
             ));
         }
+        let snat_pool = match (s.forwarding, s.snat_pool) {
+            (Forwarding::Fullnat, Some(p)) => {
+                Some(self.snat_pool(p, &format!("{field}.snat_pool"))?)
+            }
+            (Forwarding::Fullnat, None) => match &director.snat_pool {
+                Some(p) => Some(p.clone()),
+                None => {
+                    return Err(self.invalid(
+                        at,
+                        "forwarding: fullnat needs a snat_pool (in the service or in the \
+                         director section)",
+                    ));
+                }
+            },
+            (_, Some(p)) => {
+                return Err(self.invalid(
+                    origin(&p, format!("{field}.snat_pool")),
+                    format!(
+                        "a snat_pool is only used with forwarding: fullnat, not {}",
+                        s.forwarding
+                    ),
+                ));
+            }
+            (_, None) => None,
+        };
+        for pool in [&snat_pool, &director.snat_pool].into_iter().flatten() {
+            if pool.addresses.contains(&address) {
+                return Err(self.invalid(
+                    pool.origin.clone(),
+                    format!("{address} is a virtual address and cannot be in a SNAT pool"),
+                ));
+            }
+        }
         let mut reals = Vec::with_capacity(s.reals.len());
         for (j, r) in s.reals.into_iter().enumerate() {
-            let real = self.real(r, &format!("{field}.reals[{j}]"), s.port.value, address)?;
-            if reals.iter().any(|o: &Real| o.address == real.address) {
+            let real = self.real(
+                r,
+                &format!("{field}.reals[{j}]"),
+                s.port.value,
+                address,
+                s.forwarding,
+            )?;
+            if reals
+                .iter()
+                .any(|o: &Real| o.address == real.address && o.port == real.port)
+            {
                 return Err(self.invalid(
                     real.origin,
-                    format!("real server {} is listed twice", real.address),
+                    format!("real server {}:{} is listed twice", real.address, real.port),
                 ));
             }
             reals.push(real);
@@ -538,6 +693,7 @@ impl Validator<'_> {
             forwarding: s.forwarding,
             timeouts,
             expire_nodest_conn: s.expire_nodest_conn.unwrap_or(director.expire_nodest_conn),
+            snat_pool,
             reals,
             origin: at,
         })
@@ -549,6 +705,7 @@ impl Validator<'_> {
         field: &str,
         service_port: u16,
         vip: IpAddr,
+        forwarding: Forwarding,
     ) -> Result<Real, ConfigError> {
         let at = origin(&raw, field);
         let r = raw.value;
@@ -572,6 +729,14 @@ impl Validator<'_> {
         }
         let port = match r.port {
             None => service_port,
+            Some(p) if p.value == 0 => {
+                return Err(self.invalid(
+                    origin(&p, format!("{field}.port")),
+                    "port 0 is not a real server's port",
+                ));
+            }
+            // NAT rewrites the port as well as the address.
+            Some(p) if forwarding != Forwarding::Dr => p.value,
             // Direct routing leaves the packet untouched: the real must listen on the
             // virtual port (as in LVS, where -g ignores a real's port).
             Some(p) if p.value != service_port => {

@@ -6,17 +6,18 @@ use std::collections::{HashMap as StdHashMap, HashSet};
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp, xdp::XdpLinkId},
     util::nr_cpus,
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, VIP_FILTER_WORDS, VipKey,
+    Counters, FWD_DR, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, SnatPool,
+    VIP_FILTER_WORDS, VipKey,
     conntrack::{Flow, FlowKeyV4, Iface, Settings},
     event::{EVENT_COUNT, Event},
     maps,
     reason::{REASON_COUNT, Reason},
-    vip_filter_bit,
+    reply_filter_bit, vip_filter_bit,
 };
 
 use crate::{
@@ -135,12 +136,36 @@ pub struct Dataplane {
     tables: StdHashMap<u32, Vec<u32>>,
     /// `VIP_FILTER` as written.
     filter: Vec<u64>,
+    /// `REPLY_FILTER` as written.
+    reply_filter: Vec<u64>,
+    /// `SNAT_POOLS` rows as written.
+    pools: Vec<SnatPool>,
+    /// Interface indices written into `TX_PORTS`.
+    tx_ports: Vec<u32>,
     /// `SERVICE_PARAMS` rows as written, by service id.
     params: StdHashMap<u32, ServiceValue>,
     /// Interface indices written into `IFACE_INDEX`.
     iface_slots: Vec<u32>,
     /// The service each id was last given to.
     service_keys: StdHashMap<u32, ServiceKey>,
+}
+
+/// Writes the words of a bit filter that differ from what was written (`written`).
+fn write_bits(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    written: &mut [u64],
+    words: &[u64],
+) -> Result<(), DataplaneError> {
+    let e = map_err(name);
+    let mut map: Array<_, u64> = Array::try_from(map_in(ebpf, name)?).map_err(&e)?;
+    for (i, (&new, old)) in words.iter().zip(written.iter_mut()).enumerate() {
+        if new != *old {
+            map.set(i as u32, new, 0).map_err(&e)?;
+            *old = new;
+        }
+    }
+    Ok(())
 }
 
 fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
@@ -178,6 +203,9 @@ impl Dataplane {
             reals: StdHashMap::new(),
             tables: StdHashMap::new(),
             filter: vec![0; VIP_FILTER_WORDS as usize],
+            reply_filter: vec![0; VIP_FILTER_WORDS as usize],
+            pools: Vec::new(),
+            tx_ports: Vec::new(),
             params: StdHashMap::new(),
             iface_slots: Vec::new(),
             service_keys: StdHashMap::new(),
@@ -211,6 +239,22 @@ impl Dataplane {
             if index < maps::IFACE_SLOTS {
                 slots.set(index, Iface { mac, _pad: 0 }, 0).map_err(&e)?;
                 self.iface_slots.push(index);
+            }
+        }
+        let mut ports: DevMapHash<_> =
+            DevMapHash::try_from(map_in(&mut self.ebpf, maps::TX_PORTS)?)
+                .map_err(map_err(maps::TX_PORTS))?;
+        for index in std::mem::take(&mut self.tx_ports) {
+            if !interfaces.iter().any(|&(i, _)| i == index) {
+                let _ = ports.remove(index);
+            }
+        }
+        for &(index, _) in interfaces {
+            // A device without XDP transmit support is refused here; the program then
+            // redirects to it with `bpf_redirect`.
+            match ports.insert(index, index, None, 0) {
+                Ok(()) => self.tx_ports.push(index),
+                Err(e) => log::warn!("interface {index} cannot be a redirect target: {e}"),
             }
         }
         Ok(())
@@ -322,6 +366,24 @@ impl Dataplane {
             .map(|(a, b)| a | b)
             .collect();
         self.write_filter(&union)?;
+        // Pools and the reply filter are in place before a NAT service can open a flow.
+        self.write_pools(&plan.pools)?;
+        let mut reply_filter = vec![0u64; VIP_FILTER_WORDS as usize];
+        for r in plan
+            .services
+            .iter()
+            .filter(|s| s.value.forwarding != FWD_DR)
+            .flat_map(|s| &s.reals)
+        {
+            let bit = reply_filter_bit(r.value.addr[0]);
+            reply_filter[((bit >> 6) % VIP_FILTER_WORDS) as usize] |= 1 << (bit & 63);
+        }
+        write_bits(
+            &mut self.ebpf,
+            maps::REPLY_FILTER,
+            &mut self.reply_filter,
+            &reply_filter,
+        )?;
         // A hit reads its service's row by id, so rows are written before the services
         // that use them appear; a removed service's row stays for its orphaned entries.
         {
@@ -396,15 +458,22 @@ impl Dataplane {
     }
 
     fn write_filter(&mut self, words: &[u64]) -> Result<(), DataplaneError> {
-        let e = map_err(maps::VIP_FILTER);
-        let mut map: Array<_, u64> =
-            Array::try_from(map_in(&mut self.ebpf, maps::VIP_FILTER)?).map_err(&e)?;
-        for (i, (&new, old)) in words.iter().zip(self.filter.iter_mut()).enumerate() {
-            if new != *old {
-                map.set(i as u32, new, 0).map_err(&e)?;
-                *old = new;
+        write_bits(&mut self.ebpf, maps::VIP_FILTER, &mut self.filter, words)
+    }
+
+    fn write_pools(&mut self, pools: &[SnatPool]) -> Result<(), DataplaneError> {
+        let e = map_err(maps::SNAT_POOLS);
+        let mut map: Array<_, SnatPool> =
+            Array::try_from(map_in(&mut self.ebpf, maps::SNAT_POOLS)?).map_err(&e)?;
+        for (id, pool) in pools.iter().enumerate() {
+            if self.pools.get(id) != Some(pool) {
+                map.set(id as u32, *pool, 0).map_err(&e)?;
             }
         }
+        // Rows no pool uses any more stay: flows being opened may still read them.
+        self.pools
+            .resize(self.pools.len().max(pools.len()), SnatPool::default());
+        self.pools[..pools.len()].copy_from_slice(pools);
         Ok(())
     }
 

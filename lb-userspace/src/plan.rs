@@ -7,24 +7,26 @@ use std::net::IpAddr;
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, REAL_NONE, RealServer, SCHED_DH, SCHED_SH,
-    SVC_F_EXPIRE_NODEST, ServiceKey, ServiceValue,
+    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, POOL_ADDRS, REAL_NONE, RealServer,
+    SCHED_DH, SCHED_SH, SVC_F_EXPIRE_NODEST, ServiceKey, ServiceValue, SnatPool,
     conntrack::{DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP},
     hash::{addr_hash, slot_of},
     ipv4_words, ipv6_words,
 };
 
 use crate::{
-    config::{Config, Forwarding, Origin, Protocol, Scheduler, Timeouts},
+    config::{self, Config, Forwarding, Origin, Protocol, Scheduler, Timeouts},
     nexthop::Route,
     scheduler::{Member, build_table},
 };
 
 /// A real server that cannot be used as configured.
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}: real server {address}: {message}")]
+#[error("{origin}: {subject} {address}: {message}")]
 pub struct PlanError {
     pub origin: Origin,
+    /// "real server" or "SNAT pool address".
+    pub subject: &'static str,
     pub address: IpAddr,
     pub message: String,
 }
@@ -33,6 +35,8 @@ pub struct PlanError {
 #[derive(Clone, Debug, Default)]
 pub struct Plan {
     pub services: Vec<ServicePlan>,
+    /// Rows of `SNAT_POOLS`, by pool id.
+    pub pools: Vec<SnatPool>,
     /// The generation the next new real server gets.
     pub next_generation: u32,
 }
@@ -45,6 +49,7 @@ pub struct ServicePlan {
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
+    pub forwarding: Forwarding,
     pub key: ServiceKey,
     pub value: ServiceValue,
     pub reals: Vec<RealPlan>,
@@ -134,8 +139,13 @@ pub fn compile(
     let mut new_service_ids = free_numbers(&kept_services);
     let mut new_real_indices = free_numbers(&kept_reals);
 
+    let mut pools: Vec<(config::SnatPool, SnatPool)> = Vec::new();
     let mut services = Vec::with_capacity(config.services.len());
     for (s, key) in config.services.iter().zip(keys) {
+        let pool = match &s.snat_pool {
+            Some(p) => pool_id(p, &mut pools, &mut route)?,
+            None => 0,
+        };
         let id = match old_services.get(&key) {
             Some(&id) => id,
             None => new_service_ids.next().unwrap_or(u32::MAX),
@@ -145,6 +155,7 @@ pub fn compile(
         for r in &s.reals {
             let fail = |message: String| PlanError {
                 origin: r.origin.clone(),
+                subject: "real server",
                 address: r.address,
                 message,
             };
@@ -153,10 +164,15 @@ pub fn compile(
                 return Err(fail("it is one of the director's own addresses".into()));
             }
             if let Some(gw) = to.gateway {
-                // Direct routing only rewrites MACs: the real must be on-link.
+                // Direct routing only rewrites MACs: the real must be on-link. The NAT
+                // methods take the same next hops, from the reals' neighbour entries.
                 return Err(fail(format!(
-                    "it is reached through gateway {gw}; direct routing needs the real on a \
-                     network directly connected to the director"
+                    "it is reached through gateway {gw}; {} needs the real on a network \
+                     directly connected to the director",
+                    match s.forwarding {
+                        Forwarding::Dr => "direct routing",
+                        Forwarding::Nat | Forwarding::Fullnat => "the next-hop cache",
+                    }
                 )));
             }
             let (index, generation) = match old_reals.get(&(key, r.address, r.port)) {
@@ -203,6 +219,7 @@ pub fn compile(
             port: s.port,
             protocol: s.protocol,
             scheduler: s.scheduler,
+            forwarding: s.forwarding,
             key,
             value: ServiceValue {
                 id,
@@ -212,7 +229,10 @@ pub fn compile(
                 },
                 forwarding: match s.forwarding {
                     Forwarding::Dr => FWD_DR,
+                    Forwarding::Nat => FWD_NAT,
+                    Forwarding::Fullnat => FWD_FULLNAT,
                 },
+                pool,
                 hash_seed: config.director.hash_seed,
                 flags: if s.expire_nodest_conn {
                     SVC_F_EXPIRE_NODEST
@@ -227,8 +247,59 @@ pub fn compile(
     }
     Ok(Plan {
         services,
+        pools: pools.into_iter().map(|(_, p)| p).collect(),
         next_generation,
     })
+}
+
+/// The `SNAT_POOLS` row of a pool: services with equal pools share one. Every address
+/// must be the director's own, or the reals' answers would never come back to it.
+fn pool_id(
+    pool: &config::SnatPool,
+    pools: &mut Vec<(config::SnatPool, SnatPool)>,
+    route: &mut impl FnMut(IpAddr) -> Result<Route, String>,
+) -> Result<u32, PlanError> {
+    let same = |p: &config::SnatPool| {
+        p.addresses == pool.addresses
+            && (p.first_port, p.last_port) == (pool.first_port, pool.last_port)
+    };
+    if let Some(id) = pools.iter().position(|(p, _)| same(p)) {
+        return Ok(id as u32);
+    }
+    let mut row = SnatPool {
+        count: pool.addresses.len().min(POOL_ADDRS) as u32,
+        first_port: pool.first_port,
+        last_port: pool.last_port,
+        ..SnatPool::default()
+    };
+    for (slot, &address) in row.addrs.iter_mut().zip(&pool.addresses) {
+        let fail = |message: String| PlanError {
+            origin: pool.origin.clone(),
+            subject: "SNAT pool address",
+            address,
+            message,
+        };
+        let to = route(address).map_err(fail)?;
+        if !to.local {
+            return Err(fail(
+                "a SNAT pool address must be one of the director's own addresses".into(),
+            ));
+        }
+        *slot = words(address).0[0];
+    }
+    if pools.len() >= lb_common::maps::MAX_POOLS as usize {
+        return Err(PlanError {
+            origin: pool.origin.clone(),
+            subject: "SNAT pool address",
+            address: pool.addresses[0],
+            message: format!(
+                "more than {} different SNAT pools",
+                lb_common::maps::MAX_POOLS
+            ),
+        });
+    }
+    pools.push((pool.clone(), row));
+    Ok(pools.len() as u32 - 1)
 }
 
 fn service_key(address: IpAddr, port: u16, protocol: Protocol) -> ServiceKey {
