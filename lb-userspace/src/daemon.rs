@@ -87,12 +87,23 @@ struct Director {
     _lo: LoForwarding,
 }
 
-/// Routes to every real of a configuration, for `plan::compile`.
+/// Routes to every real and SNAT pool address of a configuration, for `plan::compile`.
 async fn routes(netlink: &Netlink, config: &Config) -> HashMap<IpAddr, Result<Route, String>> {
     let mut routes = HashMap::new();
-    for r in config.services.iter().flat_map(|s| &s.reals) {
-        if let std::collections::hash_map::Entry::Vacant(slot) = routes.entry(r.address) {
-            slot.insert(netlink.route(r.address).await.map_err(|e| e.to_string()));
+    let reals = config
+        .services
+        .iter()
+        .flat_map(|s| &s.reals)
+        .map(|r| r.address);
+    let pools = config
+        .services
+        .iter()
+        .filter_map(|s| s.snat_pool.as_ref())
+        .chain(&config.director.snat_pool)
+        .flat_map(|p| p.addresses.iter().copied());
+    for address in reals.chain(pools) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = routes.entry(address) {
+            slot.insert(netlink.route(address).await.map_err(|e| e.to_string()));
         }
     }
     routes

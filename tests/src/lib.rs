@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cleanup;
 pub mod differential;
 pub mod model;
+pub mod nat_rig;
 pub mod netns;
 pub mod packet;
 pub mod rig;

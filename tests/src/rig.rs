@@ -131,6 +131,30 @@ impl Daemon {
         (status, self.stdout(), self.stderr())
     }
 
+    /// SIGHUP, then waits for the daemon's answer: true for "reloaded", false for a
+    /// refusal (its file is whatever the caller wrote before).
+    pub fn reload(&self) -> bool {
+        let (out_before, err_before) = (self.stdout().len(), self.stderr().len());
+        self.signal(libc::SIGHUP);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if self.stdout()[out_before..]
+                .iter()
+                .any(|l| l.starts_with(lb_userspace::daemon::RELOADED))
+            {
+                return true;
+            }
+            if self.stderr()[err_before..]
+                .iter()
+                .any(|l| l.contains("reload refused"))
+            {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no answer to SIGHUP: {:#?}", self.stderr());
+    }
+
     /// SIGTERM, then [`Daemon::wait`].
     pub fn stop(self) -> (ExitStatus, Vec<String>, Vec<String>) {
         self.signal(libc::SIGTERM);
@@ -309,6 +333,16 @@ pub fn report_line<'a>(report: &'a [String], prefix: &str) -> &'a str {
         .rev()
         .find(|l| l.trim_start().starts_with(prefix))
         .unwrap_or_else(|| panic!("no line starting {prefix:?} in {report:#?}"))
+}
+
+/// The count of event `name` in a daemon report.
+pub fn event(report: &[String], name: &str) -> u64 {
+    field(report_line(report, &format!("event {name} ")), "count")
+}
+
+/// The packets counted under reason `name` in a daemon report.
+pub fn reason(report: &[String], name: &str) -> u64 {
+    field(report_line(report, &format!("reason {name} ")), "packets")
 }
 
 /// Starts `xdpvs daemon` in `ns`; waits for it to be ready, or returns it as it is after

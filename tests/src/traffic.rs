@@ -54,6 +54,37 @@ pub fn tcp_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
     })
 }
 
+/// As [`tcp_server`], with the address and port the connection came from after the
+/// banner ("real 198.51.100.11 from 203.0.113.77:40000"): what a NAT real sees.
+pub fn tcp_peer_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    let banner = banner.to_owned();
+    tcp_listener(ns, bind, move |mut conn, _, served| {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        read_line(&mut conn);
+        let peer = conn
+            .peer_addr()
+            .map_or_else(|e| e.to_string(), |p| p.to_string());
+        if conn
+            .write_all(format!("{banner} from {peer}\n").as_bytes())
+            .is_ok()
+        {
+            served.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+}
+
+/// As [`tcp_line_server`], answering each line with the banner and the peer's address
+/// and port (see [`tcp_peer_server`]).
+pub fn tcp_peer_line_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    let banner = banner.to_owned();
+    tcp_listener(ns, bind, move |conn, stop, served| {
+        let peer = conn
+            .peer_addr()
+            .map_or_else(|e| e.to_string(), |p| p.to_string());
+        serve_lines(conn, stop, served, &format!("{banner} from {peer}\n"))
+    })
+}
+
 /// A TCP server in `ns` on `bind` that reads one line and answers `bytes` bytes, then
 /// closes: a transfer larger than any MTU.
 pub fn tcp_bulk_server(ns: &Netns, bind: SocketAddr, bytes: usize) -> Server {
@@ -138,6 +169,15 @@ fn tcp_listener(
 /// A UDP server in `ns` bound to `bind` (bind the VIP itself, so replies leave from it):
 /// answers every datagram with `banner`.
 pub fn udp_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    udp_answering(ns, bind, banner, false)
+}
+
+/// As [`udp_server`], with the sender's address and port after the banner.
+pub fn udp_peer_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
+    udp_answering(ns, bind, banner, true)
+}
+
+fn udp_answering(ns: &Netns, bind: SocketAddr, banner: &str, with_peer: bool) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -149,9 +189,15 @@ pub fn udp_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
         let _ = ready_tx.send(());
         let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::Relaxed) {
-            if let Ok((_, from)) = sock.recv_from(&mut buf)
-                && sock.send_to(banner.as_bytes(), from).is_ok()
-            {
+            let Ok((_, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let answer = if with_peer {
+                format!("{banner} from {from}")
+            } else {
+                banner.clone()
+            };
+            if sock.send_to(answer.as_bytes(), from).is_ok() {
                 n.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -18,9 +18,7 @@ use lb_userspace::{
 };
 use xdpvs_testbed::{
     netns::Netns,
-    rig::{
-        CLIENT, DIRECTOR, DR_CONFIG, DrRig, VIP, client_sources, field, real_address, report_line,
-    },
+    rig::{CLIENT, DIRECTOR, DR_CONFIG, DrRig, VIP, client_sources, event, real_address, reason},
     traffic::{tcp_bulk_server, udp_ask, udp_ask_with, udp_server},
 };
 
@@ -62,14 +60,6 @@ fn dns_servers(rig: &DrRig) -> Vec<xdpvs_testbed::traffic::Server> {
             udp_server(&rig.reals[i], SocketAddr::new(VIP.into(), 53), &name)
         })
         .collect()
-}
-
-fn event(report: &[String], name: &str) -> u64 {
-    field(report_line(report, &format!("event {name} ")), "count")
-}
-
-fn reason(report: &[String], name: &str) -> u64 {
-    field(report_line(report, &format!("reason {name} ")), "packets")
 }
 
 #[test]
