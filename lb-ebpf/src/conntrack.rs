@@ -60,22 +60,19 @@ pub fn is_expired(flow: &Flow, now: u32) -> bool {
 
 /// The flow's entry. Its service parameters (timeouts, flags) come from
 /// `SERVICE_PARAMS` by the id the entry holds, an array read. A hit updates the entry's
-/// state (by the client's flags, or the real's for a reply entry) and, once a second,
-/// its last-seen time.
+/// state by the client's flags and, once a second, its last-seen time.
 #[inline(always)]
 pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
-    let Some(entry) = CONNTRACK_V4.get_ptr_mut(key) else {
+    let Some((entry, flow)) = find(key) else {
         return Lookup::Miss;
     };
-    // SAFETY: the pointer is valid for this program run (RCU); fields are plain integers,
-    // and a racing update from another CPU can only leave another valid state or time.
-    let mut flow = unsafe { *entry };
     if is_expired(&flow, now) {
         stats::count_event(Event::CtExpired);
         return Lookup::Stale(flow);
     }
+    // A reply entry under a client's key is the caller's to refuse; its state stays.
     let state = if flow.flags & FLOW_F_REPLY != 0 {
-        conntrack::next_state_reply(flow.state, tcp_flags)
+        flow.state
     } else {
         match conntrack::next_state(flow.state, tcp_flags) {
             Some(state) => state,
@@ -85,9 +82,26 @@ pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
             }
         }
     };
+    let (flow, touched) = touch(entry, flow, state, now);
+    Lookup::Hit { flow, touched }
+}
+
+/// The entry for `key`: a pointer to change it in place, and a copy.
+#[inline(always)]
+pub fn find(key: &FlowKeyV4) -> Option<(*mut Flow, Flow)> {
+    let entry = CONNTRACK_V4.get_ptr_mut(key)?;
+    // SAFETY: the pointer is valid for this program run (RCU); fields are plain integers,
+    // and a racing update from another CPU can only leave another valid state or time.
+    Some((entry, unsafe { *entry }))
+}
+
+/// Sets the entry's state and, once a second, its last-seen time; `touched` when either
+/// changed.
+#[inline(always)]
+pub fn touch(entry: *mut Flow, mut flow: Flow, state: u8, now: u32) -> (Flow, bool) {
     let touched = state != flow.state || now != flow.last_seen;
     if touched {
-        // SAFETY: as above.
+        // SAFETY: as in `find`.
         unsafe {
             (*entry).state = state;
             (*entry).last_seen = now;
@@ -95,7 +109,7 @@ pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
         flow.state = state;
         flow.last_seen = now;
     }
-    Lookup::Hit { flow, touched }
+    (flow, touched)
 }
 
 /// Whether the flood guard lets this CPU make another entry this second.

@@ -42,13 +42,13 @@ pub fn quoted_flow(ctx: &XdpContext, ip: &Ipv4Meta) -> Result<FlowKeyV4, Reason>
     // redundant and drops them, and the verifier cannot follow its proof.
     let head =
         read_at::<[u8; ICMP_HDR + 20]>(ctx, ip.l4_offset).ok_or(Reason::PassVipOtherProto)?;
+    if ip.l4_offset + ICMP_HDR + 20 > ip.end() {
+        return Err(Reason::PassVipOtherProto);
+    }
     let kind = head[0];
     // The types IPVS relays (ip_vs_in_icmp); others are the director's own business.
     if kind != ICMP_DEST_UNREACH && kind != ICMP_SOURCE_QUENCH && kind != ICMP_TIME_EXCEEDED {
         return Err(Reason::PassVipOtherProto);
-    }
-    if ip.l4_offset + ICMP_HDR + 20 > ip.end() {
-        return Err(Reason::PassIcmpNoFlow);
     }
     let vihl = head[ICMP_HDR];
     let ihl = ((vihl & 0x0f) as usize) * 4;

@@ -30,6 +30,7 @@ use lb_common::{
     FWD_DR, IPPROTO_TCP, IPPROTO_UDP, RealServer,
     conntrack::{
         FLOW_F_EXPIRE_NODEST, FLOW_F_NAT, FLOW_F_REPLY, FragValue, first_state, flow_key_v4,
+        next_state_reply,
     },
     event::Event,
     reason::{Action, Reason},
@@ -242,10 +243,12 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
             },
         );
     }
+    // The next hop (and its MTU) is checked before the packet changes.
+    let hop = rewrite::next_hop(ctx, &ip, &real)?;
     if nat {
         nat::translate(ctx, &ip, &flow.to)?;
     }
-    let verdict = rewrite::direct_route(ctx, &ip, &real)?;
+    let verdict = rewrite::send(ctx, &ip, &hop)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(u32::from(flow.service), bytes);
     stats::count_real(flow.real, bytes);
@@ -266,15 +269,23 @@ fn reply(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     let l4 = parse::l4(ctx, &ip).map_err(|_| Reason::PassNotVip)?;
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
     let now = conntrack::now();
-    let (flow, touched) = match conntrack::lookup(&key, l4.flags, now) {
-        Lookup::Hit { flow, touched } if flow.flags & FLOW_F_REPLY != 0 => (flow, touched),
+    // The entry is found first (the real's own traffic is the kernel's to judge), and
+    // changed only once the packet has passed what the kernel would check.
+    let (entry, flow) = match conntrack::find(&key) {
+        Some((entry, flow)) if flow.flags & FLOW_F_REPLY != 0 => (entry, flow),
         _ => return Err(Reason::PassReplyNoFlow),
     };
+    if conntrack::is_expired(&flow, now) {
+        stats::count_event(Event::CtExpired);
+        return Err(Reason::PassReplyNoFlow);
+    }
     hygiene::check(ctx, &ip)?;
     if ip.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
     stats::count_event(Event::CtReplyHit);
+    let state = next_state_reply(flow.state, l4.flags);
+    let (flow, touched) = conntrack::touch(entry, flow, state, now);
     if touched {
         nat::mirror(&flow, ip.proto);
     }
@@ -296,10 +307,11 @@ fn later_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Rea
         Some(r) if r.generation == placed.real_gen => r,
         _ => return Err(Reason::DropRealRemoved),
     };
+    let hop = rewrite::next_hop(ctx, ip, &real)?;
     if placed.dst != 0 {
         nat::addresses(ctx, ip, placed.src, placed.dst)?;
     }
-    let verdict = rewrite::direct_route(ctx, ip, &real)?;
+    let verdict = rewrite::send(ctx, ip, &hop)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(placed.service, bytes);
     stats::count_real(placed.real, bytes);
@@ -326,10 +338,11 @@ fn icmp_error(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason>
     if ip.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
+    let hop = rewrite::next_hop(ctx, ip, &real)?;
     if flow.flags & FLOW_F_NAT != 0 {
         icmp::translate(ctx, ip, &key, &flow)?;
     }
-    let verdict = rewrite::direct_route(ctx, ip, &real)?;
+    let verdict = rewrite::send(ctx, ip, &hop)?;
     stats::count_event(Event::IcmpToReal);
     stats::count_real(flow.real, (ctx.data_end() - ctx.data()) as u64);
     Ok(verdict)

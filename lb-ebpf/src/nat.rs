@@ -8,13 +8,13 @@
 //! route nor a neighbour look-up. Either direction copies its state and last-seen second
 //! to the other when they change, so both expire together.
 //!
-//! Full-NAT source ports: the flow's hash picks the first (address, port) to try, so
+//! Full-NAT source ports: the flow's hash picks the (address, port) sequence to try, so
 //! directors that share a configuration pick alike without talking; a try succeeds when
 //! the reply entry can be created (`BPF_NOEXIST`, atomic across CPUs) or the entry there
 //! has expired. After `SNAT_TRIES` taken ports the flow is refused and counted, never
 //! given a port another live flow holds.
 
-use aya_ebpf::{helpers::generated::bpf_get_prandom_u32, programs::XdpContext};
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FWD_FULLNAT, POOL_ADDRS, RealServer, ServiceValue, SnatPool,
     conntrack::{FLOW_F_NAT, FLOW_F_REPLY, Flow, FlowKeyV4, Tuple, peer_key},
@@ -36,8 +36,8 @@ const IPPROTO_TCP: u8 = 6;
 /// Offsets of the checksum in a TCP and in a UDP header.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
-/// Full-NAT source ports tried before a flow is refused (the first from the flow's
-/// hash, the rest random, each on the next pool address).
+/// Full-NAT source ports tried before a flow is refused, each on the next pool address:
+/// the first port from the flow's hash, try `i` from the hash of (flow hash, `i`).
 pub const SNAT_TRIES: u32 = 16;
 
 /// The hop a client's frame came by.
@@ -158,9 +158,10 @@ fn snat(
             return Ok(to);
         }
         stats::count_event(Event::SnatRetry);
-        // SAFETY: a helper without arguments.
-        offset = unsafe { bpf_get_prandom_u32() } % range;
         i += 1;
+        // The later tries are the flow's hash too, so every director (and a model)
+        // tries the same sequence.
+        offset = addr_hash(&[hash, i, 0, 0], service.hash_seed) % range;
     }
     Err(Reason::DropSnatExhausted)
 }

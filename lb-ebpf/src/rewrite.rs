@@ -29,25 +29,47 @@ const AF_INET: u8 = 2;
 /// The loopback interface's index in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
 
-/// Re-addresses the frame to `real`; the verdict says which interface it leaves by.
+/// Where a packet for a real leaves: its MACs and interface.
+pub struct NextHop {
+    pub dmac: [u8; 6],
+    pub smac: [u8; 6],
+    pub ifindex: u32,
+}
+
+/// The next hop towards `real`, and whether the datagram may take it (its MTU). Nothing
+/// in the packet changes, so a refusal leaves it as it came.
 #[inline(always)]
-pub fn direct_route(ctx: &XdpContext, ip: &Ipv4Meta, real: &RealServer) -> Result<Verdict, Reason> {
-    let (dmac, smac, ifindex) = if real.nh_state == NH_RESOLVED {
+pub fn next_hop(ctx: &XdpContext, ip: &Ipv4Meta, real: &RealServer) -> Result<NextHop, Reason> {
+    if real.nh_state == NH_RESOLVED {
         if u32::from(ip.tot_len) > real.mtu {
             return Err(Reason::DropFragNeeded);
         }
-        (real.dmac, real.smac, real.ifindex)
+        Ok(NextHop {
+            dmac: real.dmac,
+            smac: real.smac,
+            ifindex: real.ifindex,
+        })
     } else if real.nh_state == NH_OFFLINK {
-        return Err(Reason::DropRealOfflink);
+        Err(Reason::DropRealOfflink)
     } else {
-        fib_fallback(ctx, ip, real)?
-    };
+        let (dmac, smac, ifindex) = fib_fallback(ctx, ip, real)?;
+        Ok(NextHop {
+            dmac,
+            smac,
+            ifindex,
+        })
+    }
+}
+
+/// TTL − 1 and the next hop's MACs; the verdict says which interface the frame leaves by.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, ip: &Ipv4Meta, hop: &NextHop) -> Result<Verdict, Reason> {
     decrement_ttl(ctx, ip)?;
-    set_macs(ctx, dmac, smac)?;
-    if ifindex == ctx.ingress_ifindex() as u32 {
+    set_macs(ctx, hop.dmac, hop.smac)?;
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
         Ok(Verdict::Tx)
     } else {
-        Ok(Verdict::Redirect(ifindex))
+        Ok(Verdict::Redirect(hop.ifindex))
     }
 }
 
