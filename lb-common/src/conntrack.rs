@@ -106,6 +106,8 @@ pub const FLOW_F_EXPIRE_NODEST: u8 = 1;
 pub const FLOW_F_NAT: u8 = 2;
 /// `Flow::flags`: the reply entry of a NAT flow (keyed as the real sends).
 pub const FLOW_F_REPLY: u8 = 4;
+/// `Flow::flags`: a full-NAT flow (the client's source is rewritten to a pool address).
+pub const FLOW_F_SNAT: u8 = 8;
 
 /// The key of the other direction's entry: the translated tuple, reversed.
 #[inline(always)]

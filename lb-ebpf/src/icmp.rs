@@ -12,7 +12,7 @@ use aya_ebpf::programs::XdpContext;
 use aya_ebpf::programs::XdpContext as Ctx;
 use lb_common::{
     IPPROTO_TCP, IPPROTO_UDP,
-    conntrack::{FLOW_F_REPLY, Flow, FlowKeyV4, flow_key_v4},
+    conntrack::{FLOW_F_REPLY, FLOW_F_SNAT, Flow, FlowKeyV4, flow_key_v4},
     reason::Reason,
 };
 
@@ -79,10 +79,9 @@ pub fn quoted_flow(ctx: &XdpContext, ip: &Ipv4Meta) -> Result<FlowKeyV4, Reason>
 /// checksum, the ICMP checksum and the outer IP header checksum are patched
 /// incrementally; the quoted TCP/UDP checksum, often cut off, is left as IPVS leaves it.
 #[inline(always)]
-pub fn translate(ctx: &Ctx, ip: &Ipv4Meta, key: &FlowKeyV4, flow: &Flow) -> Result<(), Reason> {
+pub fn translate(ctx: &Ctx, ip: &Ipv4Meta, flow: &Flow) -> Result<(), Reason> {
     let to = &flow.to;
-    let towards_client = flow.flags & FLOW_F_REPLY != 0;
-    let outer_src = if towards_client || to.src != key.src {
+    let outer_src = if flow.flags & (FLOW_F_REPLY | FLOW_F_SNAT) != 0 {
         to.src
     } else {
         ip.src[0]

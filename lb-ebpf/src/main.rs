@@ -74,11 +74,15 @@ pub fn xdpvs(ctx: XdpContext) -> u32 {
 fn dispatch(ctx: &XdpContext) -> Result<u64, Reason> {
     let l3 = parse::ethernet(ctx)?;
     let dst = parse::ipv4_destination(ctx, l3)?;
-    if lookup::maybe_vip(&dst) {
+    let vip = lookup::maybe_vip(&dst);
+    let src = parse::ipv4_source(ctx, l3)?;
+    let nat_real = lookup::maybe_nat_real(&src);
+    // Only when both filters say yes does the exact VIP look-up decide: a real's answer
+    // to a client whose address shares a VIP's filter bit is still an answer.
+    if vip && (!nat_real || lookup::is_vip(&dst)) {
         return Ok(to_vip(ctx.ctx, l3));
     }
-    let src = parse::ipv4_source(ctx, l3)?;
-    if lookup::maybe_nat_real(&src) {
+    if nat_real {
         return Ok(from_real(ctx.ctx, l3));
     }
     Err(Reason::PassNotVip)
@@ -340,7 +344,7 @@ fn icmp_error(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason>
     }
     let hop = rewrite::next_hop(ctx, ip, &real)?;
     if flow.flags & FLOW_F_NAT != 0 {
-        icmp::translate(ctx, ip, &key, &flow)?;
+        icmp::translate(ctx, ip, &flow)?;
     }
     let verdict = rewrite::send(ctx, ip, &hop)?;
     stats::count_event(Event::IcmpToReal);
@@ -361,7 +365,7 @@ fn icmp_from_real(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Rea
     if ip.ttl <= 1 {
         return Err(Reason::DropTtlExceeded);
     }
-    icmp::translate(ctx, ip, &key, &flow)?;
+    icmp::translate(ctx, ip, &flow)?;
     let verdict = nat::back_by_hop(ctx, ip, &flow)?;
     stats::count_event(Event::IcmpToClient);
     stats::count_real(flow.real, (ctx.data_end() - ctx.data()) as u64);

@@ -17,7 +17,7 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FWD_FULLNAT, POOL_ADDRS, RealServer, ServiceValue, SnatPool,
-    conntrack::{FLOW_F_NAT, FLOW_F_REPLY, Flow, FlowKeyV4, Tuple, peer_key},
+    conntrack::{FLOW_F_NAT, FLOW_F_REPLY, FLOW_F_SNAT, Flow, FlowKeyV4, Tuple, peer_key},
     event::Event,
     hash::addr_hash,
     reason::Reason,
@@ -77,6 +77,9 @@ pub fn open(
     }
     let mut forward = conntrack::entry(service, index, real.generation, state, now);
     forward.flags |= FLOW_F_NAT;
+    if service.forwarding == FWD_FULLNAT {
+        forward.flags |= FLOW_F_SNAT;
+    }
     forward.hop_ifindex = hop.ifindex;
     forward.hop_mac = hop.mac;
     forward.hop_own_mac = hop.own_mac;

@@ -63,12 +63,22 @@ fn configs(base: &str) -> [String; 4] {
         base.contains(web_tail),
         "the rig's configuration changed: {base}"
     );
+    let nat_reals = "{address: 192.0.2.11, port: 8080}, {address: 192.0.2.12, port: 8080}";
+    assert!(
+        base.contains(nat_reals),
+        "the rig's configuration changed: {base}"
+    );
     let drained = web_tail.replace("192.0.2.12}", "192.0.2.12, weight: 0}");
     let removed = web_tail.replace(", {address: 192.0.2.13}", "");
+    let nat_drained = nat_reals.replace("port: 8080}", "port: 8080, weight: 0}");
+    let nat_drained = nat_drained.replacen(", weight: 0}", "}", 1);
+    let nat_removed = "{address: 192.0.2.11, port: 8080}";
     [
         base.to_owned(),
-        base.replace(web_tail, &drained),
-        base.replace(web_tail, &removed),
+        base.replace(web_tail, &drained)
+            .replace(nat_reals, &nat_drained),
+        base.replace(web_tail, &removed)
+            .replace(nat_reals, nat_removed),
         base.to_owned(),
     ]
 }
@@ -189,6 +199,10 @@ pub fn run(director: &Director, frames: u64, seed: u64) -> Report {
         Event::FragFirst,
         Event::FragFollowed,
         Event::IcmpToReal,
+        Event::IcmpToClient,
+        Event::CtReplyHit,
+        Event::HopMoved,
+        Event::SnatRetry,
     ] {
         let program = event_delta(&after, &before, event);
         let model = model.events.get(event.name()).copied().unwrap_or(0);
@@ -218,7 +232,7 @@ fn run_once(dp: &Dataplane, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
     (result.return_value, out)
 }
 
-const VIPS: [[u8; 4]; 2] = [[192, 0, 2, 100], [192, 0, 2, 101]];
+const VIPS: [[u8; 4]; 3] = [[192, 0, 2, 100], [192, 0, 2, 101], [192, 0, 2, 102]];
 
 fn client(rng: &mut Rng) -> [u8; 4] {
     if rng.chance(3) {
@@ -266,10 +280,11 @@ fn generate(rng: &mut Rng, model: &Model) -> Vec<u8> {
             let (icmp, to) = icmp_error(rng, model, src, dst);
             return finish(rng, src, to, 1, &icmp);
         }
-        87..=92 => {
+        87..=89 => {
             let len = rng.below(40);
             (rng.pick(&[1, 47, 50, 132]), rng.bytes(len))
         }
+        90..=97 => return answer(rng, model),
         _ => return other_frame(rng),
     };
     finish(rng, src, dst, proto, &l4)
@@ -368,6 +383,57 @@ fn icmp_error(rng: &mut Rng, model: &Model, client: [u8; 4], vip: [u8; 4]) -> (V
     let sum = internet_checksum(&icmp);
     icmp[2..4].copy_from_slice(&sum.to_be_bytes());
     (icmp, to)
+}
+
+/// A NAT real's answer: mostly to a flow the model tracks, sometimes to none, or an ICMP
+/// error about the flow's translated datagram.
+fn answer(rng: &mut Rng, model: &Model) -> Vec<u8> {
+    let replies: Vec<_> = model.replies().take(64).copied().collect();
+    let reals = model.nat_reals();
+    let sport = 40000 + rng.below(12) as u16;
+    let (src, dst, rport, cport, proto) = if !replies.is_empty() && rng.chance(85) {
+        rng.pick(&replies)
+    } else {
+        let real = if reals.is_empty() {
+            [192, 0, 2, 11]
+        } else {
+            rng.pick(&reals)
+        };
+        (
+            real,
+            client(rng),
+            rng.pick(&[8080, 53, 22]),
+            sport,
+            rng.pick(&[6, 17]),
+        )
+    };
+    if rng.chance(15) {
+        // The real's error about the datagram it got (client or pool -> real).
+        let mut inner = packet::Ipv4::new(dst.into(), src.into(), proto);
+        inner.ttl = 63;
+        let payload = if proto == 6 {
+            packet::tcp(cport, rport, 0x10)
+        } else {
+            packet::udp(cport, rport, b"query")
+        };
+        let quoted = inner.packet(&payload);
+        let keep = rng.pick(&[28, 28, 48, 8]);
+        let kind = rng.pick(&[3u8, 3, 11, 0]);
+        let mut icmp = vec![kind, 3, 0, 0, 0, 0, 0, 0];
+        icmp.extend_from_slice(&quoted[..keep.min(quoted.len())]);
+        let sum = internet_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        let to = if rng.chance(90) { dst } else { client(rng) };
+        return finish(rng, src, to, 1, &icmp);
+    }
+    let l4 = if proto == 6 {
+        let flags = rng.pick(&[0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x02]);
+        packet::tcp(rport, cport, flags)
+    } else {
+        let len = rng.pick(&[0, 4, 32]);
+        packet::udp(rport, cport, &rng.bytes(len))
+    };
+    finish(rng, src, dst, proto, &l4)
 }
 
 /// Frames that are not IPv4 datagrams, or barely: ARP, IPv6, VLAN tags, runts.

@@ -154,15 +154,15 @@ fn loaded(plan: &Plan) -> Dataplane {
 }
 
 /// Runs `f` with the program loaded in a fresh director namespace.
-fn with_director(f: impl FnOnce(&Director, &Plan, &Dataplane) + Send) {
+fn with_director(f: impl FnOnce(&Director, &Plan, &mut Dataplane) + Send) {
     let director = Director::new();
     director.ns.enter(|| {
         let plan = director.plan();
-        let dp = loaded(&plan);
+        let mut dp = loaded(&plan);
         // Test runs name an ingress interface, whose XDP receive queue must exist.
         let _a = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
         let _b = xdpvs_testbed::rig::attach_pass(&director.ns, "xb0");
-        f(&director, &plan, &dp);
+        f(&director, &plan, &mut dp);
     });
 }
 
@@ -924,5 +924,60 @@ fn icmp_errors_are_translated_both_ways() {
             ),
             (1, 1)
         );
+    });
+}
+
+#[test]
+fn a_nat_flow_the_flood_guard_refuses_is_dropped_not_half_made() {
+    with_director(|d, plan, dp| {
+        let mut dp_settings = Settings {
+            flood_rate: 1,
+            frag_timeout: 30,
+            icmp_rate: 1000,
+            _reserved: 0,
+        };
+        // One new entry per second per CPU: of ten new flows in a burst, most are refused.
+        dp.set_settings(dp_settings)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (vip, real) = (v4("192.0.2.100"), v4("198.51.100.11"));
+        let mut refused = 0;
+        for n in 0..10u8 {
+            let client = Ipv4Addr::new(203, 0, 113, 60 + n);
+            let syn = frame(
+                MAC_A,
+                ROUTER_MAC,
+                client,
+                vip,
+                TCP,
+                64,
+                &l4(client, vip, TCP, 42000, 80, 0x02),
+            );
+            let (action, out, moved) = run(dp, plan, d.xa0, &syn);
+            if moved == [Reason::DropInsertRefused] {
+                assert_eq!((action, &out), (XDP_DROP, &syn));
+                assert!(
+                    dp.flow(&key(client, vip, 42000, 80, TCP))
+                        .ok()
+                        .flatten()
+                        .is_none()
+                );
+                assert!(
+                    dp.flow(&key(real, client, 8080, 42000, TCP))
+                        .ok()
+                        .flatten()
+                        .is_none()
+                );
+                refused += 1;
+            } else {
+                assert_eq!(
+                    (action, moved),
+                    (XDP_REDIRECT, vec![Reason::ForwardRedirect])
+                );
+            }
+        }
+        assert!(refused >= 5, "only {refused} of 10 refused");
+        dp_settings.flood_rate = 0;
+        dp.set_settings(dp_settings)
+            .unwrap_or_else(|e| panic!("{e}"));
     });
 }

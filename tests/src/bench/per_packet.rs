@@ -65,6 +65,14 @@ services:
      reals: [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}
   - {address: 192.0.2.101, port: 80, protocol: tcp, scheduler: sh,
      reals: [{address: 198.51.100.21}]}
+  - {address: 192.0.2.102, port: 80, protocol: tcp, scheduler: sh, forwarding: nat,
+     reals: [{address: 192.0.2.11, port: 8080}, {address: 192.0.2.12, port: 8080}]}
+  - {address: 192.0.2.102, port: 53, protocol: udp, scheduler: sh, forwarding: fullnat,
+     snat_pool: {addresses: [192.0.2.1, 198.51.100.1], ports: 40000-40255},
+     reals: [{address: 192.0.2.13}]}
+  - {address: 192.0.2.103, port: 80, protocol: tcp, scheduler: sh, forwarding: fullnat,
+     snat_pool: {addresses: [192.0.2.1, 198.51.100.1]},
+     reals: [{address: 192.0.2.11, port: 8080}]}
 ";
 
 /// What a row runs.
@@ -246,10 +254,13 @@ impl Director {
                     IpAddr::V4(v4) if v4.octets()[..3] == [198, 51, 100] => xb0,
                     _ => xa0,
                 };
+                // The director's own addresses, which the SNAT pools use.
+                let local =
+                    a == IpAddr::from([192, 0, 2, 1]) || a == IpAddr::from([198, 51, 100, 1]);
                 Ok(Route {
                     ifindex,
                     gateway: None,
-                    local: false,
+                    local,
                 })
             },
             previous,
