@@ -103,6 +103,9 @@ pub struct Outcome {
 }
 
 type FlowKey = ([u8; 4], [u8; 4], u16, u16, u8);
+/// A first fragment's real, its generation, and under NAT the addresses it was given
+/// (source, destination).
+type Placed = (u32, u32, Option<([u8; 4], [u8; 4])>);
 type FragKey = ([u8; 4], [u8; 4], u16, u8);
 
 pub struct Model {
@@ -116,8 +119,7 @@ pub struct Model {
     services: HashMap<([u8; 4], u16, u8), Service>,
     reals: HashMap<u32, Real>,
     flows: HashMap<FlowKey, Flow>,
-    /// First fragment's real, generation, and NAT addresses (source, destination).
-    frags: HashMap<FragKey, (u32, u32, Option<([u8; 4], [u8; 4])>)>,
+    frags: HashMap<FragKey, Placed>,
     /// Events the model expects, by name.
     pub events: HashMap<&'static str, u64>,
 }
