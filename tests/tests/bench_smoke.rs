@@ -20,6 +20,7 @@ fn wrapper_reproduces_direct_runs_and_every_iteration_takes_its_path() {
         for case in per_packet::cases() {
             // Panics if the wrapper's run differs from a direct run, or the action is not
             // the one the row names.
+            let case = programs.prepare(&case);
             per_packet::check_wrapper(&mut programs, &case);
         }
     });

@@ -71,7 +71,10 @@ services:
      snat_pool: {addresses: [192.0.2.1, 198.51.100.1], ports: 40000-40255},
      reals: [{address: 192.0.2.13}]}
   - {address: 192.0.2.103, port: 80, protocol: tcp, scheduler: sh, forwarding: fullnat,
-     snat_pool: {addresses: [192.0.2.1, 198.51.100.1]},
+     snat_pool: {addresses: [192.0.2.1, 192.0.2.2, 192.0.2.3, 192.0.2.4, 192.0.2.5,
+                 192.0.2.6, 192.0.2.7, 192.0.2.8, 198.51.100.1, 198.51.100.2,
+                 198.51.100.3, 198.51.100.4, 198.51.100.5, 198.51.100.6, 198.51.100.7,
+                 198.51.100.8]},
      reals: [{address: 192.0.2.11, port: 8080}]}
 ";
 
@@ -103,6 +106,9 @@ pub struct Case {
     /// The action the path must return.
     pub action: u32,
     pub goal: Option<Goal>,
+    /// A NAT answer row: `frame` is built when the row runs, as the real's answer to
+    /// this frame's flow (sent once first to open it). See [`Programs::prepare`].
+    pub answer_to: Option<Vec<u8>>,
 }
 
 /// One measured path.
@@ -134,7 +140,7 @@ pub fn cases() -> Vec<Case> {
         packet::udp(40000, 53, &[0; 8]),
         17,
     );
-    vec![
+    let mut cases = vec![
         Case {
             name: "baseline: XDP_PASS program",
             target: Target::Pass,
@@ -142,6 +148,7 @@ pub fn cases() -> Vec<Case> {
             flows: 0,
             action: XDP_PASS,
             goal: None,
+            answer_to: None,
         },
         Case {
             name: "baseline: MAC swap + XDP_TX",
@@ -150,6 +157,7 @@ pub fn cases() -> Vec<Case> {
             flows: 0,
             action: XDP_TX,
             goal: None,
+            answer_to: None,
         },
         Case {
             name: "not for a VIP → XDP_PASS",
@@ -161,6 +169,7 @@ pub fn cases() -> Vec<Case> {
                 baseline: Target::Pass,
                 ratio: 1.5,
             }),
+            answer_to: None,
         },
         Case {
             name: "DR TCP, same flow every packet",
@@ -172,6 +181,7 @@ pub fn cases() -> Vec<Case> {
                 baseline: Target::MacSwap,
                 ratio: 3.0,
             }),
+            answer_to: None,
         },
         Case {
             name: "DR TCP SYN, new flow every packet, into a full table (1M entries)",
@@ -183,6 +193,7 @@ pub fn cases() -> Vec<Case> {
                 baseline: Target::MacSwap,
                 ratio: 6.0,
             }),
+            answer_to: None,
         },
         Case {
             name: "DR UDP, same flow every packet",
@@ -191,6 +202,7 @@ pub fn cases() -> Vec<Case> {
             flows: 0,
             action: XDP_TX,
             goal: None,
+            answer_to: None,
         },
         Case {
             name: "DR TCP to a real on another interface → XDP_REDIRECT",
@@ -199,8 +211,68 @@ pub fn cases() -> Vec<Case> {
             flows: 0,
             action: XDP_REDIRECT,
             goal: None,
+            answer_to: None,
         },
-    ]
+    ];
+    cases.extend(nat_cases());
+    cases
+}
+
+/// NAT and full-NAT rows (one arm: every real is behind `xa0`): each direction of an
+/// established flow, and first packets (both entries; under full-NAT the source
+/// allocation, from a 16-address pool that the table's size keeps below half full).
+fn nat_cases() -> Vec<Case> {
+    let mut cases = Vec::new();
+    for (vip, established, reply, new_flow) in [
+        (
+            "192.0.2.102",
+            "NAT TCP, established, client → real",
+            "NAT TCP, established, real's answer → client",
+            "NAT TCP SYN, new flow every packet, into a full table (1M entries)",
+        ),
+        (
+            "192.0.2.103",
+            "full-NAT TCP, established, client → real",
+            "full-NAT TCP, established, real's answer → client",
+            "full-NAT TCP SYN, new flow every packet, into a full table (1M entries)",
+        ),
+    ] {
+        let goal = |ratio| {
+            Some(Goal {
+                baseline: Target::MacSwap,
+                ratio,
+            })
+        };
+        let forward = tcp("198.51.100.7", vip, 80, 0x10);
+        cases.push(Case {
+            name: established,
+            target: Target::Xdpvs,
+            frame: forward.clone(),
+            flows: 0,
+            action: XDP_TX,
+            goal: goal(4.0),
+            answer_to: None,
+        });
+        cases.push(Case {
+            name: reply,
+            target: Target::Xdpvs,
+            frame: forward.clone(),
+            flows: 0,
+            action: XDP_TX,
+            goal: goal(4.0),
+            answer_to: Some(forward),
+        });
+        cases.push(Case {
+            name: new_flow,
+            target: Target::Xdpvs,
+            frame: tcp("198.51.100.7", vip, 80, 0x02),
+            flows: NEW_FLOW_PACKETS as u32,
+            action: XDP_TX,
+            goal: goal(7.0),
+            answer_to: None,
+        });
+    }
+    cases
 }
 
 /// The director's namespace: `xa0` 192.0.2.1/24 with reals .11-.13, `xb0`
@@ -254,9 +326,10 @@ impl Director {
                     IpAddr::V4(v4) if v4.octets()[..3] == [198, 51, 100] => xb0,
                     _ => xa0,
                 };
-                // The director's own addresses, which the SNAT pools use.
-                let local =
-                    a == IpAddr::from([192, 0, 2, 1]) || a == IpAddr::from([198, 51, 100, 1]);
+                // The director's own addresses (.1-.8 of both prefixes), which the
+                // SNAT pools use.
+                let local = matches!(a, IpAddr::V4(v4)
+                    if matches!(v4.octets(), [192, 0, 2, 1..=8] | [198, 51, 100, 1..=8]));
                 Ok(Route {
                     ifindex,
                     gateway: None,
@@ -348,6 +421,45 @@ impl Programs {
             pass_fd,
             mac_swap_fd,
             xdpvs_fd,
+        }
+    }
+
+    /// The row as it runs: for an answer row, its flow opened by one run of the client's
+    /// frame and `frame` the real's answer to it, from the flow's entry (what the real
+    /// sends back to the tuple the director gave it).
+    pub fn prepare(&mut self, case: &Case) -> Case {
+        let Some(forward) = &case.answer_to else {
+            return Case {
+                answer_to: None,
+                frame: case.frame.clone(),
+                ..*case
+            };
+        };
+        let (action, _) = self.run_direct(Target::Xdpvs, forward);
+        assert_eq!(action, case.action, "{}: opening the flow", case.name);
+        let f = forward;
+        let key = FlowKeyV4 {
+            src: u32::from_ne_bytes([f[26], f[27], f[28], f[29]]),
+            dst: u32::from_ne_bytes([f[30], f[31], f[32], f[33]]),
+            sport: u16::from_ne_bytes([f[34], f[35]]),
+            dport: u16::from_ne_bytes([f[36], f[37]]),
+            proto: f[23],
+            _pad: [0; 3],
+        };
+        let to = self
+            .dataplane
+            .flow(&key)
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("{}: no entry for the flow", case.name))
+            .to;
+        let mut l4 = packet::tcp(u16::from_be(to.dport), u16::from_be(to.sport), 0x10);
+        l4.resize(FRAME_LEN - 14 - 20, 0);
+        let ip = Ipv4::new(to.dst.to_ne_bytes().into(), to.src.to_ne_bytes().into(), 6);
+        Case {
+            answer_to: None,
+            frame: packet::ethernet(MAC_A, REALS[0].2, packet::ETH_P_IPV4, &ip.packet(&l4)),
+            ..*case
         }
     }
 
@@ -525,6 +637,7 @@ fn measure_case(
     if case.target == Target::Xdpvs && case.flows != 0 {
         programs.fill_flow_table(cpu);
     }
+    let case = &programs.prepare(case);
     check_wrapper(programs, case);
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
