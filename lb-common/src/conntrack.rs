@@ -109,6 +109,11 @@ pub const FLOW_F_REPLY: u8 = 4;
 /// `Flow::flags`: a full-NAT flow (the client's source is rewritten to a pool address).
 pub const FLOW_F_SNAT: u8 = 8;
 
+/// Full-NAT sources tried for a new flow before it is refused (`drop_snat_exhausted`),
+/// each on the next pool address: the first from the flow's hash, try `i` from the hash
+/// of (flow hash, `i`). A pool half full fails one flow in 4 × 10^9; 90 % full, one in 30.
+pub const SNAT_TRIES: u32 = 32;
+
 /// The key of the other direction's entry: the translated tuple, reversed.
 #[inline(always)]
 pub fn peer_key(to: &Tuple, proto: u8) -> FlowKeyV4 {

@@ -17,7 +17,9 @@
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     FWD_FULLNAT, POOL_ADDRS, RealServer, ServiceValue, SnatPool,
-    conntrack::{FLOW_F_NAT, FLOW_F_REPLY, FLOW_F_SNAT, Flow, FlowKeyV4, Tuple, peer_key},
+    conntrack::{
+        FLOW_F_NAT, FLOW_F_REPLY, FLOW_F_SNAT, Flow, FlowKeyV4, SNAT_TRIES, Tuple, peer_key,
+    },
     event::Event,
     hash::addr_hash,
     reason::Reason,
@@ -36,9 +38,6 @@ const IPPROTO_TCP: u8 = 6;
 /// Offsets of the checksum in a TCP and in a UDP header.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
-/// Full-NAT source ports tried before a flow is refused, each on the next pool address:
-/// the first port from the flow's hash, try `i` from the hash of (flow hash, `i`).
-pub const SNAT_TRIES: u32 = 16;
 
 /// The hop a client's frame came by.
 pub struct Hop {

@@ -551,7 +551,8 @@ impl Model {
                 let count = addrs.len() as u32;
                 let mut offset = hash.rotate_left(16) % range;
                 let mut found = None;
-                for i in 0..16u32 {
+                // docs/FULLNAT.md: 32 tries.
+                for i in 0..32u32 {
                     let addr = addrs[((hash % count + i) % count) as usize];
                     let to = (addr, real.addr, first + offset as u16, real.port);
                     if !self.flows.contains_key(&peer(to, proto)) {

@@ -741,7 +741,10 @@ fn fullnat_ports_never_collide_and_exhaustion_is_refused_and_counted() {
             (XDP_DROP, Reason::DropSnatExhausted, &q),
             "exhausted",
         );
-        assert_eq!(events(Event::SnatRetry), retries + 16);
+        assert_eq!(
+            events(Event::SnatRetry),
+            retries + u64::from(lb_common::conntrack::SNAT_TRIES)
+        );
         assert!(
             dp.flow(&key(client, vip, 3002, 53, UDP))
                 .ok()
