@@ -9,8 +9,9 @@
 //! 64-byte UDP frames to VIP 192.0.2.100:5001 from 4096 flows (256 sources in
 //! 198.51.100.0/24 × 16 ports). The reals' addresses live on the generator's side, so
 //! whatever the director sends to a real arrives at the sink. In the director's place, one
-//! after the other: a MAC-swap reflector (the rig's ceiling), the xdpvs daemon (DR), and
-//! the kernel's own L4 balancing (nftables DNAT through a `jhash` map to the same reals).
+//! after the other: a MAC-swap reflector (the rig's ceiling), the xdpvs daemon (DR, then
+//! NAT: the kernel's DNAT does the same rewrite), and the kernel's own L4 balancing
+//! (nftables DNAT through a `jhash` map to the same reals).
 //! veth runs the receiving side's NAPI where the frame was sent, so generator, director
 //! and sink share the generator's CPU: a rate is the inverse of their summed per-frame cost.
 
@@ -45,6 +46,9 @@ pub enum Director {
     Reflector,
     /// `xdpvs daemon`, one DR service with `sh` over the three reals.
     XdpvsDr,
+    /// `xdpvs daemon`, the same service under NAT (one arm, real port 6001): the
+    /// destination rewritten, both entries made per flow.
+    XdpvsNat,
     /// nftables DNAT in prerouting, `jhash` of source address and port mod 3 → real.
     NftablesDnat,
 }
@@ -54,6 +58,7 @@ impl Director {
         match self {
             Director::Reflector => "MAC-swap reflector (XDP_TX)",
             Director::XdpvsDr => "xdpvs DR (sh, 3 reals)",
+            Director::XdpvsNat => "xdpvs NAT (sh, 3 reals, port 5001 → 6001)",
             Director::NftablesDnat => "nftables DNAT (jhash map, 3 reals)",
         }
     }
@@ -73,6 +78,15 @@ director: {interfaces: [d0], xdp_mode: driver, hash_seed: 1}
 services:
   - {name: bench, address: 192.0.2.100, port: 5001, protocol: udp, scheduler: sh,
      reals: [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}
+";
+
+const NAT_CONFIG: &str = "\
+director: {interfaces: [d0], xdp_mode: driver, hash_seed: 1}
+services:
+  - {name: bench, address: 192.0.2.100, port: 5001, protocol: udp, scheduler: sh,
+     forwarding: nat,
+     reals: [{address: 192.0.2.11, port: 6001}, {address: 192.0.2.12, port: 6001},
+             {address: 192.0.2.13, port: 6001}]}
 ";
 
 fn nft_ruleset() -> String {
@@ -237,8 +251,13 @@ impl Rig {
                 let _reflector = rig::attach_helper(&self.dir_ns, "d0", abi::programs::MAC_SWAP);
                 self.measure(director, rounds, frames, cpu)
             }
-            Director::XdpvsDr => {
-                let config = self.write_file("bench.yaml", DR_CONFIG);
+            Director::XdpvsDr | Director::XdpvsNat => {
+                let yaml = if director == Director::XdpvsDr {
+                    DR_CONFIG
+                } else {
+                    NAT_CONFIG
+                };
+                let config = self.write_file("bench.yaml", yaml);
                 let (daemon, ready) =
                     rig::start_daemon(&self.dir_ns, &config, Duration::from_secs(20));
                 assert!(ready, "xdpvs did not become ready: {:?}", daemon.stderr());
@@ -281,6 +300,7 @@ pub fn measure(rig: &Rig, rounds: usize, frames: u32, cpu: usize) -> Vec<Measure
     [
         Director::Reflector,
         Director::XdpvsDr,
+        Director::XdpvsNat,
         Director::NftablesDnat,
     ]
     .into_iter()

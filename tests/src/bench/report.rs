@@ -108,7 +108,7 @@ impl Results {
                     .unwrap_or(f64::NAN)
             };
             let (to_reflector, to_nft) = (ratio(reflector), ratio(nft));
-            let target = if m.director == Director::XdpvsDr {
+            let target = if matches!(m.director, Director::XdpvsDr | Director::XdpvsNat) {
                 format!(
                     "× reflector {}; × nftables {}",
                     target_note(to_reflector, 0.7, false),
