@@ -155,7 +155,17 @@ pub struct FragValue {
     /// (network order); 0 and 0 under direct routing.
     pub src: u32,
     pub dst: u32,
+    /// `FRAG_F_*` bits.
+    pub flags: u32,
+    /// With `FRAG_F_REPLY`: the hop towards the client (as `Flow::hop_*`).
+    pub hop_ifindex: u32,
+    pub hop_mac: [u8; 6],
+    pub hop_own_mac: [u8; 6],
 }
+
+/// `FragValue::flags`: a NAT real's fragmented answer, which goes back to the client by
+/// the hop; without it the datagram went to `real`.
+pub const FRAG_F_REPLY: u32 = 1;
 
 /// The single value of `SETTINGS`: director-wide knobs the daemon sets.
 #[repr(C)]
@@ -293,7 +303,7 @@ const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
 const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 const _: () = assert!(core::mem::size_of::<Tuple>() == 12);
 const _: () = assert!(core::mem::size_of::<FragKeyV4>() == 12);
-const _: () = assert!(core::mem::size_of::<FragValue>() == 24);
+const _: () = assert!(core::mem::size_of::<FragValue>() == 44);
 const _: () = assert!(core::mem::size_of::<Settings>() == 16);
 const _: () = assert!(core::mem::size_of::<FloodWindow>() == 8);
 const _: () = assert!(core::mem::size_of::<Iface>() == 8);

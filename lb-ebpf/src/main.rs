@@ -29,8 +29,8 @@ use aya_ebpf::{bindings::xdp_md, macros::xdp, programs::XdpContext};
 use lb_common::{
     FWD_DR, IPPROTO_TCP, IPPROTO_UDP, RealServer,
     conntrack::{
-        FLOW_F_EXPIRE_NODEST, FLOW_F_NAT, FLOW_F_REPLY, FragValue, first_state, flow_key_v4,
-        next_state_reply,
+        FLOW_F_EXPIRE_NODEST, FLOW_F_NAT, FLOW_F_REPLY, FRAG_F_REPLY, FragValue, first_state,
+        flow_key_v4, next_state_reply,
     },
     event::Event,
     reason::{Action, Reason},
@@ -244,6 +244,7 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
                 created: now,
                 src,
                 dst,
+                ..FragValue::default()
             },
         );
     }
@@ -267,8 +268,11 @@ fn reply(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     if ip.proto == IPPROTO_ICMP {
         return icmp_from_real(ctx, &ip);
     }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP || ip.frag_offset != 0 {
+    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Err(Reason::PassNotVip);
+    }
+    if ip.frag_offset != 0 {
+        return answer_fragment(ctx, &ip);
     }
     let l4 = parse::l4(ctx, &ip).map_err(|_| Reason::PassNotVip)?;
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
@@ -293,6 +297,23 @@ fn reply(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     if touched {
         nat::mirror(&flow, ip.proto);
     }
+    if ip.more_fragments {
+        fragment::remember(
+            &ip,
+            FragValue {
+                real: flow.real,
+                real_gen: flow.real_gen,
+                service: u32::from(flow.service),
+                created: now,
+                src: flow.to.src,
+                dst: flow.to.dst,
+                flags: FRAG_F_REPLY,
+                hop_ifindex: flow.hop_ifindex,
+                hop_mac: flow.hop_mac,
+                hop_own_mac: flow.hop_own_mac,
+            },
+        );
+    }
     let verdict = nat::to_client(ctx, &ip, &flow)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(u32::from(flow.service), bytes);
@@ -315,6 +336,31 @@ fn later_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Rea
     if placed.dst != 0 {
         nat::addresses(ctx, ip, placed.src, placed.dst)?;
     }
+    let verdict = rewrite::send(ctx, ip, &hop)?;
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    stats::count_service(placed.service, bytes);
+    stats::count_real(placed.real, bytes);
+    Ok(verdict)
+}
+
+/// A later fragment of a NAT real's answer: it follows its first fragment back to the
+/// client, with the addresses that one was given.
+#[inline(always)]
+fn answer_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Reason> {
+    let placed = match fragment::follow(ip, conntrack::now()) {
+        Ok(placed) if placed.flags & FRAG_F_REPLY != 0 => placed,
+        _ => return Err(Reason::PassReplyNoFlow),
+    };
+    hygiene::check(ctx, ip)?;
+    if ip.ttl <= 1 {
+        return Err(Reason::DropTtlExceeded);
+    }
+    nat::addresses(ctx, ip, placed.src, placed.dst)?;
+    let hop = rewrite::NextHop {
+        dmac: placed.hop_mac,
+        smac: placed.hop_own_mac,
+        ifindex: placed.hop_ifindex,
+    };
     let verdict = rewrite::send(ctx, ip, &hop)?;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     stats::count_service(placed.service, bytes);

@@ -151,13 +151,17 @@ fn snat(
             dport: real.port,
         };
         let reply_key = peer_key(&to, key.proto);
-        if conntrack::store(&reply_key, reply, BPF_NOEXIST) {
-            return Ok(to);
-        }
-        let expired = conntrack::peek(&reply_key).is_some_and(|f| conntrack::is_expired(&f, now));
-        if expired && conntrack::store(&reply_key, reply, BPF_ANY) {
-            stats::count_event(Event::SnatReclaimed);
-            return Ok(to);
+        // A look-up first: a failed insert into a full LRU map costs an eviction, a
+        // look-up a tenth of that. The insert still decides, atomically, between CPUs.
+        match conntrack::peek(&reply_key) {
+            None if conntrack::store(&reply_key, reply, BPF_NOEXIST) => return Ok(to),
+            Some(f) if conntrack::is_expired(&f, now) => {
+                if conntrack::store(&reply_key, reply, BPF_ANY) {
+                    stats::count_event(Event::SnatReclaimed);
+                    return Ok(to);
+                }
+            }
+            _ => {}
         }
         stats::count_event(Event::SnatRetry);
         i += 1;

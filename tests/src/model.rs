@@ -103,9 +103,15 @@ pub struct Outcome {
 }
 
 type FlowKey = ([u8; 4], [u8; 4], u16, u16, u8);
-/// A first fragment's real, its generation, and under NAT the addresses it was given
-/// (source, destination).
-type Placed = (u32, u32, Option<([u8; 4], [u8; 4])>);
+/// Where a first fragment went: its real and generation, under NAT the addresses it was
+/// given (source, destination), and for a NAT real's answer the hop back to the client.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    real: u32,
+    generation: u32,
+    nat: Option<([u8; 4], [u8; 4])>,
+    back: Option<([u8; 6], [u8; 6])>,
+}
 type FragKey = ([u8; 4], [u8; 4], u16, u8);
 
 pub struct Model {
@@ -346,7 +352,12 @@ impl Model {
         }
         let id = be16(&f[18..]);
         if offset != 0 {
-            let &(real, generation, nat) = self
+            let Placed {
+                real,
+                generation,
+                nat,
+                ..
+            } = *self
                 .frags
                 .get(&(src, dst, id, proto))
                 .ok_or(Reason::DropFragmentUnknown)?;
@@ -470,7 +481,12 @@ impl Model {
         if more {
             self.frags.insert(
                 (src, dst, id, proto),
-                (index, real.generation, nat.map(|t| (t.0, t.1))),
+                Placed {
+                    real: index,
+                    generation: real.generation,
+                    nat: nat.map(|t| (t.0, t.1)),
+                    back: None,
+                },
             );
             self.event(Event::FragFirst);
         }
@@ -596,8 +612,34 @@ impl Model {
         if proto == 1 {
             return self.icmp_from_real(f, l4, end, frag & 0x3fff != 0, ttl);
         }
-        if (proto != 6 && proto != 17) || frag & 0x1fff != 0 {
+        if proto != 6 && proto != 17 {
             return Err(Reason::PassNotVip);
+        }
+        let id = be16(&f[18..]);
+        if frag & 0x1fff != 0 {
+            // A later fragment of an answer follows its first back to the client.
+            let placed = match self.frags.get(&(src, dst, id, proto)) {
+                Some(p) if p.back.is_some() => *p,
+                _ => return Err(Reason::PassReplyNoFlow),
+            };
+            self.event(Event::FragFollowed);
+            self.kernel_checks(f, ihl)?;
+            if ttl <= 1 {
+                return Err(Reason::DropTtlExceeded);
+            }
+            let (Some((s, d)), Some((hop_mac, own_mac))) = (placed.nat, placed.back) else {
+                return Err(Reason::DropInternal);
+            };
+            let mut out = f.to_vec();
+            rewrite_addresses(&mut out, s, d);
+            out[..6].copy_from_slice(&hop_mac);
+            out[6..12].copy_from_slice(&own_mac);
+            decrement_ttl(&mut out);
+            return Ok(Outcome {
+                action: XDP_TX,
+                frame: out,
+                reason: Reason::ForwardTx,
+            });
         }
         let tcp = proto == 6;
         if l4 + if tcp { 20 } else { 8 } > end {
@@ -617,6 +659,18 @@ impl Model {
         let state = next_state_reply(flow.state, flags);
         self.set_state(key, state);
         let nat = flow.nat.ok_or(Reason::DropInternal)?;
+        if frag & 0x2000 != 0 {
+            self.frags.insert(
+                (src, dst, id, proto),
+                Placed {
+                    real: flow.real,
+                    generation: flow.generation,
+                    nat: Some((nat.to.0, nat.to.1)),
+                    back: Some((nat.hop_mac, nat.own_mac)),
+                },
+            );
+            self.event(Event::FragFirst);
+        }
         let mut out = f.to_vec();
         translate(&mut out, nat.to);
         Ok(self.back_to_client(out, nat))

@@ -242,7 +242,7 @@ pub fn udp_ask_with(
     let sock = UdpSocket::bind(SocketAddr::new(src, 0))?;
     sock.connect(dst)?;
     sock.set_read_timeout(Some(timeout))?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     let mut last = io::Error::new(io::ErrorKind::TimedOut, "no answer");
     for _ in 0..tries.max(1) {
         sock.send(payload)?;

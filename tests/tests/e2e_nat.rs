@@ -16,7 +16,7 @@ use xdpvs_testbed::{
     rig::{self, DrRig},
     traffic::{
         Server, Session, tcp_ask, tcp_bulk_server, tcp_peer_line_server, tcp_peer_server, udp_ask,
-        udp_peer_server,
+        udp_peer_server, udp_server,
     },
 };
 
@@ -417,5 +417,32 @@ fn long_lived_nat_connections_survive_reloads_that_add_remove_and_drain_reals() 
             "{method}: daemon exit {status}: {stderr:#?}"
         );
         drop(servers);
+    }
+}
+
+#[test]
+fn a_reals_fragmented_udp_answer_reaches_the_client_whole() {
+    const ANSWER: usize = 4000;
+    for (method, route) in [
+        ("nat", RealsRoute::ViaDirector),
+        ("fullnat", RealsRoute::SegmentOnly),
+    ] {
+        let rig = NatRig::new(1, route, 1500);
+        // The real's kernel sends a 4,000-byte answer in three fragments; only the first
+        // carries the ports, the others follow it through the director.
+        let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 5353);
+        let _big = udp_server(&rig.reals[0], any, &"x".repeat(ANSWER));
+        let daemon = started(&rig, &nat_rig::config(method, &[(0, 1)]));
+        let answer = rig
+            .client
+            .enter(|| udp_ask(CLIENT.into(), SocketAddr::new(VIP.into(), 53), TIMEOUT, 3));
+        let answer = answer.unwrap_or_else(|e| panic!("{method}: {e}"));
+        assert_eq!(answer.len(), ANSWER, "{method}");
+        let (status, stdout, stderr) = daemon.stop();
+        assert!(
+            status.success(),
+            "{method}: daemon exit {status}: {stderr:#?}"
+        );
+        assert!(rig::event(&stdout, "frag_followed") >= 2, "{method}");
     }
 }
