@@ -155,11 +155,12 @@ fn snat(
         // look-up a tenth of that. The insert still decides, atomically, between CPUs.
         match conntrack::peek(&reply_key) {
             None if conntrack::store(&reply_key, reply, BPF_NOEXIST) => return Ok(to),
-            Some(f) if conntrack::is_expired(&f, now) => {
-                if conntrack::store(&reply_key, reply, BPF_ANY) {
-                    stats::count_event(Event::SnatReclaimed);
-                    return Ok(to);
-                }
+            Some(f)
+                if conntrack::is_expired(&f, now)
+                    && conntrack::store(&reply_key, reply, BPF_ANY) =>
+            {
+                stats::count_event(Event::SnatReclaimed);
+                return Ok(to);
             }
             _ => {}
         }
