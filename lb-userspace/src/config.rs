@@ -844,6 +844,86 @@ services:
     }
 
     #[test]
+    fn nat_methods_ports_and_snat_pools_are_checked() {
+        let nat = GOOD.replace(
+            "    scheduler: sh\n    reals:",
+            "    scheduler: sh\n    forwarding: nat\n    reals:",
+        );
+        let c = parse(&nat.replacen(
+            "address: 192.0.2.12",
+            "address: 192.0.2.12\n        port: 8080",
+            1,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services[0].forwarding, Forwarding::Nat);
+        assert_eq!(c.services[0].reals[1].port, 8080, "NAT maps the port");
+        // One address on two ports is two reals under NAT.
+        let twice = nat.replacen(
+            "address: 192.0.2.12",
+            "address: 192.0.2.11\n        port: 8080",
+            1,
+        );
+        assert!(parse(&twice).is_ok());
+        let fullnat = GOOD.replace(
+            "    scheduler: sh\n    reals:",
+            "    scheduler: sh\n    forwarding: fullnat\n    reals:",
+        );
+        let e = error(&fullnat);
+        assert!(
+            e.contains("services[0]") && e.contains("needs a snat_pool"),
+            "{e}"
+        );
+        let pool = |p: &str| {
+            fullnat.replace(
+                "  hash_seed: 7\n",
+                &format!("  hash_seed: 7\n  snat_pool: {p}\n"),
+            )
+        };
+        let c = parse(&pool("{addresses: [192.0.2.1]}")).unwrap_or_else(|e| panic!("{e}"));
+        let p = c.services[0]
+            .snat_pool
+            .clone()
+            .unwrap_or_else(|| panic!("no pool"));
+        assert_eq!((p.first_port, p.last_port), DEFAULT_SNAT_PORTS);
+        for (bad, want) in [
+            ("{addresses: []}", "1 to 16 addresses"),
+            ("{addresses: [192.0.2.1, 192.0.2.1]}", "listed twice"),
+            ("{addresses: [2001:db8::1]}", "only IPv4"),
+            ("{addresses: [127.0.0.1]}", "cannot be a source address"),
+            ("{addresses: [192.0.2.100]}", "is a virtual address"),
+            (
+                "{addresses: [192.0.2.1], ports: 2000-1000}",
+                "not a port range",
+            ),
+            ("{addresses: [192.0.2.1], ports: 0-10}", "not a port range"),
+            (
+                "{addresses: [192.0.2.1], ports: 1-70000}",
+                "not a port range",
+            ),
+            ("{addresses: [192.0.2.1], ports: many}", "not a port range"),
+            ("{addresses: [192.0.2.1], porst: 1-2}", "unknown field"),
+        ] {
+            let e = error(&pool(bad));
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let seventeen: Vec<String> = (1..=17).map(|i| format!("192.0.2.{i}")).collect();
+        let e = error(&pool(&format!("{{addresses: [{}]}}", seventeen.join(", "))));
+        assert!(
+            e.contains("director.snat_pool.addresses") && e.contains("not 17"),
+            "{e}"
+        );
+        // A pool on a service that does not use it is a mistake, said so.
+        let e = error(&GOOD.replace(
+            "    forwarding: dr\n",
+            "    forwarding: dr\n    snat_pool: {addresses: [192.0.2.1]}\n",
+        ));
+        assert!(
+            e.contains("services[1].snat_pool") && e.contains("only used with"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn semantic_errors_name_file_line_and_field() {
         expect_error(
             "weight: 2",

@@ -424,6 +424,51 @@ services:
     }
 
     #[test]
+    fn snat_pools_must_be_the_directors_and_equal_pools_share_a_row() {
+        let yaml = "\
+director: {interfaces: [eth0], snat_pool: {addresses: [192.0.2.1], ports: 1000-1999}}
+services:
+  - {address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh, forwarding: fullnat,
+     reals: [{address: 192.0.2.11, port: 8080}]}
+  - {address: 192.0.2.100, port: 81, protocol: tcp, scheduler: sh, forwarding: fullnat,
+     reals: [{address: 192.0.2.11, port: 8080}]}
+  - {address: 192.0.2.100, port: 82, protocol: tcp, scheduler: sh, forwarding: fullnat,
+     snat_pool: {addresses: [192.0.2.2]}, reals: [{address: 192.0.2.12}]}
+";
+        let config = Config::parse(yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let e = compile(&config, on_link, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("director.snat_pool") && e.contains("SNAT pool address 192.0.2.1"),
+            "{e}"
+        );
+        let local = |a: IpAddr| {
+            Ok(Route {
+                ifindex: 5,
+                gateway: None,
+                local: a == IpAddr::from([192, 0, 2, 1]) || a == IpAddr::from([192, 0, 2, 2]),
+            })
+        };
+        let plan = compile(&config, local, None).unwrap_or_else(|e| panic!("{e}"));
+        let pools: Vec<u32> = plan.services.iter().map(|s| s.value.pool).collect();
+        assert_eq!(pools, [0, 0, 1], "equal pools share a row");
+        assert_eq!(plan.pools.len(), 2);
+        assert_eq!(
+            (
+                plan.pools[0].count,
+                plan.pools[0].first_port,
+                plan.pools[0].last_port
+            ),
+            (1, 1000, 1999)
+        );
+        assert_eq!(plan.pools[1].addrs[0], u32::from_ne_bytes([192, 0, 2, 2]));
+        assert_eq!(plan.services[0].value.forwarding, FWD_FULLNAT);
+        assert_eq!(plan.services[0].reals[0].value.port, 8080u16.to_be());
+    }
+
+    #[test]
     fn a_reload_keeps_ids_and_indices_and_new_reals_get_new_generations() {
         let config = Config::parse(CONFIG, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
         let first = compile(&config, on_link, None).unwrap_or_else(|e| panic!("{e}"));

@@ -12,9 +12,10 @@ pub fn report(plan: &Plan, snapshot: &Snapshot) -> String {
     for (s, (counters, reals)) in plan.services.iter().zip(&snapshot.services) {
         let _ = writeln!(
             out,
-            "service {} scheduler={} name={} packets={} bytes={}",
+            "service {} scheduler={} forwarding={} name={} packets={} bytes={}",
             s.label(),
             s.scheduler,
+            s.forwarding,
             s.name.as_deref().unwrap_or("-"),
             counters.packets,
             counters.bytes
