@@ -465,6 +465,24 @@ services:
         );
         assert_eq!(plan.pools[1].addrs[0], u32::from_ne_bytes([192, 0, 2, 2]));
         assert_eq!(plan.services[0].value.forwarding, FWD_FULLNAT);
+        // More different pools than `SNAT_POOLS` holds: refused, not truncated.
+        let mut many = String::from("director: {interfaces: [eth0]}\nservices:\n");
+        for port in 1..=65 {
+            many.push_str(&format!(
+                "  - {{address: 192.0.2.100, port: {port}, protocol: tcp, scheduler: sh, \
+                 forwarding: fullnat, snat_pool: {{addresses: [192.0.2.1], ports: \
+                 {port}00-{port}99}}, reals: [{{address: 192.0.2.11}}]}}\n"
+            ));
+        }
+        let config = Config::parse(&many, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let e = compile(&config, local, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("services[64].snat_pool") && e.contains("more than 64"),
+            "{e}"
+        );
         assert_eq!(plan.services[0].reals[0].value.port, 8080u16.to_be());
     }
 

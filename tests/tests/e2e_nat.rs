@@ -446,3 +446,64 @@ fn a_reals_fragmented_udp_answer_reaches_the_client_whole() {
         assert!(rig::event(&stdout, "frag_followed") >= 2, "{method}");
     }
 }
+
+#[test]
+fn idle_nat_connections_survive_a_kill_9_and_restart_of_the_daemon() {
+    for (method, route) in [
+        ("nat", RealsRoute::ViaDirector),
+        ("fullnat", RealsRoute::SegmentOnly),
+    ] {
+        let rig = NatRig::new(2, route, 1500);
+        let mut servers = Vec::new();
+        for (i, ns) in rig.reals.iter().enumerate() {
+            let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 8080);
+            servers.push(tcp_peer_line_server(
+                ns,
+                any,
+                &banner(real_address(i).into()),
+            ));
+        }
+        let yaml = nat_rig::config(method, &[(0, 1), (1, 1)]);
+        let daemon = started(&rig, &yaml);
+        let sources = client_sources();
+        let (mut sessions, before) = rig.client.enter(|| {
+            let mut sessions = Vec::new();
+            let mut seen = Vec::new();
+            for &src in sources.iter().take(20) {
+                let mut s = Session::connect(src, SocketAddr::new(VIP.into(), 80), TIMEOUT)
+                    .unwrap_or_else(|e| panic!("{method}: connect from {src}: {e}"));
+                seen.push(s.ask().unwrap_or_else(|e| panic!("{method}: {e}")));
+                sessions.push(s);
+            }
+            (sessions, seen)
+        });
+        // The connection table dies with the daemon (until maps are pinned). The next
+        // daemon meets each flow mid-connection: `sh` picks the same real, and full-NAT
+        // the same source (the flow's hash picks it), so the real sees the same
+        // connection and answers it.
+        daemon.signal(libc::SIGKILL);
+        let _ = daemon.wait(Duration::from_secs(10));
+        let daemon = started(&rig, &yaml);
+        let after = rig.client.enter(|| {
+            sessions
+                .iter_mut()
+                .map(|s| {
+                    s.ask()
+                        .unwrap_or_else(|e| panic!("{method}: after the restart: {e}"))
+                })
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            after, before,
+            "{method}: a connection moved or changed source"
+        );
+        drop(sessions);
+        let (status, stdout, stderr) = daemon.stop();
+        assert!(
+            status.success(),
+            "{method}: daemon exit {status}: {stderr:#?}"
+        );
+        assert!(rig::event(&stdout, "ct_midstream_miss") >= 20, "{method}");
+        drop(servers);
+    }
+}
