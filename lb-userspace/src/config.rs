@@ -204,6 +204,8 @@ pub struct Limits {
     pub max_reals: u32,
     /// Entries of the IPv4 connection table.
     pub max_flows: u32,
+    /// Fragmented datagrams tracked at once (first fragment seen, later ones to come).
+    pub max_fragments: u32,
 }
 
 impl Default for Limits {
@@ -212,6 +214,7 @@ impl Default for Limits {
             max_services: lb_common::maps::MAX_SERVICES,
             max_reals: lb_common::maps::MAX_REALS,
             max_flows: lb_common::maps::MAX_FLOWS,
+            max_fragments: lb_common::maps::MAX_FRAGMENTED,
         }
     }
 }
@@ -305,6 +308,7 @@ struct RawLimits {
     max_services: Option<Spanned<u32>>,
     max_reals: Option<Spanned<u32>>,
     max_flows: Option<Spanned<u32>>,
+    max_fragments: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -597,6 +601,15 @@ impl Validator<'_> {
                 ));
             }
             limits.max_flows = v.value;
+        }
+        if let Some(v) = raw.max_fragments {
+            if v.value < 1024 || v.value > 1 << 20 {
+                return Err(self.invalid(
+                    origin(&v, "limits.max_fragments"),
+                    format!("{} is outside 1024..=1048576", v.value),
+                ));
+            }
+            limits.max_fragments = v.value;
         }
         Ok(limits)
     }
@@ -1058,6 +1071,11 @@ services:
             let e = error(&GOOD.replace("  hash_seed: 7", &format!("  hash_seed: 7\n  {bad}")));
             assert!(e.contains(want), "{bad}: {e}");
         }
+        let e = error(&GOOD.replace("services:", "limits:\n  max_fragments: 10\nservices:"));
+        assert!(
+            e.contains("limits.max_fragments") && e.contains("outside"),
+            "{e}"
+        );
         let e = error(&GOOD.replace("services:", "limits:\n  max_flows: 10\nservices:"));
         assert!(
             e.contains("limits.max_flows") && e.contains("outside"),

@@ -185,6 +185,7 @@ impl Dataplane {
             .map_max_entries(maps::REALS, limits.max_reals)
             .map_max_entries(maps::REAL_STATS, limits.max_reals)
             .map_max_entries(maps::CONNTRACK_V4, limits.max_flows)
+            .map_max_entries(maps::FRAGMENTS_V4, limits.max_fragments)
             .load(BPF_OBJECT)?;
         for name in maps::ALL {
             if ebpf.map(name).is_none() {
