@@ -79,8 +79,8 @@ pub const MAX_SERVICES: u32 = 256;
 pub const MAX_VIPS: u32 = 256;
 /// Default capacity of `REALS` and `REAL_STATS`.
 pub const MAX_REALS: u32 = 4096;
-/// Default capacity of `CONNTRACK_V4`: a million flows (64 MiB of kernel memory with
-/// the LRU's per-element overhead; see docs/ARCHITECTURE.md).
+/// Default capacity of `CONNTRACK_V4`: a million entries (128 MiB of kernel memory with
+/// the LRU's per-element overhead; a NAT flow takes two; see docs/CONFIG.md).
 pub const MAX_FLOWS: u32 = 1 << 20;
 /// Default capacity of `FRAGMENTS_V4`.
 pub const MAX_FRAGMENTED: u32 = 16_384;
