@@ -26,6 +26,9 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// Larger than any configuration the limits allow (an endless or wrong file).
+    #[error("{path}: larger than {limit} bytes; not a configuration file")]
+    TooLarge { path: PathBuf, limit: u64 },
     /// YAML syntax, an unknown field, or a value of the wrong type.
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
@@ -208,6 +211,23 @@ pub struct Limits {
     pub max_fragments: u32,
 }
 
+impl Limits {
+    /// Kernel memory the maps of these limits pin, in bytes, on a host with `cpus`
+    /// possible CPUs: the kernel's own count (`memlock` in /proc/PID/fdinfo) per entry,
+    /// measured on 6.18 (docs/CONFIG.md, "Kernel memory"). The scheduling table takes
+    /// 4096 slots of 8 bytes per service (an array rounds values up to 8 bytes).
+    pub fn kernel_bytes(&self, cpus: u64) -> u64 {
+        let per_cpu = 8 + 16 * cpus;
+        let service = 4096 * 8 + 148 + 100 + 56 + per_cpu;
+        let real = 120 + per_cpu;
+        u64::from(self.max_services) * service
+            + u64::from(self.max_reals) * real
+            + 128 * u64::from(self.max_flows)
+            + 128 * u64::from(self.max_fragments)
+            + 256 * 1024
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -350,25 +370,102 @@ fn default_weight() -> Spanned<u32> {
     )
 }
 
+/// Largest configuration file read: 64 MiB, far above the largest configuration the
+/// limits allow written out in YAML, so an endless input (`/dev/zero`) or a wrong file
+/// ends here instead of in memory.
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+
+/// The YAML parser's budget: the library's defaults (nesting depth 64, 50,000 aliases
+/// and anchors, alias expansion bounded), with room for as many nodes and events as a
+/// file of `MAX_FILE_BYTES` can hold.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 32 << 20;
+    budget.max_events = 64 << 20;
+    budget.max_total_scalar_bytes = MAX_FILE_BYTES as usize;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
+/// A parser budget breach in the operator's words.
+fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
+    use serde_saphyr::budget::BudgetBreach as B;
+    match breach {
+        B::Depth { depth } => format!("nested {depth} levels deep; the limit is 64"),
+        B::Aliases { aliases } => format!("{aliases} aliases (*name); the limit is 50,000"),
+        B::Anchors { anchors } => format!("{anchors} anchors (&name); the limit is 50,000"),
+        B::Nodes { nodes } => format!("{nodes} YAML nodes; the limit is {}", 32 << 20),
+        B::Events { events } => format!("{events} YAML events; the limit is {}", 64 << 20),
+        other => format!(
+            "a YAML parsing limit was exceeded ({other:?}): aliases expanding \
+                          too far, or a file too large"
+        ),
+    }
+}
+
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads (at most `MAX_FILE_BYTES`) and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        use std::io::Read as _;
+        let read = |source| ConfigError::Read {
             path: path.to_owned(),
             source,
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let mut bytes = Vec::new();
+        file.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                limit: MAX_FILE_BYTES,
+            });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
         })?;
         Config::parse(&text, path)
     }
 
     /// Parses and validates configuration text; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig =
+            serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
+                let message = match &e {
+                    serde_saphyr::Error::Budget { breach, location } => format!(
+                        "line {} column {}: {}",
+                        location.line(),
+                        location.column(),
+                        budget_message(breach)
+                    ),
+                    _ => e.to_string(),
+                };
+                ConfigError::Parse {
+                    path: path.to_owned(),
+                    message,
+                }
+            })?;
         Validator { path }.config(raw)
     }
 }
+
+/// Whether `name` is a name the kernel accepts for an interface (`dev_valid_name`): 1 to
+/// 15 bytes, not `.` or `..`, no `/`, `:` or white space.
+pub fn valid_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+}
+
+/// Longest service name.
+pub const MAX_NAME_BYTES: usize = 64;
 
 struct Validator<'a> {
     path: &'a Path,
@@ -451,9 +548,14 @@ impl Validator<'_> {
         for (i, name) in raw.interfaces.value.iter().enumerate() {
             let at = origin(name, format!("director.interfaces[{i}]"));
             let n = &name.value;
-            // IFNAMSIZ is 16 with the terminating NUL.
-            if n.is_empty() || n.len() > 15 || n.contains(['/', ' ', '\0']) || n == "." {
-                return Err(self.invalid(at, format!("{n:?} is not a valid interface name")));
+            if !valid_interface_name(n) {
+                return Err(self.invalid(
+                    at,
+                    format!(
+                        "{n:?} is not a valid interface name (1 to 15 bytes, not . or .., no \
+                         /, : or white space)"
+                    ),
+                ));
             }
             if interfaces.contains(n) {
                 return Err(self.invalid(at, format!("interface {n} is listed twice")));
@@ -502,11 +604,7 @@ impl Validator<'_> {
             if !address.is_ipv4() {
                 return Err(self.invalid(a_at, format!("{address}: only IPv4 pools so far")));
             }
-            if address.is_unspecified()
-                || address.is_multicast()
-                || address.is_loopback()
-                || is_broadcast(address)
-            {
+            if unusable(address) {
                 return Err(self.invalid(a_at, format!("{address} cannot be a source address")));
             }
             if addresses.contains(&address) {
@@ -630,10 +728,26 @@ impl Validator<'_> {
                 format!("{address}: IPv6 virtual services are not supported yet"),
             ));
         }
-        if address.is_unspecified() || address.is_multicast() || is_broadcast(address) {
+        if unusable(address) {
             return Err(self.invalid(
                 origin(&s.address, format!("{field}.address")),
-                format!("{address} cannot be a virtual address"),
+                format!(
+                    "{address} cannot be a virtual address (unspecified, this-network, \
+                     loopback, multicast or reserved)"
+                ),
+            ));
+        }
+        if let Some(name) = &s.name
+            && (name.is_empty()
+                || name.len() > MAX_NAME_BYTES
+                || name.chars().any(char::is_control))
+        {
+            return Err(self.invalid(
+                at.clone(),
+                format!(
+                    "services[{i}].name {name:?}: 1 to {MAX_NAME_BYTES} bytes without control \
+                     characters"
+                ),
             ));
         }
         if s.port.value == 0 {
@@ -730,12 +844,14 @@ impl Validator<'_> {
                 format!("real {address} is not of the virtual address's family"),
             ));
         }
-        if address.is_unspecified()
-            || address.is_multicast()
-            || address.is_loopback()
-            || is_broadcast(address)
-        {
-            return Err(self.invalid(address_at, format!("{address} cannot be a real server")));
+        if unusable(address) {
+            return Err(self.invalid(
+                address_at,
+                format!(
+                    "{address} cannot be a real server (unspecified, this-network, loopback, \
+                     multicast or reserved)"
+                ),
+            ));
         }
         if address == vip {
             return Err(self.invalid(address_at, "a real server cannot be the virtual address"));
@@ -782,8 +898,16 @@ impl Validator<'_> {
     }
 }
 
-fn is_broadcast(a: IpAddr) -> bool {
-    matches!(a, IpAddr::V4(v4) if v4.is_broadcast())
+/// Addresses no service, real or pool can have: unspecified, 0.0.0.0/8 ("this network"),
+/// loopback, multicast, and 240.0.0.0/4 (reserved, the limited broadcast included).
+fn unusable(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => {
+            let first = v4.octets()[0];
+            first == 0 || v4.is_loopback() || v4.is_multicast() || first >= 240
+        }
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.is_loopback() || v6.is_multicast(),
+    }
 }
 
 #[cfg(test)]
@@ -933,6 +1057,115 @@ services:
         assert!(
             e.contains("services[1].snat_pool") && e.contains("only used with"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn hostile_files_and_names_end_with_a_clear_error() {
+        // Endless input stops at the size bound, in bounded memory.
+        let e = Config::load(Path::new("/dev/zero"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("larger than") && e.contains("not a configuration"),
+            "{e}"
+        );
+        // Deep nesting, an alias bomb, too many anchors.
+        // Deep nesting is refused at its first level (the schema has no lists of lists)
+        // or by the depth limit: either way with the line, in a short message.
+        for deep in [
+            format!("director: {}{}", "[".repeat(10_000), "]".repeat(10_000)),
+            format!("{}director: 1", "- ".repeat(10_000)),
+        ] {
+            let e = error(&deep);
+            assert!(e.contains("line 1") && e.len() < 2_000, "{e}");
+        }
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 0..12 {
+            bomb.push_str(&format!(
+                "b{i}: &b{i} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n",
+                p = if i == 0 {
+                    "a".to_string()
+                } else {
+                    format!("b{}", i - 1)
+                }
+            ));
+        }
+        let started = std::time::Instant::now();
+        let e = error(&bomb);
+        assert!(!e.is_empty());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{e}"
+        );
+        // Names that would forge report lines, interface names the kernel refuses,
+        // addresses no service can have.
+        expect_error(
+            "name: web",
+            "name: \"web\\nreason forged\"",
+            &["services[0]", "control"],
+        );
+        for bad in [
+            "\"eth\\t0\"",
+            "..",
+            "\"a:b\"",
+            "\"eth 0\"",
+            "sixteen-chars-xx",
+        ] {
+            expect_error(
+                "[eth0]",
+                &format!("[{bad}]"),
+                &["director.interfaces[0]", "not a valid"],
+            );
+        }
+        for vip in ["127.0.0.1", "240.0.0.1", "0.1.2.3", "224.0.0.1"] {
+            expect_error(
+                "  - name: web\n    address: 192.0.2.100",
+                &format!("  - name: web\n    address: {vip}"),
+                &["services[0].address", "cannot be a virtual address"],
+            );
+        }
+        expect_error(
+            "address: 192.0.2.12",
+            "address: 250.0.2.12",
+            &["services[0].reals[1].address", "cannot be a real server"],
+        );
+    }
+
+    #[test]
+    fn a_config_with_30000_services_parses() {
+        // The parser's default budget (250,000 nodes) refused about 17,900 services.
+        let mut text = String::from(
+            "director: {interfaces: [eth0]}\nlimits: {max_services: 30000, max_reals: 30000}\n\
+             services:\n",
+        );
+        for n in 0..30_000u32 {
+            text.push_str(&format!(
+                "  - {{address: 10.{}.{}.1, port: 80, protocol: tcp, scheduler: sh, reals: \
+                 [{{address: 192.0.2.11, weight: 1}}]}}\n",
+                n / 256,
+                n % 256
+            ));
+        }
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services.len(), 30_000);
+    }
+
+    #[test]
+    fn kernel_memory_follows_the_measured_per_entry_sizes() {
+        let d = Limits::default();
+        // 256 services, 4096 reals, 1M flows, 16k fragments on 2 CPUs: the connection
+        // table's 128 MiB dominates.
+        let mib = d.kernel_bytes(2) >> 20;
+        assert!((130..=145).contains(&mib), "{mib} MiB");
+        let big = Limits {
+            max_services: 65_536,
+            ..d
+        };
+        assert!(
+            big.kernel_bytes(2) > 2 << 30,
+            "65,536 services pin over 2 GiB"
         );
     }
 

@@ -57,6 +57,17 @@ pub enum DaemonError {
     Lock(#[from] LockError),
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
+    /// The limits would pin more kernel memory than the host has.
+    #[error(
+        "{path}: limits (max_services, max_reals, max_flows, max_fragments) would pin about \
+         {need_mib} MiB of kernel memory; {available_mib} MiB is available (docs/CONFIG.md, \
+         \"limits\")"
+    )]
+    Memory {
+        path: String,
+        need_mib: u64,
+        available_mib: u64,
+    },
     /// A reload that changes what only a restart can change.
     #[error("{path}: {what} cannot change while running; restart the daemon to apply it")]
     NeedsRestart { path: String, what: &'static str },
@@ -67,7 +78,7 @@ impl DaemonError {
     pub fn exit_code(&self) -> i32 {
         match self {
             DaemonError::Config(_) | DaemonError::Plan { .. } => 2,
-            DaemonError::NeedsRestart { .. } => 2,
+            DaemonError::NeedsRestart { .. } | DaemonError::Memory { .. } => 2,
             _ => 1,
         }
     }
@@ -145,6 +156,7 @@ async fn start(
     neighbours: &mut ManagedNeighbours,
 ) -> Result<Director, DaemonError> {
     let config = Config::load(config_path)?;
+    check_memory(config_path, &config)?;
     let plan = compile(netlink, config_path, &config, None).await?;
     let mut interfaces: Vec<Link> = Vec::new();
     for name in &config.director.interfaces {
@@ -472,11 +484,41 @@ async fn serve(
 pub fn check_config(config_path: &Path) -> Result<String, DaemonError> {
     let config = Config::load(config_path)?;
     let reals: usize = config.services.iter().map(|s| s.reals.len()).sum();
+    let cpus = possible_cpus();
     Ok(format!(
-        "{}: ok, {} services, {} reals, interfaces {}",
+        "{}: ok, {} services, {} reals, interfaces {}; its limits pin about {} MiB of kernel \
+         memory on this host's {cpus} CPUs",
         config_path.display(),
         config.services.len(),
         reals,
-        config.director.interfaces.join(",")
+        config.director.interfaces.join(","),
+        config.limits.kernel_bytes(cpus) >> 20
     ))
+}
+
+/// CPUs the kernel sizes per-CPU maps for.
+fn possible_cpus() -> u64 {
+    aya::util::nr_cpus().map_or(1, |n| n as u64)
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn memory_available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses limits whose maps would pin more kernel memory than the host has available,
+/// before anything is created, naming the limits.
+fn check_memory(path: &Path, config: &Config) -> Result<(), DaemonError> {
+    let need = config.limits.kernel_bytes(possible_cpus());
+    match memory_available() {
+        Some(available) if need > available => Err(DaemonError::Memory {
+            path: path.display().to_string(),
+            need_mib: need >> 20,
+            available_mib: available >> 20,
+        }),
+        _ => Ok(()),
+    }
 }
