@@ -90,6 +90,8 @@ impl DaemonError {
 struct Director {
     config_path: PathBuf,
     config: Config,
+    /// The configured interfaces as last seen: `None` while one is missing.
+    interfaces: Vec<(String, Option<Link>)>,
     plan: Plan,
     dataplane: Dataplane,
     netlink: Netlink,
@@ -173,6 +175,13 @@ async fn start(
     )?;
     let mut director = Director {
         config_path: config_path.to_owned(),
+        interfaces: config
+            .director
+            .interfaces
+            .iter()
+            .cloned()
+            .zip(interfaces.iter().cloned().map(Some))
+            .collect(),
         config,
         plan,
         dataplane,
@@ -229,6 +238,64 @@ async fn start(
 }
 
 impl Director {
+    /// Follows the configured interfaces: one that disappeared is logged (its program and
+    /// neighbour entries went with it); one that appears again, as a new device or with a
+    /// new MAC, gets the program attached again and the maps that hold interfaces
+    /// (`IFACES`, the redirect device map) rewritten. Returns whether anything changed.
+    async fn follow_interfaces(&mut self) -> bool {
+        let mut changed = false;
+        let mode = self.config.director.xdp_mode;
+        for i in 0..self.interfaces.len() {
+            let name = self.interfaces[i].0.clone();
+            let now = self.netlink.link_by_name(&name).await.ok();
+            let before = self.interfaces[i].1.clone();
+            match (&before, &now) {
+                (Some(_), None) => {
+                    log::warn!(
+                        "interface {name} disappeared; its traffic is not served until it \
+                         comes back"
+                    );
+                }
+                (None, Some(link)) => {
+                    log::info!("interface {name} is back (ifindex {})", link.index)
+                }
+                (Some(old), Some(new)) if old.index != new.index => log::info!(
+                    "interface {name} was created again (ifindex {} → {})",
+                    old.index,
+                    new.index
+                ),
+                (Some(old), Some(new)) if old.mac != new.mac => {
+                    log::info!("interface {name} changed its MAC to {}", mac(new.mac))
+                }
+                _ => continue,
+            }
+            changed = true;
+            if let Some(link) = &now
+                && before.as_ref().is_none_or(|b| b.index != link.index)
+            {
+                match self.dataplane.reattach(&name, mode) {
+                    Ok(()) => log::info!("attached to {name} again ({mode:?} mode)"),
+                    Err(e) => {
+                        log::error!("attaching to {name} again: {e}");
+                        continue;
+                    }
+                }
+            }
+            self.interfaces[i].1 = now;
+        }
+        if changed {
+            let present: Vec<(u32, [u8; 6])> = self
+                .interfaces
+                .iter()
+                .filter_map(|(_, l)| l.as_ref().map(|l| (l.index, l.mac)))
+                .collect();
+            if let Err(e) = self.dataplane.set_interfaces(&present) {
+                log::error!("writing the interfaces: {e}");
+            }
+        }
+        changed
+    }
+
     /// Re-reads every real's next hop; returns how many changed. Errors are logged and
     /// leave the last known next hop in place.
     async fn read_next_hops(&mut self, neighbours: &mut ManagedNeighbours) -> usize {
@@ -467,9 +534,11 @@ async fn serve(
             },
             _ = tokio::time::sleep_until(debounce), if dirty.is_some() => {
                 dirty = None;
+                director.follow_interfaces().await;
                 director.read_next_hops(neighbours).await;
             }
             _ = resync.tick() => {
+                director.follow_interfaces().await;
                 director.read_next_hops(neighbours).await;
             }
         }

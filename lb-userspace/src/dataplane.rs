@@ -293,6 +293,17 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches to an interface that was deleted and created again (a new ifindex): the
+    /// old link went with the old device and is forgotten; the program is attached anew.
+    pub fn reattach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
+        if let Some(at) = self.links.iter().position(|(name, _)| name == interface) {
+            let (_, link) = self.links.remove(at);
+            // Detaching from a device that is gone fails; the link is released either way.
+            let _ = self.program_mut().detach(link);
+        }
+        self.attach(interface, mode)
+    }
+
     /// Detaches from every interface (also done when the Dataplane is dropped).
     pub fn detach_all(&mut self) {
         for (interface, link) in std::mem::take(&mut self.links) {

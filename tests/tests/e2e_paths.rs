@@ -368,3 +368,61 @@ fn a_second_daemon_is_refused_and_leaves_the_first_alone() {
     let (status, _, stderr) = first.stop();
     assert!(status.success(), "daemon exit {status}: {stderr:#?}");
 }
+
+/// Waits up to `limit` for a line of the daemon's standard error that contains `text`.
+fn logged(daemon: &xdpvs_testbed::rig::Daemon, text: &str, limit: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if daemon.stderr().iter().any(|l| l.contains(text)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn an_interface_deleted_and_created_again_is_served_again() {
+    let rig = DrRig::new(1);
+    let _servers = dns_servers(&rig);
+    let config = rig.write_config(DR_CONFIG);
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let vip53 = SocketAddr::new(VIP.into(), 53);
+    let ask = || {
+        rig.client
+            .enter(|| udp_ask(CLIENT.into(), vip53, TIMEOUT, 3))
+    };
+    assert!(ask().is_ok());
+    // The director's eth0 goes, and with it the program and the managed neighbours.
+    rig.switch.ip("link del dir");
+    assert!(
+        logged(
+            &daemon,
+            "interface eth0 disappeared",
+            Duration::from_secs(10)
+        ),
+        "{:#?}",
+        daemon.stderr()
+    );
+    // It comes back as a new device, with a new MAC, its addresses set again (as
+    // networkd or ifupdown would), and the client learns the new MAC.
+    rig.plug(&rig.director, "dir");
+    rig.director.ip(&format!("addr add {DIRECTOR}/24 dev eth0"));
+    rig.director.ip(&format!("addr add {VIP}/32 dev eth0"));
+    let _peer_pass = xdpvs_testbed::rig::attach_pass(&rig.switch, "dir");
+    rig.client.ip("neigh flush dev eth0");
+    assert!(
+        logged(&daemon, "attached to eth0 again", Duration::from_secs(10)),
+        "{:#?}",
+        daemon.stderr()
+    );
+    assert!(rig.director_has_xdp());
+    // Served again: the program checks frames against the new MAC, and the real's
+    // neighbour entry is made again.
+    let answer = ask();
+    assert_eq!(answer.ok(), Some(banner(real_address(0).into())));
+    let (status, stdout, stderr) = daemon.stop();
+    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    assert_eq!(reason(&stdout, "drop_other_host"), 0);
+}
