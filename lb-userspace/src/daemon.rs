@@ -499,7 +499,20 @@ async fn serve(
     signals: &mut Signals,
 ) -> Result<(), DaemonError> {
     let mut events = Events::open()?;
-    let mut director = start(config_path, netlink, neighbours).await?;
+    // A stop asked for during start-up is obeyed at once: what start() made so far is
+    // undone as it is dropped (program detached, `lo` forwarding restored), and `run`
+    // removes the neighbour entries.
+    let mut director = tokio::select! {
+        director = start(config_path, netlink, neighbours) => director?,
+        _ = signals.term.recv() => {
+            log::info!("stopped during start-up");
+            return Ok(());
+        }
+        _ = signals.int.recv() => {
+            log::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     let reals: usize = director.plan.services.iter().map(|s| s.reals.len()).sum();
     println!(
         "{READY} services={} reals={}",

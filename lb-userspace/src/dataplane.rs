@@ -56,12 +56,33 @@ pub enum DataplaneError {
     #[error("counting CPUs: {0}")]
     Cpus(#[source] std::io::Error),
     /// Attaching to an interface failed (no such interface, no driver XDP support, ...).
-    #[error("attaching to {interface}: {source}")]
+    #[error("attaching to {interface}: {source}{}", attach_hint(source))]
     Attach {
         interface: String,
         #[source]
         source: ProgramError,
     },
+}
+
+/// What an attach failure's kernel error means for the operator.
+fn attach_hint(e: &ProgramError) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return match io.raw_os_error() {
+                Some(libc::EBUSY) => ": EBUSY: the interface already has an XDP program attached \
+                                     (another tool's, or another daemon's); remove it (`ip link set \
+                                     dev IF xdp off`) or stop its owner first"
+                    .to_owned(),
+                Some(libc::EOPNOTSUPP) => ": EOPNOTSUPP: the driver has no native XDP; use \
+                                           `xdp_mode: generic` (slow) or another NIC"
+                    .to_owned(),
+                _ => format!(": {io}"),
+            };
+        }
+        source = s.source();
+    }
+    String::new()
 }
 
 /// Counter readings for a plan, summed over CPUs.

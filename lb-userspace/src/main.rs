@@ -32,7 +32,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // netlink_proto warns about every event that arrives for a closed request; those are
+    // expected (a request's answer and an event can cross) and say nothing to an operator.
+    env_logger::Builder::from_env(
+        env_logger::Env::default().default_filter_or("info,netlink_proto=error"),
+    )
+    .init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Daemon { config } => tokio::runtime::Builder::new_current_thread()
@@ -53,9 +58,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the error (each error's message already carries its cause) and returns the
-/// exit status: 2 for a refused configuration, 1 otherwise.
+/// Prints the error with every cause under it that its message does not already say,
+/// and returns the exit status: 2 for a refused configuration, 1 otherwise.
 fn report(e: &daemon::DaemonError) -> u8 {
-    eprintln!("xdpvs: {e}");
+    let mut line = format!("xdpvs: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    eprintln!("{line}");
     e.exit_code() as u8
 }

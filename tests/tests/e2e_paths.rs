@@ -426,3 +426,58 @@ fn an_interface_deleted_and_created_again_is_served_again() {
     assert!(status.success(), "daemon exit {status}: {stderr:#?}");
     assert_eq!(reason(&stdout, "drop_other_host"), 0);
 }
+
+#[test]
+fn an_interface_that_already_runs_xdp_is_refused_with_the_cause() {
+    let rig = DrRig::new(1);
+    // Another XDP program (a different tool's) already holds the director's eth0.
+    let _other = xdpvs_testbed::rig::attach_pass(&rig.director, "eth0");
+    let config = rig.write_config(ONE_REAL);
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(!ready, "the daemon started over another program");
+    let (status, _, stderr) = daemon.wait(Duration::from_secs(20));
+    let stderr = stderr.join("\n");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("eth0") && stderr.contains("EBUSY") && stderr.contains("already"),
+        "{stderr}"
+    );
+    // The other program is still attached: the failed start took nothing away.
+    assert!(rig.director_has_xdp());
+}
+
+#[test]
+fn sigterm_during_start_up_stops_it_and_undoes_what_it_did() {
+    let rig = DrRig::new(1);
+    // A real that never answers ARP holds the start-up for its 3 s neighbour wait.
+    let config = rig.write_config(
+        "director: {interfaces: [eth0]}\nlimits: {max_flows: 65536}\nservices:\n  - {address: \
+         192.0.2.100, port: 80, protocol: tcp, scheduler: sh, reals: [{address: 192.0.2.99}]}\n",
+    );
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_millis(500));
+    assert!(!ready, "the start-up did not wait for the real");
+    daemon.signal(libc::SIGTERM);
+    let (status, stdout, stderr) = daemon.wait(Duration::from_secs(20));
+    assert!(status.success(), "exit {status}: {stderr:#?}");
+    assert!(
+        !stdout
+            .iter()
+            .any(|l| l.starts_with(lb_userspace::daemon::READY)),
+        "it finished starting first: {stdout:#?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.contains("stopped during start-up")),
+        "{stderr:#?}"
+    );
+    assert!(!rig.director_has_xdp());
+    assert!(
+        !rig.director_neighbours().contains("managed"),
+        "{}",
+        rig.director_neighbours()
+    );
+    let lo = rig
+        .director
+        .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/forwarding"))
+        .unwrap_or_default();
+    assert_eq!(lo.trim(), "0", "lo forwarding restored");
+}
