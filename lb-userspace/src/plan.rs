@@ -209,10 +209,31 @@ pub fn compile(
                 weight: r.weight,
             })
             .collect();
-        let table = build_table(&members, config.director.hash_seed)
+        let table: Vec<u32> = build_table(&members, config.director.hash_seed)
             .into_iter()
             .map(|pos| reals.get(pos as usize).map_or(REAL_NONE, |r| r.index))
             .collect();
+        // A weighted real with no slot would never get a flow: refused, not silent.
+        let mut slotted = std::collections::HashSet::new();
+        slotted.extend(table.iter().copied());
+        let total: u64 = s.reals.iter().map(|r| u64::from(r.weight)).sum();
+        for (plan_real, r) in reals.iter().zip(&s.reals) {
+            if r.weight > 0 && !slotted.contains(&plan_real.index) {
+                return Err(PlanError {
+                    origin: r.origin.clone(),
+                    subject: "real server",
+                    address: r.address,
+                    message: format!(
+                        "weight {} of {total} in all gets none of the service's {} \
+                         scheduling slots ({} reals with a weight above 0); raise its weight, \
+                         lower the others' or use fewer reals",
+                        r.weight,
+                        lb_common::SCHED_SLOTS,
+                        s.reals.iter().filter(|r| r.weight > 0).count()
+                    ),
+                });
+            }
+        }
         services.push(ServicePlan {
             name: s.name.clone(),
             address: s.address,
@@ -421,6 +442,48 @@ services:
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("director's own"), "{e}");
+    }
+
+    #[test]
+    fn a_weighted_real_without_a_slot_is_refused() {
+        // 4,200 reals cannot all have one of 4,096 slots.
+        let mut yaml = String::from(
+            "director: {interfaces: [eth0]}\nlimits: {max_reals: 8192}\nservices:\n  - \
+             {address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh, reals: [",
+        );
+        let reals: Vec<String> = (0..4200u32)
+            .map(|n| format!("{{address: 10.0.{}.{}}}", n / 250, 1 + n % 250))
+            .collect();
+        yaml.push_str(&reals.join(", "));
+        yaml.push_str("]}\n");
+        let config = Config::parse(&yaml, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let e = compile(&config, on_link, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("gets none of the service's 4096"), "{e}");
+        // Nor can a weight of 1 beside 65,535.
+        let config = Config::parse(
+            &CONFIG
+                .replace(
+                    "{address: 192.0.2.12, weight: 0}",
+                    "{address: 192.0.2.12, weight: 65535}",
+                )
+                .replace(
+                    "reals: [{address: 192.0.2.11}",
+                    "reals: [{address: 192.0.2.11, weight: 1}",
+                ),
+            Path::new("t.yaml"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let e = compile(&config, on_link, None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("services[0].reals[0]") && e.contains("weight 1 of 65536"),
+            "{e}"
+        );
     }
 
     #[test]
