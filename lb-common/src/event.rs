@@ -63,9 +63,12 @@ events! {
     HopMoved = 17, "hop_moved";
     /// An ICMP error about a NAT flow was translated and sent to the flow's client.
     IcmpToClient = 18, "icmp_to_client";
+    /// A NAT flow's reply entry was gone (evicted) and was made again by its forward
+    /// packets.
+    CtReplyRestored = 19, "ct_reply_restored";
 }
 
 /// Number of event codes: the size of the `EVENTS` array.
-pub const EVENT_COUNT: u32 = 19;
+pub const EVENT_COUNT: u32 = 20;
 
 const _: () = assert!(Event::ALL.len() == EVENT_COUNT as usize);

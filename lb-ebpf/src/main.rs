@@ -179,8 +179,8 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
             match real(flow.real) {
                 Some(r) if r.generation == flow.real_gen => {
                     if flow.flags & FLOW_F_NAT != 0 {
-                        if touched {
-                            nat::mirror(&flow, ip.proto);
+                        if touched && !nat::mirror(&flow, ip.proto) {
+                            nat::restore_reply(&key, &flow);
                         }
                         let hop = nat::hop(ctx)?;
                         if !nat::same_hop(&flow, &hop) {

@@ -84,12 +84,7 @@ pub fn open(
     forward.hop_own_mac = hop.own_mac;
     let mut reply = forward;
     reply.flags |= FLOW_F_REPLY;
-    reply.to = Tuple {
-        src: key.dst,
-        dst: key.src,
-        sport: key.dport,
-        dport: key.sport,
-    };
+    reply.to = back_to(key);
     forward.to = if service.forwarding == FWD_FULLNAT {
         snat(key, service, real, &reply, now)?
     } else {
@@ -153,10 +148,12 @@ fn snat(
         let reply_key = peer_key(&to, key.proto);
         // A look-up first: a failed insert into a full LRU map costs an eviction, a
         // look-up a tenth of that. The insert still decides, atomically, between CPUs.
+        // A source is free, or held by an expired flow, or by this very flow's reply
+        // entry (its forward entry was evicted): the flow keeps its source then.
         match conntrack::peek(&reply_key) {
             None if conntrack::store(&reply_key, reply, BPF_NOEXIST) => return Ok(to),
             Some(f)
-                if conntrack::is_expired(&f, now)
+                if (conntrack::is_expired(&f, now) || f.to == reply.to)
                     && conntrack::store(&reply_key, reply, BPF_ANY) =>
             {
                 stats::count_event(Event::SnatReclaimed);
@@ -175,13 +172,39 @@ fn snat(
 
 /// Copies a flow's new state and last-seen second to its other entry.
 #[inline(always)]
-pub fn mirror(flow: &Flow, proto: u8) {
-    if let Some(twin) = conntrack::entry_mut(&peer_key(&flow.to, proto)) {
-        // SAFETY: a valid map value for this program run; plain integers.
-        unsafe {
-            (*twin).state = flow.state;
-            (*twin).last_seen = flow.last_seen;
-        }
+pub fn mirror(flow: &Flow, proto: u8) -> bool {
+    let Some(twin) = conntrack::entry_mut(&peer_key(&flow.to, proto)) else {
+        return false;
+    };
+    // SAFETY: a valid map value for this program run; plain integers.
+    unsafe {
+        (*twin).state = flow.state;
+        (*twin).last_seen = flow.last_seen;
+    }
+    true
+}
+
+/// The forward entry `flow` (under `key`) lost its reply entry (the LRU evicted it):
+/// made again, so the real's next answers find it. A full-NAT source another flow has
+/// taken since is not taken back (`BPF_NOEXIST`).
+#[inline(always)]
+pub fn restore_reply(key: &FlowKeyV4, flow: &Flow) {
+    let mut reply = *flow;
+    reply.flags |= FLOW_F_REPLY;
+    reply.to = back_to(key);
+    if conntrack::store(&peer_key(&flow.to, key.proto), &reply, BPF_NOEXIST) {
+        stats::count_event(Event::CtReplyRestored);
+    }
+}
+
+/// What a flow's answers become: the client's tuple, reversed.
+#[inline(always)]
+fn back_to(key: &FlowKeyV4) -> Tuple {
+    Tuple {
+        src: key.dst,
+        dst: key.src,
+        sport: key.dport,
+        dport: key.sport,
     }
 }
 

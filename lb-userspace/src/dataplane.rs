@@ -546,6 +546,17 @@ impl Dataplane {
         map.insert(key, flow, 0).map_err(&e)
     }
 
+    /// Deletes a connection-table entry (as an eviction would); absent is no error.
+    pub fn remove_flow(&mut self, key: &FlowKeyV4) -> Result<(), DataplaneError> {
+        let e = map_err(maps::CONNTRACK_V4);
+        let mut map: HashMap<_, FlowKeyV4, Flow> =
+            HashMap::try_from(self.map_mut(maps::CONNTRACK_V4)?).map_err(&e)?;
+        match map.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(e(source)),
+        }
+    }
+
     /// Every connection-table entry (a walk over the whole map: for tests and listings).
     pub fn flows(&self) -> Result<Vec<(FlowKeyV4, Flow)>, DataplaneError> {
         let e = map_err(maps::CONNTRACK_V4);

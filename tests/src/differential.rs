@@ -209,6 +209,9 @@ pub fn run(director: &Director, frames: u64, seed: u64) -> Report {
         Event::CtReplyHit,
         Event::HopMoved,
         Event::SnatRetry,
+        // Never here: no entry is evicted (the model has no LRU), so a twin is never
+        // missing; the program must agree.
+        Event::CtReplyRestored,
     ] {
         let program = event_delta(&after, &before, event);
         let model = model.events.get(event.name()).copied().unwrap_or(0);

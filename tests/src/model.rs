@@ -571,7 +571,12 @@ impl Model {
                 for i in 0..32u32 {
                     let addr = addrs[((hash % count + i) % count) as usize];
                     let to = (addr, real.addr, first + offset as u16, real.port);
-                    if !self.flows.contains_key(&peer(to, proto)) {
+                    // Free, or held by this flow's own reply entry.
+                    let own = self.flows.get(&peer(to, proto)).is_some_and(|f| {
+                        f.nat
+                            .is_some_and(|n| n.reply && n.to == (dst, src, dport, sport))
+                    });
+                    if own || !self.flows.contains_key(&peer(to, proto)) {
                         found = Some(to);
                         break;
                     }

@@ -984,3 +984,84 @@ fn a_nat_flow_the_flood_guard_refuses_is_dropped_not_half_made() {
             .unwrap_or_else(|e| panic!("{e}"));
     });
 }
+
+#[test]
+fn a_flow_whose_entry_was_evicted_keeps_working() {
+    with_director(|d, plan, dp| {
+        let (client, vip, real) = (v4("203.0.113.70"), v4("192.0.2.100"), v4("198.51.100.11"));
+        let to_vip = |flags| {
+            frame(
+                MAC_A,
+                ROUTER_MAC,
+                client,
+                vip,
+                TCP,
+                64,
+                &l4(client, vip, TCP, 43000, 80, flags),
+            )
+        };
+        let answer = frame(
+            MAC_B,
+            mac_of(real),
+            real,
+            client,
+            TCP,
+            64,
+            &l4(real, client, TCP, 8080, 43000, 0x10),
+        );
+        for flags in [0x02, 0x10] {
+            assert_eq!(run(dp, plan, d.xa0, &to_vip(flags)).0, XDP_REDIRECT);
+        }
+        // The LRU evicts the reply entry alone: the answers find nothing ...
+        dp.remove_flow(&key(real, client, 8080, 43000, TCP))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (action, _, moved) = run(dp, plan, d.xb0, &answer);
+        assert_eq!((action, moved), (XDP_PASS, vec![Reason::PassReplyNoFlow]));
+        // ... until the client's next packet that touches the entry (a state change here;
+        // otherwise within the second) makes it again.
+        let events = |e| dp.snapshot(plan).map(|s| s.event(e)).unwrap_or(0);
+        assert_eq!(run(dp, plan, d.xa0, &to_vip(0x11)).0, XDP_REDIRECT);
+        assert_eq!(events(Event::CtReplyRestored), 1);
+        let (action, out, _) = run(dp, plan, d.xb0, &answer);
+        assert_eq!(action, XDP_REDIRECT);
+        verify(&out);
+        assert_eq!(
+            out[26..30],
+            vip.octets(),
+            "the answer comes from the VIP again"
+        );
+
+        // Full-NAT: the forward entry is evicted alone; the next packet finds its own
+        // reply entry on the hash-chosen source and keeps it, so the real sees the same
+        // connection.
+        let vip = v4("192.0.2.102");
+        let syn = frame(
+            MAC_A,
+            ROUTER_MAC,
+            client,
+            vip,
+            TCP,
+            64,
+            &l4(client, vip, TCP, 43001, 80, 0x02),
+        );
+        let (_, first, _) = run(dp, plan, d.xa0, &syn);
+        dp.remove_flow(&key(client, vip, 43001, 80, TCP))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ack = frame(
+            MAC_A,
+            ROUTER_MAC,
+            client,
+            vip,
+            TCP,
+            64,
+            &l4(client, vip, TCP, 43001, 80, 0x10),
+        );
+        let (action, again, _) = run(dp, plan, d.xa0, &ack);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(
+            again[26..38],
+            first[26..38],
+            "same source address and port, same real"
+        );
+    });
+}

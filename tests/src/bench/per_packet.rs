@@ -72,9 +72,9 @@ services:
      reals: [{address: 192.0.2.13}]}
   - {address: 192.0.2.103, port: 80, protocol: tcp, scheduler: sh, forwarding: fullnat,
      snat_pool: {addresses: [192.0.2.1, 192.0.2.2, 192.0.2.3, 192.0.2.4, 192.0.2.5,
-                 192.0.2.6, 192.0.2.7, 192.0.2.8, 198.51.100.1, 198.51.100.2,
-                 198.51.100.3, 198.51.100.4, 198.51.100.5, 198.51.100.6, 198.51.100.7,
-                 198.51.100.8]},
+                 192.0.2.6, 192.0.2.7, 192.0.2.8, 198.51.100.201, 198.51.100.202,
+                 198.51.100.203, 198.51.100.204, 198.51.100.205, 198.51.100.206,
+                 198.51.100.207, 198.51.100.208]},
      reals: [{address: 192.0.2.11, port: 8080}]}
 ";
 
@@ -326,10 +326,11 @@ impl Director {
                     IpAddr::V4(v4) if v4.octets()[..3] == [198, 51, 100] => xb0,
                     _ => xa0,
                 };
-                // The director's own addresses (.1-.8 of both prefixes), which the
-                // SNAT pools use.
+                // The director's own addresses, which the SNAT pools use (apart from
+                // 198.51.100.1, none is a client of the differential run's).
                 let local = matches!(a, IpAddr::V4(v4)
-                    if matches!(v4.octets(), [192, 0, 2, 1..=8] | [198, 51, 100, 1..=8]));
+                    if matches!(v4.octets(), [192, 0, 2, 1..=8] | [198, 51, 100, 1]
+                        | [198, 51, 100, 201..=208]));
                 Ok(Route {
                     ifindex,
                     gateway: None,
