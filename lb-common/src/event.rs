@@ -66,9 +66,12 @@ events! {
     /// A NAT flow's reply entry was gone (evicted) and was made again by its forward
     /// packets.
     CtReplyRestored = 19, "ct_reply_restored";
+    /// A NAT flow's other entry's key was held by another flow (after this flow's entry
+    /// expired or was evicted): the entry ended and the packet was scheduled afresh.
+    CtTwinTaken = 20, "ct_twin_taken";
 }
 
 /// Number of event codes: the size of the `EVENTS` array.
-pub const EVENT_COUNT: u32 = 20;
+pub const EVENT_COUNT: u32 = 21;
 
 const _: () = assert!(Event::ALL.len() == EVENT_COUNT as usize);

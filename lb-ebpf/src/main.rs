@@ -172,16 +172,32 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     // the real and the service, so the hit path needs no SERVICES look-up.
     let now = conntrack::now();
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
-    let found = conntrack::lookup(&key, l4.flags, now);
+    let mut found = conntrack::lookup(&key, l4.flags, now);
+    // Once a second (or on a state change) a NAT flow checks its other entry: made again
+    // if evicted; if another flow holds its key by now, this entry ends and the packet is
+    // scheduled afresh (two flows must never share a translation).
+    if let Lookup::Hit {
+        flow,
+        touched: true,
+    } = found
+        && flow.flags & (FLOW_F_NAT | FLOW_F_REPLY) == FLOW_F_NAT
+    {
+        match nat::mirror(&key, &flow) {
+            nat::Twin::Ours => {}
+            nat::Twin::Missing => nat::restore_reply(&key, &flow),
+            nat::Twin::Taken => {
+                conntrack::remove(&key);
+                stats::count_event(Event::CtTwinTaken);
+                found = Lookup::Stale(flow);
+            }
+        }
+    }
     let (real, flow) = match found {
-        Lookup::Hit { flow, touched } if flow.flags & FLOW_F_REPLY == 0 => {
+        Lookup::Hit { flow, .. } if flow.flags & FLOW_F_REPLY == 0 => {
             stats::count_event(Event::CtHit);
             match real(flow.real) {
                 Some(r) if r.generation == flow.real_gen => {
                     if flow.flags & FLOW_F_NAT != 0 {
-                        if touched && !nat::mirror(&flow, ip.proto) {
-                            nat::restore_reply(&key, &flow);
-                        }
                         let hop = nat::hop(ctx)?;
                         if !nat::same_hop(&flow, &hop) {
                             nat::follow_hop(&key, &flow, &hop);
@@ -194,7 +210,7 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
                 _ => {
                     let expire = flow.flags & FLOW_F_EXPIRE_NODEST != 0;
                     if expire && flow.flags & FLOW_F_NAT != 0 {
-                        nat::close(&flow, ip.proto);
+                        nat::close(&key, &flow);
                     }
                     return Err(conntrack::orphaned(&key, expire));
                 }
@@ -208,7 +224,7 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
                 return Err(vip_or_not(&ip, Reason::PassVipNoService));
             };
             match &found {
-                Lookup::Stale(old) if old.flags & FLOW_F_NAT != 0 => nat::close(old, ip.proto),
+                Lookup::Stale(old) if old.flags & FLOW_F_NAT != 0 => nat::close(&key, old),
                 Lookup::Miss => stats::count_event(Event::CtMiss),
                 _ => {}
             }
@@ -295,7 +311,8 @@ fn reply(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     let state = next_state_reply(flow.state, l4.flags);
     let (flow, touched) = conntrack::touch(entry, flow, state, now);
     if touched {
-        nat::mirror(&flow, ip.proto);
+        // The forward side deals with a missing or taken twin at its next packet.
+        let _ = nat::mirror(&key, &flow);
     }
     if ip.more_fragments {
         fragment::remember(

@@ -170,18 +170,46 @@ fn snat(
     Err(Reason::DropSnatExhausted)
 }
 
-/// Copies a flow's new state and last-seen second to its other entry.
+/// What holds the key of a flow's other entry.
+pub enum Twin {
+    /// The flow's own other entry (its translation leads back to this entry's key).
+    Ours,
+    /// Nothing: the entry was evicted.
+    Missing,
+    /// Another flow's entry: the key went to it after this flow's entry expired or was
+    /// evicted.
+    Taken,
+}
+
+/// The other entry of the flow whose entry under `key` is `flow`, and whether it is
+/// still this flow's.
 #[inline(always)]
-pub fn mirror(flow: &Flow, proto: u8) -> bool {
-    let Some(twin) = conntrack::entry_mut(&peer_key(&flow.to, proto)) else {
-        return false;
+fn twin(key: &FlowKeyV4, flow: &Flow) -> (Twin, Option<*mut Flow>) {
+    let Some(entry) = conntrack::entry_mut(&peer_key(&flow.to, key.proto)) else {
+        return (Twin::Missing, None);
     };
     // SAFETY: a valid map value for this program run; plain integers.
-    unsafe {
-        (*twin).state = flow.state;
-        (*twin).last_seen = flow.last_seen;
+    let to = unsafe { (*entry).to };
+    if peer_key(&to, key.proto) == *key {
+        (Twin::Ours, Some(entry))
+    } else {
+        (Twin::Taken, None)
     }
-    true
+}
+
+/// Copies a flow's new state and last-seen second to its other entry, if that is still
+/// the flow's own; says what holds the other entry's key.
+#[inline(always)]
+pub fn mirror(key: &FlowKeyV4, flow: &Flow) -> Twin {
+    let (status, entry) = twin(key, flow);
+    if let Some(entry) = entry {
+        // SAFETY: as in `twin`.
+        unsafe {
+            (*entry).state = flow.state;
+            (*entry).last_seen = flow.last_seen;
+        }
+    }
+    status
 }
 
 /// The forward entry `flow` (under `key`) lost its reply entry (the LRU evicted it):
@@ -212,14 +240,13 @@ fn back_to(key: &FlowKeyV4) -> Tuple {
 /// both entries follow, so the answers do too.
 #[inline(always)]
 pub fn follow_hop(key: &FlowKeyV4, flow: &Flow, hop: &Hop) {
-    for k in [*key, peer_key(&flow.to, key.proto)] {
-        if let Some(entry) = conntrack::entry_mut(&k) {
-            // SAFETY: as in `mirror`.
-            unsafe {
-                (*entry).hop_ifindex = hop.ifindex;
-                (*entry).hop_mac = hop.mac;
-                (*entry).hop_own_mac = hop.own_mac;
-            }
+    let (_, other) = twin(key, flow);
+    for entry in [conntrack::entry_mut(key), other].into_iter().flatten() {
+        // SAFETY: as in `twin`.
+        unsafe {
+            (*entry).hop_ifindex = hop.ifindex;
+            (*entry).hop_mac = hop.mac;
+            (*entry).hop_own_mac = hop.own_mac;
         }
     }
     stats::count_event(Event::HopMoved);
@@ -231,10 +258,13 @@ pub fn same_hop(flow: &Flow, hop: &Hop) -> bool {
     flow.hop_ifindex == hop.ifindex && flow.hop_mac == hop.mac && flow.hop_own_mac == hop.own_mac
 }
 
-/// Drops the other entry of a NAT flow that ended (expired, reused, orphaned).
+/// Drops the other entry of a NAT flow that ended (expired, reused, orphaned), unless
+/// another flow holds its key by now.
 #[inline(always)]
-pub fn close(flow: &Flow, proto: u8) {
-    conntrack::remove(&peer_key(&flow.to, proto));
+pub fn close(key: &FlowKeyV4, flow: &Flow) {
+    if let (Twin::Ours, _) = twin(key, flow) {
+        conntrack::remove(&peer_key(&flow.to, key.proto));
+    }
 }
 
 /// An answer from the real: rewritten to come from the VIP (and, under full-NAT, to go

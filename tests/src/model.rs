@@ -423,7 +423,8 @@ impl Model {
                         let (mac, own) = (quad6(&f[6..]), quad6(&f[..6]));
                         if (mac, own) != (nat.hop_mac, nat.own_mac) {
                             self.event(Event::HopMoved);
-                            for k in [key, peer(nat.to, proto)] {
+                            let twin = self.twin(key, nat);
+                            for k in std::iter::once(key).chain(twin) {
                                 if let Some(Flow { nat: Some(n), .. }) = self.flows.get_mut(&k) {
                                     n.hop_mac = mac;
                                     n.own_mac = own;
@@ -440,7 +441,9 @@ impl Model {
                     if flow.expire_nodest {
                         self.flows.remove(&key);
                         if let Some(nat) = flow.nat {
-                            self.flows.remove(&peer(nat.to, proto));
+                            if let Some(twin) = self.twin(key, nat) {
+                                self.flows.remove(&twin);
+                            }
                         }
                         self.event(Event::CtNodestExpired);
                     }
@@ -450,7 +453,9 @@ impl Model {
             None => {
                 let service = service.ok_or(Reason::PassVipNoService)?;
                 if let Some(nat) = stale {
-                    self.flows.remove(&peer(nat.to, proto));
+                    if let Some(twin) = self.twin(key, nat) {
+                        self.flows.remove(&twin);
+                    }
                 }
                 let by = if service.dh { dst } else { src };
                 let mut addr = [0u8; 16];
@@ -519,6 +524,16 @@ impl Model {
         Ok(())
     }
 
+    /// The key of the other entry of the NAT flow under `key`, if that entry is still
+    /// this flow's (its translation leads back to `key`): another flow may hold it.
+    fn twin(&self, key: FlowKey, nat: Nat) -> Option<FlowKey> {
+        let other = peer(nat.to, key.4);
+        let f = self.flows.get(&other)?;
+        f.nat
+            .is_some_and(|n| peer(n.to, key.4) == key)
+            .then_some(other)
+    }
+
     /// Sets a flow's state, and its twin's under NAT.
     fn set_state(&mut self, key: FlowKey, state: State) {
         let Some(flow) = self.flows.get_mut(&key) else {
@@ -526,7 +541,8 @@ impl Model {
         };
         flow.state = state;
         if let Some(nat) = flow.nat
-            && let Some(twin) = self.flows.get_mut(&peer(nat.to, key.4))
+            && let Some(twin) = self.twin(key, nat)
+            && let Some(twin) = self.flows.get_mut(&twin)
         {
             twin.state = state;
         }

@@ -59,6 +59,8 @@ services:
      reals: [{address: 198.51.100.11, port: 5353}]}
   - {address: 192.0.2.101, port: 80, protocol: tcp, scheduler: sh, forwarding: nat,
      reals: [{address: 192.0.2.21}]}
+  - {address: 192.0.2.104, port: 80, protocol: tcp, scheduler: sh, forwarding: nat,
+     reals: [{address: 198.51.100.11, port: 8080}]}
   - {address: 192.0.2.102, port: 80, protocol: tcp, scheduler: sh, forwarding: fullnat,
      reals: [{address: 198.51.100.12, port: 8080}]}
   - {address: 192.0.2.103, port: 53, protocol: udp, scheduler: sh, forwarding: fullnat,
@@ -1062,6 +1064,50 @@ fn a_flow_whose_entry_was_evicted_keeps_working() {
             again[26..38],
             first[26..38],
             "same source address and port, same real"
+        );
+    });
+}
+
+#[test]
+fn a_flow_whose_reply_key_another_flow_took_ends_and_starts_afresh() {
+    with_director(|d, plan, dp| {
+        // One client port to two NAT VIPs whose real is the same address and port: the
+        // real would see one connection, so the two flows share a reply key.
+        let (client, real) = (v4("203.0.113.71"), v4("198.51.100.11"));
+        let syn = |vip: Ipv4Addr, flags| {
+            frame(
+                MAC_A,
+                ROUTER_MAC,
+                client,
+                vip,
+                TCP,
+                64,
+                &l4(client, vip, TCP, 43100, 80, flags),
+            )
+        };
+        let (a, b) = (v4("192.0.2.100"), v4("192.0.2.104"));
+        assert_eq!(run(dp, plan, d.xa0, &syn(a, 0x02)).0, XDP_REDIRECT);
+        assert_eq!(run(dp, plan, d.xa0, &syn(b, 0x02)).0, XDP_REDIRECT);
+        let reply = key(real, client, 8080, 43100, TCP);
+        let held = |vip: Ipv4Addr| {
+            dp.flow(&reply)
+                .ok()
+                .flatten()
+                .is_some_and(|f| f.to.src == u32::from_ne_bytes(vip.octets()))
+        };
+        assert!(held(b), "the later flow holds the reply key");
+        // A's next packet that touches its entry finds its reply key taken: A's entry
+        // ends and the packet opens A afresh; B's entry was not deleted on A's behalf
+        // before A took the key again.
+        let events = |e| dp.snapshot(plan).map(|s| s.event(e)).unwrap_or(0);
+        assert_eq!(run(dp, plan, d.xa0, &syn(a, 0x10)).0, XDP_REDIRECT);
+        assert_eq!(events(Event::CtTwinTaken), 1);
+        assert!(held(a), "A made its reply entry again");
+        assert!(
+            dp.flow(&key(client, b, 43100, 80, TCP))
+                .ok()
+                .flatten()
+                .is_some()
         );
     });
 }
