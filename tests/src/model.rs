@@ -440,10 +440,10 @@ impl Model {
                     // The service's expire_nodest_conn when the entry was made.
                     if flow.expire_nodest {
                         self.flows.remove(&key);
-                        if let Some(nat) = flow.nat {
-                            if let Some(twin) = self.twin(key, nat) {
-                                self.flows.remove(&twin);
-                            }
+                        if let Some(nat) = flow.nat
+                            && let Some(twin) = self.twin(key, nat)
+                        {
+                            self.flows.remove(&twin);
                         }
                         self.event(Event::CtNodestExpired);
                     }
@@ -452,10 +452,10 @@ impl Model {
             },
             None => {
                 let service = service.ok_or(Reason::PassVipNoService)?;
-                if let Some(nat) = stale {
-                    if let Some(twin) = self.twin(key, nat) {
-                        self.flows.remove(&twin);
-                    }
+                if let Some(nat) = stale
+                    && let Some(twin) = self.twin(key, nat)
+                {
+                    self.flows.remove(&twin);
                 }
                 let by = if service.dh { dst } else { src };
                 let mut addr = [0u8; 16];
