@@ -270,9 +270,7 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
         nat::translate(ctx, &ip, &flow.to)?;
     }
     let verdict = rewrite::send(ctx, &ip, &hop)?;
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_service(u32::from(flow.service), bytes);
-    stats::count_real(flow.real, bytes);
+    stats::count_forward(ctx, u32::from(flow.service), flow.real);
     Ok(verdict)
 }
 
@@ -332,9 +330,7 @@ fn reply(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
         );
     }
     let verdict = nat::to_client(ctx, &ip, &flow)?;
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_service(u32::from(flow.service), bytes);
-    stats::count_real(flow.real, bytes);
+    stats::count_forward(ctx, u32::from(flow.service), flow.real);
     Ok(verdict)
 }
 
@@ -354,9 +350,7 @@ fn later_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Rea
         nat::addresses(ctx, ip, placed.src, placed.dst)?;
     }
     let verdict = rewrite::send(ctx, ip, &hop)?;
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_service(placed.service, bytes);
-    stats::count_real(placed.real, bytes);
+    stats::count_forward(ctx, placed.service, placed.real);
     Ok(verdict)
 }
 
@@ -379,9 +373,7 @@ fn answer_fragment(ctx: &XdpContext, ip: &parse::Ipv4Meta) -> Result<Verdict, Re
         ifindex: placed.hop_ifindex,
     };
     let verdict = rewrite::send(ctx, ip, &hop)?;
-    let bytes = (ctx.data_end() - ctx.data()) as u64;
-    stats::count_service(placed.service, bytes);
-    stats::count_real(placed.real, bytes);
+    stats::count_forward(ctx, placed.service, placed.real);
     Ok(verdict)
 }
 

@@ -1,5 +1,6 @@
 //! Per-CPU counters: no atomics on the packet path; the daemon sums the CPUs.
 
+use aya_ebpf::programs::XdpContext;
 use lb_common::{Counters, event::Event, reason::Reason};
 
 use crate::maps::{EVENTS, REAL_STATS, REASONS, SERVICE_STATS};
@@ -12,6 +13,14 @@ pub fn count_reason(reason: Reason) {
 #[inline(always)]
 pub fn count_event(event: Event) {
     bump(EVENTS.get_ptr_mut(event as u32));
+}
+
+/// A packet forwarded for service `id` to or from real `index`: its frame's bytes.
+#[inline(always)]
+pub fn count_forward(ctx: &XdpContext, id: u32, index: u32) {
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    count_service(id, bytes);
+    count_real(index, bytes);
 }
 
 #[inline(always)]

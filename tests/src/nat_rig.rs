@@ -23,7 +23,7 @@ use std::{
 
 use crate::{
     netns::{Netns, unique_prefix},
-    rig::{Daemon, attach_pass, start_daemon},
+    rig::{Daemon, Scratch, attach_pass, start_daemon},
 };
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 100);
@@ -52,7 +52,7 @@ pub struct NatRig {
     pub switch: Netns,
     pub reals: Vec<Netns>,
     _passes: Vec<aya::Ebpf>,
-    dir: PathBuf,
+    scratch: Scratch,
 }
 
 /// The address of real `i` (0-based).
@@ -135,8 +135,7 @@ impl NatRig {
             }
             real_ns.push(ns);
         }
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let scratch = Scratch::new(&prefix);
         NatRig {
             prefix,
             client,
@@ -145,26 +144,18 @@ impl NatRig {
             switch,
             reals: real_ns,
             _passes: passes,
-            dir,
+            scratch,
         }
     }
 
     /// Writes a configuration file for the daemon and returns its path.
     pub fn write_config(&self, yaml: &str) -> PathBuf {
-        let path = self.dir.join("xdpvs.yaml");
-        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        path
+        self.scratch.write_config(yaml)
     }
 
     /// Starts `xdpvs daemon` in the director's namespace.
     pub fn start_daemon(&self, config: &std::path::Path, limit: Duration) -> (Daemon, bool) {
         start_daemon(&self.director, config, limit)
-    }
-}
-
-impl Drop for NatRig {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

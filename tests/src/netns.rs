@@ -63,6 +63,25 @@ impl Netns {
         c
     }
 
+    /// A veth pair `{name}0` (MAC `mac`, address `addr`) and `{name}1`, both up.
+    pub fn veth(&self, name: &str, mac: [u8; 6], addr: &str) {
+        let mac = mac_text(mac);
+        self.ip(&format!(
+            "link add {name}0 address {mac} type veth peer name {name}1"
+        ));
+        self.ip(&format!("addr add {addr} dev {name}0"));
+        self.ip(&format!("link set {name}1 up"));
+        self.ip(&format!("link set {name}0 up"));
+    }
+
+    /// A permanent neighbour entry: `address` is at `mac` on `dev`.
+    pub fn permanent_neighbour(&self, address: &str, mac: [u8; 6], dev: &str) {
+        self.ip(&format!(
+            "neigh replace {address} lladdr {} dev {dev} nud permanent",
+            mac_text(mac)
+        ));
+    }
+
     /// Writes a sysctl of this namespace (e.g. `net/ipv4/conf/all/arp_ignore`).
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{key}");
@@ -146,4 +165,9 @@ pub fn ifindex(ns: &Netns, interface: &str) -> u32 {
         assert_ne!(index, 0, "no interface {name}");
         index
     })
+}
+
+/// `02:00:00:00:00:a0`.
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }

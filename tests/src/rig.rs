@@ -197,7 +197,7 @@ pub struct DrRig {
     pub reals: Vec<Netns>,
     pub switch: Netns,
     _peer_pass: aya::Ebpf,
-    dir: PathBuf,
+    scratch: Scratch,
 }
 
 impl DrRig {
@@ -251,8 +251,7 @@ impl DrRig {
             real_ns.push(ns);
         }
 
-        let dir = std::env::temp_dir().join(&prefix);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let scratch = Scratch::new(&prefix);
         DrRig {
             prefix,
             client,
@@ -260,15 +259,13 @@ impl DrRig {
             reals: real_ns,
             switch,
             _peer_pass: peer_pass,
-            dir,
+            scratch,
         }
     }
 
     /// Writes a configuration file for the daemon and returns its path.
     pub fn write_config(&self, yaml: &str) -> PathBuf {
-        let path = self.dir.join("xdpvs.yaml");
-        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        path
+        self.scratch.write_config(yaml)
     }
 
     /// Starts `xdpvs daemon` in the director namespace; see [`start_daemon`].
@@ -445,8 +442,26 @@ pub fn attach_pass(ns: &Netns, interface: &str) -> aya::Ebpf {
     attach_helper(ns, interface, lb_common::bench::programs::PASS)
 }
 
-impl Drop for DrRig {
+/// A rig's scratch directory for the daemon's configuration, removed on drop.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(prefix: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(prefix);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        Scratch(dir)
+    }
+
+    /// Writes the daemon's configuration file and returns its path.
+    pub fn write_config(&self, yaml: &str) -> PathBuf {
+        let path = self.0.join("xdpvs.yaml");
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
+    }
+}
+
+impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

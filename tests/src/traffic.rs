@@ -226,6 +226,23 @@ pub fn tcp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<St
     Ok(answer.trim_end().to_owned())
 }
 
+/// Asks `dst` (see [`tcp_bulk_server`]) and reads until the server closes; returns the
+/// bytes received. Reads time out after 10 s without data. Call on a thread inside the
+/// client's namespace.
+pub fn tcp_fetch(dst: SocketAddr, timeout: Duration) -> io::Result<usize> {
+    let mut conn = TcpStream::connect_timeout(&dst, timeout)?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"get\n")?;
+    let mut total = 0;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match conn.read(&mut buf)? {
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
+}
+
 /// One UDP request from `src` to `dst`, retried up to `tries` times; returns the answer.
 pub fn udp_ask(src: IpAddr, dst: SocketAddr, timeout: Duration, tries: u32) -> io::Result<String> {
     udp_ask_with(src, dst, b"hello", timeout, tries)

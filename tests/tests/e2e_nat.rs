@@ -4,8 +4,8 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
-    io::{self, Read, Write},
-    net::{IpAddr, SocketAddr, TcpStream},
+    io,
+    net::{IpAddr, SocketAddr},
     path::Path,
     time::Duration,
 };
@@ -15,8 +15,8 @@ use xdpvs_testbed::{
     nat_rig::{self, CLIENT, NatRig, POOL, RealsRoute, VIP, client_sources, real_address},
     rig::{self, DrRig},
     traffic::{
-        Server, Session, tcp_ask, tcp_bulk_server, tcp_peer_line_server, tcp_peer_server, udp_ask,
-        udp_peer_server, udp_server,
+        Server, Session, tcp_ask, tcp_bulk_server, tcp_fetch, tcp_peer_line_server,
+        tcp_peer_server, udp_ask, udp_peer_server, udp_server,
     },
 };
 
@@ -83,6 +83,33 @@ fn predicted(yaml: &str, port: u16, client: IpAddr) -> IpAddr {
         .unwrap_or_else(|| panic!("no real for {client}"))
 }
 
+/// NAT with the reals routed through the director; full-NAT with reals that have no
+/// route off their segment.
+const METHODS: [(&str, RealsRoute); 2] = [
+    ("nat", RealsRoute::ViaDirector),
+    ("fullnat", RealsRoute::SegmentOnly),
+];
+
+/// A peer-reporting line server on port 8080 of every real.
+fn line_servers(rig: &NatRig) -> Vec<Server> {
+    let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 8080);
+    rig.reals
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| tcp_peer_line_server(ns, any, &banner(real_address(i).into())))
+        .collect()
+}
+
+/// Stops the daemon, which must exit 0; its standard output.
+fn stopped(daemon: rig::Daemon, what: &str) -> Vec<String> {
+    let (status, stdout, stderr) = daemon.stop();
+    assert!(
+        status.success(),
+        "{what}: daemon exit {status}: {stderr:#?}"
+    );
+    stdout
+}
+
 fn started(rig: &NatRig, yaml: &str) -> rig::Daemon {
     let path = rig.write_config(yaml);
     let (daemon, ready) = rig.start_daemon(&path, Duration::from_secs(30));
@@ -127,8 +154,7 @@ fn nat_two_arm_serves_tcp_and_udp_and_the_reals_see_the_clients() {
         per_real.len() >= 2,
         "the clients went to one real only: {per_real:?}"
     );
-    let (status, stdout, stderr) = daemon.stop();
-    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    let stdout = stopped(daemon, "");
     // Every answer came back through the program, none by the kernel.
     let replies = rig::event(&stdout, "ct_reply_hit");
     assert!(replies >= 2 * client_sources().len() as u64, "{replies}");
@@ -216,8 +242,7 @@ fn fullnat_reals_without_a_route_back_see_pool_addresses_and_1000_connections_ne
         POOL.iter().any(|p| IpAddr::from(*p) == peer),
         "udp peer {peer}"
     );
-    let (status, stdout, stderr) = daemon.stop();
-    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    let stdout = stopped(daemon, "");
     assert_eq!(rig::reason(&stdout, "drop_snat_exhausted"), 0);
     drop(servers);
 }
@@ -269,44 +294,25 @@ fn nat_one_arm_on_a_single_segment() {
         assert!(addresses.contains(&real));
         assert_eq!(peer, src);
     }
-    let (status, stdout, stderr) = daemon.stop();
-    assert!(status.success(), "daemon exit {status}: {stderr:#?}");
+    let stdout = stopped(daemon, "");
     let tx = rig::reason(&stdout, "forward_tx");
     assert!(tx >= 2 * sources.len() as u64, "{tx}");
-}
-
-/// A transfer of `bytes` from VIP:80 to the client.
-fn fetch(rig: &NatRig, bytes: usize) -> io::Result<usize> {
-    rig.client.enter(|| {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::new(VIP.into(), 80), TIMEOUT)?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        conn.write_all(b"get\n")?;
-        let mut total = 0;
-        let mut buf = [0u8; 65536];
-        loop {
-            match conn.read(&mut buf)? {
-                0 => return Ok(total.min(bytes)),
-                n => total += n,
-            }
-        }
-    })
 }
 
 #[test]
 fn large_transfers_cross_a_reduced_path_mtu_under_nat_and_fullnat() {
     const BYTES: usize = 512 * 1024;
     const PATH_MTU: u32 = 1000;
-    for (method, route) in [
-        ("nat", RealsRoute::ViaDirector),
-        ("fullnat", RealsRoute::SegmentOnly),
-    ] {
+    for (method, route) in METHODS {
         let rig = NatRig::new(1, route, PATH_MTU);
         let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 8080);
         let _bulk = tcp_bulk_server(&rig.reals[0], any, BYTES);
         let daemon = started(&rig, &nat_rig::config(method, &[(0, 1)]));
         // The real sends 1500-byte segments; the router answers "fragmentation needed"
         // to the VIP, and the director must translate it for the real.
-        let got = fetch(&rig, BYTES);
+        let got = rig
+            .client
+            .enter(|| tcp_fetch(SocketAddr::new(VIP.into(), 80), TIMEOUT));
         assert_eq!(
             got.as_ref().ok(),
             Some(&BYTES),
@@ -329,31 +335,16 @@ fn large_transfers_cross_a_reduced_path_mtu_under_nat_and_fullnat() {
             cached.contains(&format!("mtu {PATH_MTU}")),
             "{method}: the real learned no path MTU: {cached}"
         );
-        let (status, stdout, stderr) = daemon.stop();
-        assert!(
-            status.success(),
-            "{method}: daemon exit {status}: {stderr:#?}"
-        );
+        let stdout = stopped(daemon, method);
         assert!(rig::event(&stdout, "icmp_to_real") >= 1, "{method}");
     }
 }
 
 #[test]
 fn long_lived_nat_connections_survive_reloads_that_add_remove_and_drain_reals() {
-    for (method, route) in [
-        ("nat", RealsRoute::ViaDirector),
-        ("fullnat", RealsRoute::SegmentOnly),
-    ] {
+    for (method, route) in METHODS {
         let rig = NatRig::new(3, route, 1500);
-        let mut servers = Vec::new();
-        for (i, ns) in rig.reals.iter().enumerate() {
-            let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 8080);
-            servers.push(tcp_peer_line_server(
-                ns,
-                any,
-                &banner(real_address(i).into()),
-            ));
-        }
+        let servers = line_servers(&rig);
         let daemon = started(&rig, &nat_rig::config(method, &[(0, 1), (1, 1)]));
         let sources = client_sources();
         let (mut sessions, firsts) = rig.client.enter(|| {
@@ -411,11 +402,7 @@ fn long_lived_nat_connections_survive_reloads_that_add_remove_and_drain_reals() 
             );
         }
         drop(sessions);
-        let (status, _, stderr) = daemon.stop();
-        assert!(
-            status.success(),
-            "{method}: daemon exit {status}: {stderr:#?}"
-        );
+        stopped(daemon, method);
         drop(servers);
     }
 }
@@ -423,10 +410,7 @@ fn long_lived_nat_connections_survive_reloads_that_add_remove_and_drain_reals() 
 #[test]
 fn a_reals_fragmented_udp_answer_reaches_the_client_whole() {
     const ANSWER: usize = 4000;
-    for (method, route) in [
-        ("nat", RealsRoute::ViaDirector),
-        ("fullnat", RealsRoute::SegmentOnly),
-    ] {
+    for (method, route) in METHODS {
         let rig = NatRig::new(1, route, 1500);
         // The real's kernel sends a 4,000-byte answer in three fragments; only the first
         // carries the ports, the others follow it through the director.
@@ -438,31 +422,16 @@ fn a_reals_fragmented_udp_answer_reaches_the_client_whole() {
             .enter(|| udp_ask(CLIENT.into(), SocketAddr::new(VIP.into(), 53), TIMEOUT, 3));
         let answer = answer.unwrap_or_else(|e| panic!("{method}: {e}"));
         assert_eq!(answer.len(), ANSWER, "{method}");
-        let (status, stdout, stderr) = daemon.stop();
-        assert!(
-            status.success(),
-            "{method}: daemon exit {status}: {stderr:#?}"
-        );
+        let stdout = stopped(daemon, method);
         assert!(rig::event(&stdout, "frag_followed") >= 2, "{method}");
     }
 }
 
 #[test]
 fn idle_nat_connections_survive_a_kill_9_and_restart_of_the_daemon() {
-    for (method, route) in [
-        ("nat", RealsRoute::ViaDirector),
-        ("fullnat", RealsRoute::SegmentOnly),
-    ] {
+    for (method, route) in METHODS {
         let rig = NatRig::new(2, route, 1500);
-        let mut servers = Vec::new();
-        for (i, ns) in rig.reals.iter().enumerate() {
-            let any = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 8080);
-            servers.push(tcp_peer_line_server(
-                ns,
-                any,
-                &banner(real_address(i).into()),
-            ));
-        }
+        let servers = line_servers(&rig);
         let yaml = nat_rig::config(method, &[(0, 1), (1, 1)]);
         let daemon = started(&rig, &yaml);
         let sources = client_sources();
@@ -498,11 +467,7 @@ fn idle_nat_connections_survive_a_kill_9_and_restart_of_the_daemon() {
             "{method}: a connection moved or changed source"
         );
         drop(sessions);
-        let (status, stdout, stderr) = daemon.stop();
-        assert!(
-            status.success(),
-            "{method}: daemon exit {status}: {stderr:#?}"
-        );
+        let stdout = stopped(daemon, method);
         assert!(rig::event(&stdout, "ct_midstream_miss") >= 20, "{method}");
         drop(servers);
     }

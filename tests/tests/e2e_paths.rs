@@ -4,8 +4,8 @@
 //! `xdpvs` daemon in driver mode (see `rig` for the segment they share).
 
 use std::{
-    io::{self, Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    io,
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     path::Path,
     time::{Duration, Instant},
@@ -19,7 +19,7 @@ use lb_userspace::{
 use xdpvs_testbed::{
     netns::Netns,
     rig::{CLIENT, DIRECTOR, DR_CONFIG, DrRig, VIP, client_sources, event, real_address, reason},
-    traffic::{tcp_bulk_server, udp_ask, udp_ask_with, udp_server},
+    traffic::{tcp_bulk_server, tcp_fetch, udp_ask, udp_ask_with, udp_server},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -226,19 +226,9 @@ fn path_mtu_discovery_works_for_the_reals_replies() {
     // The real sends 1500-byte segments; the router answers each with "fragmentation
     // needed, MTU 1000" to the VIP, that is to the director, which must hand it to the
     // real. Without that the transfer stalls (a PMTU black hole).
-    let got = far.client.enter(|| {
-        let mut conn = TcpStream::connect_timeout(&SocketAddr::new(VIP.into(), 80), TIMEOUT)?;
-        conn.set_read_timeout(Some(Duration::from_secs(10)))?;
-        conn.write_all(b"get\n")?;
-        let mut total = 0;
-        let mut buf = [0u8; 65536];
-        loop {
-            match conn.read(&mut buf)? {
-                0 => return io::Result::Ok(total),
-                n => total += n,
-            }
-        }
-    });
+    let got = far
+        .client
+        .enter(|| tcp_fetch(SocketAddr::new(VIP.into(), 80), TIMEOUT));
     assert_eq!(got.as_ref().ok(), Some(&BYTES), "transfer: {got:?}");
     let cached = rig.reals[0].ip(&format!("route get {FAR} from {VIP}"));
     assert!(

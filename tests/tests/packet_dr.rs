@@ -92,13 +92,7 @@ impl Director {
             ("xc", MAC_C, "203.0.113.1/25"),
             ("xd", [0x02, 0, 0, 0, 0, 0xd0], "203.0.113.129/25"),
         ] {
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            ns.ip(&format!(
-                "link add {dev}0 address {mac} type veth peer name {dev}1"
-            ));
-            ns.ip(&format!("addr add {addr} dev {dev}0"));
-            ns.ip(&format!("link set {dev}1 up"));
-            ns.ip(&format!("link set {dev}0 up"));
+            ns.veth(dev, mac, addr);
         }
         ns.ip("link set xc0 mtu 1280");
         // As the daemon does, for the next-hop fallback; the interfaces keep forwarding
@@ -113,11 +107,11 @@ impl Director {
             ("203.0.113.31", "xc0"),
             ("203.0.113.141", "xd0"),
         ] {
-            let mac = mac_of(real.parse().unwrap_or_else(|e| panic!("{e}")));
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            ns.ip(&format!(
-                "neigh replace {real} lladdr {mac} dev {dev} nud permanent"
-            ));
+            ns.permanent_neighbour(
+                real,
+                mac_of(real.parse().unwrap_or_else(|e| panic!("{e}"))),
+                dev,
+            );
         }
         let [xa0, xb0, xc0, xd0] = ["xa0", "xb0", "xc0", "xd0"].map(|d| ifindex(&ns, d));
         Director {

@@ -29,17 +29,12 @@ use lb_userspace::{
     plan::{self, Plan},
 };
 use xdpvs_testbed::{
+    bench::per_packet::{MAC_A, MAC_B},
+    model::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     netns::{Netns, ifindex, unique_prefix},
     packet::{self, Ipv4},
 };
 
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-const XDP_REDIRECT: u32 = 4;
-const XDP_DROP: u32 = 1;
-
-const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
-const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb0];
 /// The router before the director, which every client frame comes from.
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
@@ -92,13 +87,7 @@ impl Director {
             ("xa", MAC_A, "192.0.2.1/24"),
             ("xb", MAC_B, "198.51.100.1/24"),
         ] {
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            ns.ip(&format!(
-                "link add {dev}0 address {mac} type veth peer name {dev}1"
-            ));
-            ns.ip(&format!("addr add {addr} dev {dev}0"));
-            ns.ip(&format!("link set {dev}1 up"));
-            ns.ip(&format!("link set {dev}0 up"));
+            ns.veth(dev, mac, addr);
         }
         ns.ip("addr add 198.51.100.2/24 dev xb0");
         ns.sysctl("net/ipv4/conf/lo/forwarding", "1");
@@ -107,10 +96,7 @@ impl Director {
             ("198.51.100.12", "xb0"),
             ("192.0.2.21", "xa0"),
         ] {
-            let mac = mac_of(v4(real)).map(|b| format!("{b:02x}")).join(":");
-            ns.ip(&format!(
-                "neigh replace {real} lladdr {mac} dev {dev} nud permanent"
-            ));
+            ns.permanent_neighbour(real, mac_of(v4(real)), dev);
         }
         let (xa0, xb0) = (ifindex(&ns, "xa0"), ifindex(&ns, "xb0"));
         Director { ns, xa0, xb0 }
@@ -166,6 +152,51 @@ fn with_director(f: impl FnOnce(&Director, &Plan, &mut Dataplane) + Send) {
         let _b = xdpvs_testbed::rig::attach_pass(&director.ns, "xb0");
         f(&director, &plan, &mut dp);
     });
+}
+
+/// Forwarded out of the other interface / out of the one it came in by.
+const REDIRECTED: (u32, Reason) = (XDP_REDIRECT, Reason::ForwardRedirect);
+const TXED: (u32, Reason) = (XDP_TX, Reason::ForwardTx);
+
+/// A TCP segment (flags) or a UDP datagram ("a query"), checksummed, between two
+/// addresses and ports.
+struct Pkt {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+}
+
+fn pkt(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, sport: u16, dport: u16, flags: u8) -> Pkt {
+    Pkt {
+        src,
+        dst,
+        proto,
+        sport,
+        dport,
+        flags,
+    }
+}
+
+impl Pkt {
+    fn frame(&self, dmac: [u8; 6], smac: [u8; 6], ttl: u8) -> Vec<u8> {
+        let seg = l4(
+            self.src, self.dst, self.proto, self.sport, self.dport, self.flags,
+        );
+        frame(dmac, smac, self.src, self.dst, self.proto, ttl, &seg)
+    }
+
+    /// As its sender sends it (TTL 64).
+    fn sent(&self, dmac: [u8; 6], smac: [u8; 6]) -> Vec<u8> {
+        self.frame(dmac, smac, 64)
+    }
+
+    /// As the director forwards it (TTL 63).
+    fn forwarded(&self, dmac: [u8; 6], smac: [u8; 6]) -> Vec<u8> {
+        self.frame(dmac, smac, 63)
+    }
 }
 
 /// A TCP segment or UDP datagram with a correct checksum over the pseudo-header.
@@ -275,7 +306,8 @@ fn expect(
     plan: &Plan,
     ingress: u32,
     input: &[u8],
-    want: (u32, Reason, &[u8]),
+    want: (u32, Reason),
+    output: &[u8],
     what: &str,
 ) {
     let (action, out, moved) = run(dp, plan, ingress, input);
@@ -285,9 +317,8 @@ fn expect(
         "{what}: action and reason"
     );
     assert_eq!(
-        out, want.2,
-        "{what}: output bytes\n got {out:02x?}\nwant {:02x?}",
-        want.2
+        out, output,
+        "{what}: output bytes\n got {out:02x?}\nwant {output:02x?}"
     );
     if matches!(want.0, XDP_TX | XDP_REDIRECT) {
         verify(&out);
@@ -309,32 +340,9 @@ fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowK
 fn nat_two_arm_rewrites_both_ways_with_port_mapping_and_tracks_tcp_from_both_sides() {
     with_director(|d, plan, dp| {
         let (client, vip, real) = (v4("203.0.113.7"), v4("192.0.2.100"), v4("198.51.100.11"));
-        let syn = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 40000, 80, 0x02),
-        );
-        let to_real = frame(
-            mac_of(real),
-            MAC_B,
-            client,
-            real,
-            TCP,
-            63,
-            &l4(client, real, TCP, 40000, 8080, 0x02),
-        );
-        expect(
-            dp,
-            plan,
-            d.xa0,
-            &syn,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &to_real),
-            "syn",
-        );
+        let syn = pkt(client, vip, TCP, 40000, 80, 0x02).sent(MAC_A, ROUTER_MAC);
+        let to_real = pkt(client, real, TCP, 40000, 8080, 0x02).forwarded(mac_of(real), MAC_B);
+        expect(dp, plan, d.xa0, &syn, REDIRECTED, &to_real, "syn");
         let forward = key(client, vip, 40000, 80, TCP);
         let reply = key(real, client, 8080, 40000, TCP);
         let f = dp
@@ -359,32 +367,9 @@ fn nat_two_arm_rewrites_both_ways_with_port_mapping_and_tracks_tcp_from_both_sid
         assert_eq!((f.state, r.state), (STATE_TCP_SYN, STATE_TCP_SYN));
 
         // The real's SYN-ACK: from the VIP again, to the router, out of xa0.
-        let syn_ack = frame(
-            MAC_B,
-            mac_of(real),
-            real,
-            client,
-            TCP,
-            64,
-            &l4(real, client, TCP, 8080, 40000, 0x12),
-        );
-        let to_client = frame(
-            ROUTER_MAC,
-            MAC_A,
-            vip,
-            client,
-            TCP,
-            63,
-            &l4(vip, client, TCP, 80, 40000, 0x12),
-        );
-        expect(
-            dp,
-            plan,
-            d.xb0,
-            &syn_ack,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &to_client),
-            "syn-ack",
-        );
+        let syn_ack = pkt(real, client, TCP, 8080, 40000, 0x12).sent(MAC_B, mac_of(real));
+        let to_client = pkt(vip, client, TCP, 80, 40000, 0x12).forwarded(ROUTER_MAC, MAC_A);
+        expect(dp, plan, d.xb0, &syn_ack, REDIRECTED, &to_client, "syn-ack");
         let state = |k: &FlowKeyV4| dp.flow(k).ok().flatten().map(|f| f.state);
         assert_eq!(
             state(&forward),
@@ -393,30 +378,14 @@ fn nat_two_arm_rewrites_both_ways_with_port_mapping_and_tracks_tcp_from_both_sid
         );
 
         // The client's ACK establishes both entries; the real's FIN closes both.
-        let ack = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 40000, 80, 0x10),
-        );
+        let ack = pkt(client, vip, TCP, 40000, 80, 0x10).sent(MAC_A, ROUTER_MAC);
         let (action, _, _) = run(dp, plan, d.xa0, &ack);
         assert_eq!(action, XDP_REDIRECT);
         assert_eq!(
             (state(&forward), state(&reply)),
             (Some(STATE_TCP_ESTABLISHED), Some(STATE_TCP_ESTABLISHED))
         );
-        let fin = frame(
-            MAC_B,
-            mac_of(real),
-            real,
-            client,
-            TCP,
-            64,
-            &l4(real, client, TCP, 8080, 40000, 0x11),
-        );
+        let fin = pkt(real, client, TCP, 8080, 40000, 0x11).sent(MAC_B, mac_of(real));
         let (action, out, _) = run(dp, plan, d.xb0, &fin);
         assert_eq!(action, XDP_REDIRECT);
         verify(&out);
@@ -427,15 +396,7 @@ fn nat_two_arm_rewrites_both_ways_with_port_mapping_and_tracks_tcp_from_both_sid
 
         // The client's frames now come from another router MAC: the answers follow.
         let other: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfd];
-        let moved = frame(
-            MAC_A,
-            other,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 40000, 80, 0x10),
-        );
+        let moved = pkt(client, vip, TCP, 40000, 80, 0x10).sent(MAC_A, other);
         let events = |e| dp.snapshot(plan).map(|s| s.event(e)).unwrap_or(0);
         let hops = events(Event::HopMoved);
         run(dp, plan, d.xa0, &moved);
@@ -450,58 +411,12 @@ fn nat_udp_checksums_zero_stays_zero_one_arm_uses_xdp_tx() {
     with_director(|d, plan, dp| {
         let (client, vip, real) = (v4("203.0.113.8"), v4("192.0.2.100"), v4("198.51.100.11"));
         // With a checksum: updated, and it verifies.
-        let q = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            UDP,
-            64,
-            &l4(client, vip, UDP, 5000, 53, 0),
-        );
-        let want = frame(
-            mac_of(real),
-            MAC_B,
-            client,
-            real,
-            UDP,
-            63,
-            &l4(client, real, UDP, 5000, 5353, 0),
-        );
-        expect(
-            dp,
-            plan,
-            d.xa0,
-            &q,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
-            "udp",
-        );
-        let a = frame(
-            MAC_B,
-            mac_of(real),
-            real,
-            client,
-            UDP,
-            64,
-            &l4(real, client, UDP, 5353, 5000, 0),
-        );
-        let want = frame(
-            ROUTER_MAC,
-            MAC_A,
-            vip,
-            client,
-            UDP,
-            63,
-            &l4(vip, client, UDP, 53, 5000, 0),
-        );
-        expect(
-            dp,
-            plan,
-            d.xb0,
-            &a,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
-            "udp answer",
-        );
+        let q = pkt(client, vip, UDP, 5000, 53, 0).sent(MAC_A, ROUTER_MAC);
+        let want = pkt(client, real, UDP, 5000, 5353, 0).forwarded(mac_of(real), MAC_B);
+        expect(dp, plan, d.xa0, &q, REDIRECTED, &want, "udp");
+        let a = pkt(real, client, UDP, 5353, 5000, 0).sent(MAC_B, mac_of(real));
+        let want = pkt(vip, client, UDP, 53, 5000, 0).forwarded(ROUTER_MAC, MAC_A);
+        expect(dp, plan, d.xb0, &a, REDIRECTED, &want, "udp answer");
         // Without one (zero): stays zero both ways.
         let q = frame(
             MAC_A,
@@ -521,14 +436,7 @@ fn nat_udp_checksums_zero_stays_zero_one_arm_uses_xdp_tx() {
             63,
             &packet::udp(5001, 5353, b"a query"),
         );
-        expect(
-            dp,
-            plan,
-            d.xa0,
-            &q,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
-            "udp, no checksum",
-        );
+        expect(dp, plan, d.xa0, &q, REDIRECTED, &want, "udp, no checksum");
         let a = frame(
             MAC_B,
             mac_of(real),
@@ -552,64 +460,19 @@ fn nat_udp_checksums_zero_stays_zero_one_arm_uses_xdp_tx() {
             plan,
             d.xb0,
             &a,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
+            REDIRECTED,
+            &want,
             "udp answer, no checksum",
         );
 
         // One arm: real 192.0.2.21 is behind xa0, where the client's frames came in.
         let (vip, real) = (v4("192.0.2.101"), v4("192.0.2.21"));
-        let syn = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 40001, 80, 0x02),
-        );
-        let want = frame(
-            mac_of(real),
-            MAC_A,
-            client,
-            real,
-            TCP,
-            63,
-            &l4(client, real, TCP, 40001, 80, 0x02),
-        );
-        expect(
-            dp,
-            plan,
-            d.xa0,
-            &syn,
-            (XDP_TX, Reason::ForwardTx, &want),
-            "one-arm syn",
-        );
-        let syn_ack = frame(
-            MAC_A,
-            mac_of(real),
-            real,
-            client,
-            TCP,
-            64,
-            &l4(real, client, TCP, 80, 40001, 0x12),
-        );
-        let want = frame(
-            ROUTER_MAC,
-            MAC_A,
-            vip,
-            client,
-            TCP,
-            63,
-            &l4(vip, client, TCP, 80, 40001, 0x12),
-        );
-        expect(
-            dp,
-            plan,
-            d.xa0,
-            &syn_ack,
-            (XDP_TX, Reason::ForwardTx, &want),
-            "one-arm syn-ack",
-        );
+        let syn = pkt(client, vip, TCP, 40001, 80, 0x02).sent(MAC_A, ROUTER_MAC);
+        let want = pkt(client, real, TCP, 40001, 80, 0x02).forwarded(mac_of(real), MAC_A);
+        expect(dp, plan, d.xa0, &syn, TXED, &want, "one-arm syn");
+        let syn_ack = pkt(real, client, TCP, 80, 40001, 0x12).sent(MAC_A, mac_of(real));
+        let want = pkt(vip, client, TCP, 80, 40001, 0x12).forwarded(ROUTER_MAC, MAC_A);
+        expect(dp, plan, d.xa0, &syn_ack, TXED, &want, "one-arm syn-ack");
     });
 }
 
@@ -638,56 +501,18 @@ fn fullnat_takes_a_pool_source_and_maps_answers_back() {
         let (client, vip, real) = (v4("203.0.113.9"), v4("192.0.2.102"), v4("198.51.100.12"));
         let pool = [v4("198.51.100.1"), v4("198.51.100.2")];
         let (snat, port) = first_try(client, vip, 40002, 80, TCP, &pool, (1024, 65535));
-        let syn = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 40002, 80, 0x02),
-        );
-        let want = frame(
-            mac_of(real),
-            MAC_B,
-            snat,
-            real,
-            TCP,
-            63,
-            &l4(snat, real, TCP, port, 8080, 0x02),
-        );
-        expect(
-            dp,
-            plan,
-            d.xa0,
-            &syn,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
-            "full-NAT syn",
-        );
-        let answer = frame(
-            MAC_B,
-            mac_of(real),
-            real,
-            snat,
-            TCP,
-            64,
-            &l4(real, snat, TCP, 8080, port, 0x12),
-        );
-        let want = frame(
-            ROUTER_MAC,
-            MAC_A,
-            vip,
-            client,
-            TCP,
-            63,
-            &l4(vip, client, TCP, 80, 40002, 0x12),
-        );
+        let syn = pkt(client, vip, TCP, 40002, 80, 0x02).sent(MAC_A, ROUTER_MAC);
+        let want = pkt(snat, real, TCP, port, 8080, 0x02).forwarded(mac_of(real), MAC_B);
+        expect(dp, plan, d.xa0, &syn, REDIRECTED, &want, "full-NAT syn");
+        let answer = pkt(real, snat, TCP, 8080, port, 0x12).sent(MAC_B, mac_of(real));
+        let want = pkt(vip, client, TCP, 80, 40002, 0x12).forwarded(ROUTER_MAC, MAC_A);
         expect(
             dp,
             plan,
             d.xb0,
             &answer,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
+            REDIRECTED,
+            &want,
             "full-NAT answer",
         );
     });
@@ -702,15 +527,7 @@ fn fullnat_ports_never_collide_and_exhaustion_is_refused_and_counted() {
         // The pool has two ports: two flows get one each, whatever their hashes say.
         for (n, sport) in [3000u16, 3001].into_iter().enumerate() {
             let client = v4(&format!("203.0.113.{}", 20 + n));
-            let q = frame(
-                MAC_A,
-                ROUTER_MAC,
-                client,
-                vip,
-                UDP,
-                64,
-                &l4(client, vip, UDP, sport, 53, 0),
-            );
+            let q = pkt(client, vip, UDP, sport, 53, 0).sent(MAC_A, ROUTER_MAC);
             let (action, out, moved) = run(dp, plan, d.xa0, &q);
             assert_eq!(
                 (action, moved),
@@ -726,21 +543,14 @@ fn fullnat_ports_never_collide_and_exhaustion_is_refused_and_counted() {
         let events = |e| dp.snapshot(plan).map(|s| s.event(e)).unwrap_or(0);
         let retries = events(Event::SnatRetry);
         let client = v4("203.0.113.30");
-        let q = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            UDP,
-            64,
-            &l4(client, vip, UDP, 3002, 53, 0),
-        );
+        let q = pkt(client, vip, UDP, 3002, 53, 0).sent(MAC_A, ROUTER_MAC);
         expect(
             dp,
             plan,
             d.xa0,
             &q,
-            (XDP_DROP, Reason::DropSnatExhausted, &q),
+            (XDP_DROP, Reason::DropSnatExhausted),
+            &q,
             "exhausted",
         );
         assert_eq!(
@@ -755,15 +565,7 @@ fn fullnat_ports_never_collide_and_exhaustion_is_refused_and_counted() {
             "no entry for a refused flow"
         );
         // The first two flows still work both ways.
-        let back = frame(
-            MAC_B,
-            mac_of(real),
-            real,
-            pool_addr,
-            UDP,
-            64,
-            &l4(real, pool_addr, UDP, 53, 5000, 0),
-        );
+        let back = pkt(real, pool_addr, UDP, 53, 5000, 0).sent(MAC_B, mac_of(real));
         let (action, out, _) = run(dp, plan, d.xb0, &back);
         assert_eq!(action, XDP_REDIRECT);
         verify(&out);
@@ -775,21 +577,14 @@ fn fullnat_ports_never_collide_and_exhaustion_is_refused_and_counted() {
 fn answers_without_an_entry_and_other_traffic_are_left_to_the_kernel() {
     with_director(|d, plan, dp| {
         let (client, real) = (v4("203.0.113.40"), v4("198.51.100.11"));
-        let orphan = frame(
-            MAC_B,
-            mac_of(real),
-            real,
-            client,
-            TCP,
-            64,
-            &l4(real, client, TCP, 8080, 1234, 0x12),
-        );
+        let orphan = pkt(real, client, TCP, 8080, 1234, 0x12).sent(MAC_B, mac_of(real));
         expect(
             dp,
             plan,
             d.xb0,
             &orphan,
-            (XDP_PASS, Reason::PassReplyNoFlow, &orphan),
+            (XDP_PASS, Reason::PassReplyNoFlow),
+            &orphan,
             "answer with no entry",
         );
         let own = frame(
@@ -806,25 +601,19 @@ fn answers_without_an_entry_and_other_traffic_are_left_to_the_kernel() {
             plan,
             d.xb0,
             &own,
-            (XDP_PASS, Reason::PassReplyNoFlow, &own),
+            (XDP_PASS, Reason::PassReplyNoFlow),
+            &own,
             "the real's own connection",
         );
         let other = v4("198.51.100.50");
-        let stranger = frame(
-            MAC_B,
-            mac_of(other),
-            other,
-            client,
-            TCP,
-            64,
-            &l4(other, client, TCP, 8080, 1234, 0x12),
-        );
+        let stranger = pkt(other, client, TCP, 8080, 1234, 0x12).sent(MAC_B, mac_of(other));
         expect(
             dp,
             plan,
             d.xb0,
             &stranger,
-            (XDP_PASS, Reason::PassNotVip, &stranger),
+            (XDP_PASS, Reason::PassNotVip),
+            &stranger,
             "not a real's address",
         );
     });
@@ -851,15 +640,7 @@ fn quote_of(datagram: &[u8]) -> Vec<u8> {
 fn icmp_errors_are_translated_both_ways() {
     with_director(|d, plan, dp| {
         let (client, vip, real) = (v4("203.0.113.50"), v4("192.0.2.100"), v4("198.51.100.11"));
-        let syn = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 41000, 80, 0x02),
-        );
+        let syn = pkt(client, vip, TCP, 41000, 80, 0x02).sent(MAC_A, ROUTER_MAC);
         assert_eq!(run(dp, plan, d.xa0, &syn).0, XDP_REDIRECT);
         // A router towards the client cannot pass an answer (VIP:80 -> client): it tells
         // the VIP, and the real must hear it about its own datagram (real:8080 -> client).
@@ -881,21 +662,14 @@ fn icmp_errors_are_translated_both_ways() {
             plan,
             d.xa0,
             &input,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
+            REDIRECTED,
+            &want,
             "frag needed to the real",
         );
 
         // The real refuses a UDP datagram (port unreachable to the client): the client
         // must hear it from the VIP about the datagram it sent (client -> VIP:53).
-        let q = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            UDP,
-            64,
-            &l4(client, vip, UDP, 6000, 53, 0),
-        );
+        let q = pkt(client, vip, UDP, 6000, 53, 0).sent(MAC_A, ROUTER_MAC);
         assert_eq!(run(dp, plan, d.xa0, &q).0, XDP_REDIRECT);
         let mut got = Ipv4::new(client, real, UDP);
         got.ttl = 63;
@@ -918,7 +692,8 @@ fn icmp_errors_are_translated_both_ways() {
             plan,
             d.xb0,
             &input,
-            (XDP_REDIRECT, Reason::ForwardRedirect, &want),
+            REDIRECTED,
+            &want,
             "port unreachable to the client",
         );
         let events = dp.snapshot(plan).unwrap_or_else(|e| panic!("{e}"));
@@ -948,15 +723,7 @@ fn a_nat_flow_the_flood_guard_refuses_is_dropped_not_half_made() {
         let mut refused = 0;
         for n in 0..10u8 {
             let client = Ipv4Addr::new(203, 0, 113, 60 + n);
-            let syn = frame(
-                MAC_A,
-                ROUTER_MAC,
-                client,
-                vip,
-                TCP,
-                64,
-                &l4(client, vip, TCP, 42000, 80, 0x02),
-            );
+            let syn = pkt(client, vip, TCP, 42000, 80, 0x02).sent(MAC_A, ROUTER_MAC);
             let (action, out, moved) = run(dp, plan, d.xa0, &syn);
             if moved == [Reason::DropInsertRefused] {
                 assert_eq!((action, &out), (XDP_DROP, &syn));
@@ -1002,15 +769,7 @@ fn a_flow_whose_entry_was_evicted_keeps_working() {
                 &l4(client, vip, TCP, 43000, 80, flags),
             )
         };
-        let answer = frame(
-            MAC_B,
-            mac_of(real),
-            real,
-            client,
-            TCP,
-            64,
-            &l4(real, client, TCP, 8080, 43000, 0x10),
-        );
+        let answer = pkt(real, client, TCP, 8080, 43000, 0x10).sent(MAC_B, mac_of(real));
         for flags in [0x02, 0x10] {
             assert_eq!(run(dp, plan, d.xa0, &to_vip(flags)).0, XDP_REDIRECT);
         }
@@ -1037,27 +796,11 @@ fn a_flow_whose_entry_was_evicted_keeps_working() {
         // reply entry on the hash-chosen source and keeps it, so the real sees the same
         // connection.
         let vip = v4("192.0.2.102");
-        let syn = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 43001, 80, 0x02),
-        );
+        let syn = pkt(client, vip, TCP, 43001, 80, 0x02).sent(MAC_A, ROUTER_MAC);
         let (_, first, _) = run(dp, plan, d.xa0, &syn);
         dp.remove_flow(&key(client, vip, 43001, 80, TCP))
             .unwrap_or_else(|e| panic!("{e}"));
-        let ack = frame(
-            MAC_A,
-            ROUTER_MAC,
-            client,
-            vip,
-            TCP,
-            64,
-            &l4(client, vip, TCP, 43001, 80, 0x10),
-        );
+        let ack = pkt(client, vip, TCP, 43001, 80, 0x10).sent(MAC_A, ROUTER_MAC);
         let (action, again, _) = run(dp, plan, d.xa0, &ack);
         assert_eq!(action, XDP_REDIRECT);
         assert_eq!(

@@ -290,20 +290,11 @@ impl Director {
             ("xa", MAC_A, "192.0.2.1/24"),
             ("xb", MAC_B, "198.51.100.1/24"),
         ] {
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            ns.ip(&format!(
-                "link add {dev}0 address {mac} type veth peer name {dev}1"
-            ));
-            ns.ip(&format!("addr add {addr} dev {dev}0"));
-            ns.ip(&format!("link set {dev}1 up"));
-            ns.ip(&format!("link set {dev}0 up"));
+            ns.veth(dev, mac, addr);
             ns.sysctl(&format!("net/ipv4/conf/{dev}0/forwarding"), "1");
         }
         for (real, dev, mac) in REALS {
-            let mac = mac.map(|b| format!("{b:02x}")).join(":");
-            ns.ip(&format!(
-                "neigh replace {real} lladdr {mac} dev {dev} nud permanent"
-            ));
+            ns.permanent_neighbour(real, mac, dev);
         }
         let xa0 = ifindex(&ns, "xa0");
         let xb0 = ifindex(&ns, "xb0");
