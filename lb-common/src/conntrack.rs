@@ -179,6 +179,10 @@ pub struct Settings {
     /// ICMP errors the program may send per second per CPU (time exceeded); 0 sends none.
     pub icmp_rate: u32,
     pub _reserved: u32,
+    /// Cookie of the network namespace whose daemon owns the maps (`SO_NETNS_COOKIE`).
+    /// The program does not read it; a daemon refuses pinned maps another namespace's
+    /// director owns.
+    pub owner_netns: u64,
 }
 
 /// `FLOOD` slot of the connection-table flood guard.
@@ -304,7 +308,7 @@ const _: () = assert!(core::mem::size_of::<Flow>() == 48);
 const _: () = assert!(core::mem::size_of::<Tuple>() == 12);
 const _: () = assert!(core::mem::size_of::<FragKeyV4>() == 12);
 const _: () = assert!(core::mem::size_of::<FragValue>() == 44);
-const _: () = assert!(core::mem::size_of::<Settings>() == 16);
+const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<FloodWindow>() == 8);
 const _: () = assert!(core::mem::size_of::<Iface>() == 8);
 const _: () = assert!(STATES.is_power_of_two());

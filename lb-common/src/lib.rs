@@ -169,6 +169,9 @@ pub struct RealServer {
     pub smac: [u8; 6],
     /// MTU of `ifindex` (host order): larger datagrams are dropped as `drop_frag_needed`.
     pub mtu: u32,
+    /// Id of the service this real belongs to. The program does not read it; a daemon
+    /// that adopts pinned maps after a restart reads it to keep every real's index.
+    pub service: u32,
 }
 
 /// Most addresses in one SNAT pool.
@@ -201,7 +204,7 @@ pub struct Counters {
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 56);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
-const _: () = assert!(core::mem::size_of::<RealServer>() == 44);
+const _: () = assert!(core::mem::size_of::<RealServer>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 16);
 const _: () = assert!(core::mem::size_of::<SnatPool>() == 72);
 const _: () = assert!(SCHED_SLOTS.is_power_of_two());

@@ -12,7 +12,7 @@ pub const VIPS: &str = "XDPVS_VIP_V1";
 pub const VIP_FILTER: &str = "XDPVS_VIPF_V1";
 /// `HashMap<u32, RealServer>`: the real servers of all services, by real index, with
 /// their next hops.
-pub const REALS: &str = "XDPVS_REAL_V2";
+pub const REALS: &str = "XDPVS_REAL_V3";
 /// `Array<u32>`: `MAX_SERVICES` rows of `SCHED_SLOTS` real indices, built by the daemon.
 pub const SCHED_TABLE: &str = "XDPVS_SCHED_V1";
 /// `LruHashMap<FlowKeyV4, Flow>` (`BPF_F_NO_COMMON_LRU`): the IPv4 connection table.
@@ -36,7 +36,7 @@ pub const IFACES: &str = "XDPVS_IFACE_V1";
 /// `IFACE_SLOTS`, read without a hash look-up (an all-zero MAC: not attached).
 pub const IFACE_INDEX: &str = "XDPVS_IFIDX_V1";
 /// `Array<Settings>`, one entry: director-wide knobs.
-pub const SETTINGS: &str = "XDPVS_SETTINGS_V1";
+pub const SETTINGS: &str = "XDPVS_SETTINGS_V2";
 /// `PerCpuArray<FloodWindow>`, `conntrack::WINDOWS` entries: per-CPU counts per second
 /// (flood guard inserts, ICMP errors sent).
 pub const FLOOD: &str = "XDPVS_FLOOD_V1";

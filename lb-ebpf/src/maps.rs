@@ -48,7 +48,7 @@ pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(MAX_POOLS, 0);
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 
 /// Real servers and their next hops, by real index.
-#[map(name = "XDPVS_REAL_V2")]
+#[map(name = "XDPVS_REAL_V3")]
 pub static REALS: HashMap<u32, RealServer> = HashMap::with_max_entries(MAX_REALS, 0);
 
 /// Per service, `SCHED_SLOTS` real indices; row = service id. Built by the daemon.
@@ -75,7 +75,7 @@ pub static IFACES: HashMap<u32, Iface> = HashMap::with_max_entries(MAX_IFACES, 0
 pub static IFACE_INDEX: Array<Iface> = Array::with_max_entries(IFACE_SLOTS, 0);
 
 /// Director-wide knobs (flood guard, fragment timeout).
-#[map(name = "XDPVS_SETTINGS_V1")]
+#[map(name = "XDPVS_SETTINGS_V2")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 
 /// Per-CPU counts in the current second: flood guard inserts, ICMP errors sent.

@@ -20,7 +20,8 @@ use crate::{
     dataplane::{Dataplane, DataplaneError},
     host::{HostError, InstanceLock, LoForwarding, LockError, STATE_DIR},
     nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
-    plan::{self, Plan, PlanError},
+    pins::{self, Found},
+    plan::{self, Ids, Plan, PlanError},
     stats,
 };
 
@@ -57,6 +58,10 @@ pub enum DaemonError {
     Lock(#[from] LockError),
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("reading the network namespace cookie: {0}")]
+    Netns(#[source] std::io::Error),
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
     /// The limits would pin more kernel memory than the host has.
     #[error(
         "{path}: limits (max_services, max_reals, max_flows, max_fragments) would pin about \
@@ -79,14 +84,15 @@ impl DaemonError {
         match self {
             DaemonError::Config(_) | DaemonError::Plan { .. } => 2,
             DaemonError::NeedsRestart { .. } | DaemonError::Memory { .. } => 2,
+            DaemonError::Pins(pins::PinError::Layout { .. }) => 2,
             _ => 1,
         }
     }
 }
 
-/// The running director. Dropping it detaches the program (the bpf_link goes with its
-/// descriptor) and restores `lo` forwarding; the managed neighbour entries are removed
-/// by [`run`] on every way out.
+/// The running director. Its maps and links are pinned, so dropping it leaves the data
+/// path running; `lo` forwarding is restored on drop unless [`Director::keep`] was
+/// called. The managed neighbour entries are removed by [`run`] on every way out.
 struct Director {
     config_path: PathBuf,
     config: Config,
@@ -97,7 +103,10 @@ struct Director {
     netlink: Netlink,
     /// Next hops by real index, as last read.
     hops: HashMap<u32, NextHop>,
-    _lo: LoForwarding,
+    /// Cookie of the network namespace, written into the maps as their owner.
+    netns: u64,
+    /// Restored when the director is dropped, unless the data path is kept.
+    lo: Option<LoForwarding>,
 }
 
 /// Routes to every real and SNAT pool address of a configuration, for `plan::compile`.
@@ -126,16 +135,16 @@ async fn compile(
     netlink: &Netlink,
     path: &Path,
     config: &Config,
-    previous: Option<&Plan>,
+    kept: &Ids,
 ) -> Result<Plan, DaemonError> {
     let routes = routes(netlink, config).await;
-    plan::compile(
+    plan::compile_keeping(
         config,
         |a| match routes.get(&a) {
             Some(r) => r.clone(),
             None => Err(format!("no route looked up for {a}")),
         },
-        previous,
+        kept,
     )
     .map_err(|source| DaemonError::Plan {
         path: path.display().to_string(),
@@ -143,8 +152,9 @@ async fn compile(
     })
 }
 
-fn settings(config: &Config) -> Settings {
+fn settings(config: &Config, owner_netns: u64) -> Settings {
     Settings {
+        owner_netns,
         flood_rate: config.director.flood_rate,
         frag_timeout: lb_common::conntrack::DEFAULT_FRAG_TIMEOUT,
         icmp_rate: config.director.icmp_rate,
@@ -154,19 +164,52 @@ fn settings(config: &Config) -> Settings {
 
 async fn start(
     config_path: &Path,
+    options: &Options,
     netlink: &Netlink,
     neighbours: &mut ManagedNeighbours,
 ) -> Result<Director, DaemonError> {
     let config = Config::load(config_path)?;
-    check_memory(config_path, &config)?;
-    let plan = compile(netlink, config_path, &config, None).await?;
+    let netns = pins::netns_cookie().map_err(DaemonError::Netns)?;
+    let dir = &options.bpf_dir;
+    pins::prepare(dir)?;
+    let found = pins::check(dir, config.limits, netns)?;
+    match &found {
+        Found::Everything => {}
+        Found::Nothing => check_memory(config_path, &config)?,
+        Found::Partial { missing } => {
+            log::warn!(
+                "{} holds maps of another build (missing: {}): starting with empty maps; \
+                 established flows are scheduled afresh",
+                dir.display(),
+                missing.join(", ")
+            );
+            check_memory(config_path, &config)?;
+        }
+    }
+    let fresh = pins::FreshMaps::new(dir, &found);
+    let mut dataplane = Dataplane::open(config.limits, dir)?;
+    let kept = if found == Found::Everything {
+        let ids = dataplane.adopt()?;
+        log::info!(
+            "adopting the data path pinned in {}: {} services and {} reals keep their ids; \
+             the connection table and counters go on",
+            dir.display(),
+            ids.services.len(),
+            ids.reals.len()
+        );
+        ids
+    } else {
+        Ids::default()
+    };
+    // Nothing is written into the maps before the plan compiles: a refused start leaves
+    // a running data path as it was.
+    let plan = compile(netlink, config_path, &config, &kept).await?;
     let mut interfaces: Vec<Link> = Vec::new();
     for name in &config.director.interfaces {
         interfaces.push(netlink.link_by_name(name).await?);
     }
-    let mut dataplane = Dataplane::load(config.limits)?;
     let lo = LoForwarding::enable(Path::new(STATE_DIR))?;
-    dataplane.set_settings(settings(&config))?;
+    dataplane.set_settings(settings(&config, netns))?;
     dataplane.set_interfaces(
         &interfaces
             .iter()
@@ -187,7 +230,8 @@ async fn start(
         dataplane,
         netlink: netlink.clone(),
         hops: HashMap::new(),
-        _lo: lo,
+        netns,
+        lo: Some(lo),
     };
     for r in director.plan.services.iter().flat_map(|s| &s.reals) {
         neighbours
@@ -225,14 +269,26 @@ async fn start(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     director.dataplane.apply(&director.plan, &director.hops)?;
+    let mode = director.config.director.xdp_mode;
     for interface in director.config.director.interfaces.clone() {
-        director
-            .dataplane
-            .attach(&interface, director.config.director.xdp_mode)?;
-        log::info!(
-            "attached to {interface} ({:?} mode)",
-            director.config.director.xdp_mode
-        );
+        if director.dataplane.attach(&interface, mode)? {
+            log::info!("took over the pinned link on {interface}: program replaced atomically");
+        } else {
+            log::info!("attached to {interface} ({mode:?} mode)");
+        }
+    }
+    fresh.disarm();
+    for interface in director.dataplane.unpin_other_links() {
+        log::info!("detached from {interface}, which the configuration no longer names");
+    }
+    for name in pins::foreign_pins(dir) {
+        match std::fs::remove_file(dir.join(&name)) {
+            Ok(()) => log::info!(
+                "removed {}/{name}, a map of another build; its entries are not carried over",
+                dir.display()
+            ),
+            Err(e) => log::warn!("removing {}/{name}: {e}", dir.display()),
+        }
     }
     Ok(director)
 }
@@ -360,7 +416,7 @@ impl Director {
         if config.director.xdp_mode != self.config.director.xdp_mode {
             return Err(needs_restart("director.xdp_mode"));
         }
-        let plan = compile(&self.netlink, &path, &config, Some(&self.plan)).await?;
+        let plan = compile(&self.netlink, &path, &config, &Ids::of(&self.plan)).await?;
         let before: HashSet<(u32, u32)> = real_ids(&self.plan);
         let after: HashSet<(u32, u32)> = real_ids(&plan);
         let mut links = HashMap::new();
@@ -375,7 +431,7 @@ impl Director {
             self.hops.insert(r.index, hop);
         }
         self.hops.retain(|i, _| after.iter().any(|(j, _)| j == i));
-        self.dataplane.set_settings(settings(&config))?;
+        self.dataplane.set_settings(settings(&config, self.netns))?;
         self.dataplane.apply(&plan, &self.hops)?;
         let addresses: HashSet<IpAddr> = plan
             .services
@@ -396,6 +452,14 @@ impl Director {
         self.plan = plan;
         self.config = config;
         Ok(summary)
+    }
+
+    /// Leaves the data path running after the director is dropped: `lo` forwarding stays
+    /// on (its saved value stays on disk for the next daemon or `xdpvs teardown`).
+    fn keep(&mut self) {
+        if let Some(lo) = self.lo.take() {
+            lo.keep();
+        }
     }
 
     fn print_report(&self) {
@@ -479,31 +543,57 @@ fn signals() -> Result<Signals, DaemonError> {
     })
 }
 
+/// What `xdpvs daemon` does with the data path when it stops on SIGTERM or SIGINT.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnExit {
+    /// Leave the program attached and the maps pinned: traffic keeps flowing with the
+    /// last configuration, and the next daemon adopts them (the default).
+    Keep,
+    /// Detach the program and remove the pins, as `xdpvs teardown` does.
+    Detach,
+}
+
+/// How the daemon is run (command-line options, not configuration).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where maps and links are pinned (bpffs).
+    pub bpf_dir: PathBuf,
+    pub on_exit: OnExit,
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config_path: &Path) -> Result<(), DaemonError> {
+pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonError> {
     unblock_signals();
     let mut signals = signals()?;
     // Before anything is touched: a second daemon must leave the first one's state alone.
     let _lock = InstanceLock::acquire(Path::new(STATE_DIR))?;
     let netlink = Netlink::open()?;
     let mut neighbours = ManagedNeighbours::open(Path::new(STATE_DIR));
-    let result = serve(config_path, &netlink, &mut neighbours, &mut signals).await;
+    let result = serve(
+        config_path,
+        options,
+        &netlink,
+        &mut neighbours,
+        &mut signals,
+    )
+    .await;
     neighbours.release(&netlink).await;
     result
 }
 
 async fn serve(
     config_path: &Path,
+    options: &Options,
     netlink: &Netlink,
     neighbours: &mut ManagedNeighbours,
     signals: &mut Signals,
 ) -> Result<(), DaemonError> {
     let mut events = Events::open()?;
     // A stop asked for during start-up is obeyed at once: what start() made so far is
-    // undone as it is dropped (program detached, `lo` forwarding restored), and `run`
-    // removes the neighbour entries.
+    // dropped (`lo` forwarding restored; what is pinned stays), and `run` removes the
+    // neighbour entries.
     let mut director = tokio::select! {
-        director = start(config_path, netlink, neighbours) => director?,
+        director = start(config_path, options, netlink, neighbours) => director?,
         _ = signals.term.recv() => {
             log::info!("stopped during start-up");
             return Ok(());
@@ -556,10 +646,46 @@ async fn serve(
             }
         }
     }
-    log::info!("stopping");
-    director.dataplane.detach_all();
     director.print_report();
+    match options.on_exit {
+        OnExit::Keep => {
+            director.keep();
+            log::info!(
+                "stopped; the data path stays attached and forwards with the last \
+                 configuration (pinned in {}); `xdpvs teardown` removes it",
+                options.bpf_dir.display()
+            );
+        }
+        OnExit::Detach => {
+            director.dataplane.detach_all();
+            drop(director);
+            let removed = pins::remove_all(&options.bpf_dir)?;
+            log::info!(
+                "stopped; detached and removed the pins in {} ({removed})",
+                options.bpf_dir.display()
+            );
+        }
+    }
     Ok(())
+}
+
+/// Removes what a daemon left running: detaches the program, removes the pinned maps
+/// (the connection table and counters go), puts `lo` forwarding back and removes the
+/// neighbour entries it made. Refused while a daemon runs in this namespace.
+pub async fn teardown(bpf_dir: &Path) -> Result<String, DaemonError> {
+    let _lock = InstanceLock::acquire(Path::new(STATE_DIR))?;
+    let netns = pins::netns_cookie().map_err(DaemonError::Netns)?;
+    pins::check_owner(bpf_dir, netns)?;
+    let removed = pins::remove_all(bpf_dir)?;
+    crate::host::restore_lo_forwarding(Path::new(STATE_DIR))?;
+    let netlink = Netlink::open()?;
+    let mut neighbours = ManagedNeighbours::open(Path::new(STATE_DIR));
+    neighbours.forget_leftovers(&netlink).await;
+    Ok(if removed.links.is_empty() && removed.maps == 0 {
+        format!("nothing pinned in {}", bpf_dir.display())
+    } else {
+        format!("removed from {}: {removed}", bpf_dir.display())
+    })
 }
 
 /// Validates a configuration file without touching the kernel; returns a summary.

@@ -2,12 +2,19 @@
 //! capacities), write a plan into the maps (only what changed since the last one), keep
 //! the reals' next hops, attach and detach, read counters and connection entries.
 
-use std::collections::{HashMap as StdHashMap, HashSet};
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    path::{Path, PathBuf},
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
     util::nr_cpus,
 };
 use lb_common::{
@@ -23,7 +30,8 @@ use lb_common::{
 use crate::{
     config::{Limits, XdpMode},
     nexthop::NextHop,
-    plan::Plan,
+    pins,
+    plan::{self, Ids, Plan},
 };
 
 /// The XDP object, built by build.rs from lb-ebpf.
@@ -55,6 +63,13 @@ pub enum DataplaneError {
     /// The number of possible CPUs could not be read.
     #[error("counting CPUs: {0}")]
     Cpus(#[source] std::io::Error),
+    /// A link pin could not be made, read or removed.
+    #[error("{}: {source}", path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// Attaching to an interface failed (no such interface, no driver XDP support, ...).
     #[error("attaching to {interface}: {source}{}", attach_hint(source))]
     Attach {
@@ -150,7 +165,9 @@ where
 /// The loaded XDP program and its maps, and what the daemon last wrote into them.
 pub struct Dataplane {
     ebpf: Ebpf,
-    links: Vec<(String, XdpLinkId)>,
+    /// Where maps and links are pinned; `None`: they go with the process.
+    pin_dir: Option<PathBuf>,
+    links: Vec<(String, Attachment)>,
     /// `REALS` as written: plan values with their next hops.
     reals: StdHashMap<u32, RealServer>,
     /// `SCHED_TABLE` rows as written, by service id.
@@ -169,6 +186,43 @@ pub struct Dataplane {
     iface_slots: Vec<u32>,
     /// The service each id was last given to.
     service_keys: StdHashMap<u32, ServiceKey>,
+}
+
+/// How the program is attached to one interface.
+enum Attachment {
+    /// Owned by the program object: detached when it is dropped.
+    Owned(XdpLinkId),
+    /// Pinned on bpffs: stays attached after the daemon exits, until the pin is removed.
+    Pinned(PinnedLink),
+}
+
+fn aya_mode(mode: XdpMode) -> aya::programs::xdp::XdpMode {
+    match mode {
+        XdpMode::Driver => aya::programs::xdp::XdpMode::Driver,
+        XdpMode::Generic => aya::programs::xdp::XdpMode::Skb,
+    }
+}
+
+/// The index of an interface of this namespace, if it exists.
+fn ifindex_of(interface: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(interface).ok()?;
+    // SAFETY: if_nametoindex on a NUL-terminated name.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Capacity of a map that `limits` sets; `None` for fixed-size maps.
+pub fn capacity(name: &str, limits: Limits) -> Option<u32> {
+    Some(match name {
+        maps::SERVICES | maps::SERVICE_PARAMS | maps::VIPS | maps::SERVICE_STATS => {
+            limits.max_services
+        }
+        maps::SCHED_TABLE => limits.max_services * SCHED_SLOTS,
+        maps::REALS | maps::REAL_STATS => limits.max_reals,
+        maps::CONNTRACK_V4 => limits.max_flows,
+        maps::FRAGMENTS_V4 => limits.max_fragments,
+        _ => return None,
+    })
 }
 
 /// Writes the words of a bit filter that differ from what was written (`written`).
@@ -194,20 +248,30 @@ fn map_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
 }
 
 impl Dataplane {
-    /// Loads the program and creates its maps with the given capacities. Nothing is
-    /// attached yet.
+    /// Loads the program and creates its maps with the given capacities, unpinned: they
+    /// go with this process. Nothing is attached yet.
     pub fn load(limits: Limits) -> Result<Dataplane, DataplaneError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::SERVICES, limits.max_services)
-            .map_max_entries(maps::SERVICE_PARAMS, limits.max_services)
-            .map_max_entries(maps::VIPS, limits.max_services)
-            .map_max_entries(maps::SERVICE_STATS, limits.max_services)
-            .map_max_entries(maps::SCHED_TABLE, limits.max_services * SCHED_SLOTS)
-            .map_max_entries(maps::REALS, limits.max_reals)
-            .map_max_entries(maps::REAL_STATS, limits.max_reals)
-            .map_max_entries(maps::CONNTRACK_V4, limits.max_flows)
-            .map_max_entries(maps::FRAGMENTS_V4, limits.max_fragments)
-            .load(BPF_OBJECT)?;
+        Dataplane::load_with(limits, None)
+    }
+
+    /// Loads the program with its maps pinned in `dir`: maps already pinned there are
+    /// reused as they are (check them first with `pins::check`), the others created and
+    /// pinned. Links made by [`Dataplane::attach`] are pinned there too.
+    pub fn open(limits: Limits, dir: &Path) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_with(limits, Some(dir))
+    }
+
+    fn load_with(limits: Limits, dir: Option<&Path>) -> Result<Dataplane, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        for name in maps::ALL {
+            if let Some(entries) = capacity(name, limits) {
+                loader.map_max_entries(name, entries);
+            }
+            if let Some(dir) = dir {
+                loader.map_pin_path(name, pins::map_path(dir, name));
+            }
+        }
+        let mut ebpf = loader.load(BPF_OBJECT)?;
         for name in maps::ALL {
             if ebpf.map(name).is_none() {
                 return Err(DataplaneError::MissingMap(name));
@@ -221,6 +285,7 @@ impl Dataplane {
         program.load().map_err(DataplaneError::Program)?;
         Ok(Dataplane {
             ebpf,
+            pin_dir: dir.map(Path::to_owned),
             links: Vec::new(),
             reals: StdHashMap::new(),
             tables: StdHashMap::new(),
@@ -232,6 +297,79 @@ impl Dataplane {
             iface_slots: Vec::new(),
             service_keys: StdHashMap::new(),
         })
+    }
+
+    /// Reads back what an earlier daemon wrote into maps this one reused, so the next
+    /// [`Dataplane::apply`] writes only what differs (and zeroes no counter that goes
+    /// on), and returns the ids in use, for `plan::compile_keeping`.
+    pub fn adopt(&mut self) -> Result<Ids, DataplaneError> {
+        let mut ids = Ids::default();
+        let services: Vec<(ServiceKey, ServiceValue)> = {
+            let e = map_err(maps::SERVICES);
+            let map: HashMap<_, ServiceKey, ServiceValue> =
+                HashMap::try_from(self.map(maps::SERVICES)?).map_err(&e)?;
+            map.iter().collect::<Result<_, _>>().map_err(&e)?
+        };
+        let mut keys = StdHashMap::new();
+        for (key, value) in services {
+            ids.services.insert(key, value.id);
+            keys.insert(value.id, key);
+        }
+        let reals: Vec<(u32, RealServer)> = {
+            let e = map_err(maps::REALS);
+            let map: HashMap<_, u32, RealServer> =
+                HashMap::try_from(self.map(maps::REALS)?).map_err(&e)?;
+            map.iter().collect::<Result<_, _>>().map_err(&e)?
+        };
+        let mut next_generation = 1u32;
+        for (index, value) in reals {
+            next_generation = next_generation.max(value.generation.wrapping_add(1).max(1));
+            if let Some(&key) = keys.get(&value.service) {
+                let address = plan::address(value.addr, value.family);
+                ids.reals.insert(
+                    (key, address, u16::from_be(value.port)),
+                    (index, value.generation),
+                );
+            }
+            self.reals.insert(index, value);
+        }
+        ids.next_generation = next_generation;
+        self.service_keys = keys;
+        for (name, written) in [
+            (maps::VIP_FILTER, &mut self.filter),
+            (maps::REPLY_FILTER, &mut self.reply_filter),
+        ] {
+            let e = map_err(name);
+            let map: Array<_, u64> = Array::try_from(map_in(&mut self.ebpf, name)?).map_err(&e)?;
+            for (i, word) in written.iter_mut().enumerate() {
+                *word = map.get(&(i as u32), 0).map_err(&e)?;
+            }
+        }
+        {
+            let e = map_err(maps::SNAT_POOLS);
+            let map: Array<_, SnatPool> =
+                Array::try_from(self.map(maps::SNAT_POOLS)?).map_err(&e)?;
+            self.pools = (0..map.len())
+                .map(|i| map.get(&i, 0))
+                .collect::<Result<_, _>>()
+                .map_err(&e)?;
+            while self.pools.last() == Some(&SnatPool::default()) {
+                self.pools.pop();
+            }
+        }
+        {
+            let e = map_err(maps::IFACES);
+            let map: HashMap<_, u32, Iface> =
+                HashMap::try_from(self.map(maps::IFACES)?).map_err(&e)?;
+            let indices: Vec<u32> = map.keys().collect::<Result<_, _>>().map_err(&e)?;
+            self.iface_slots = indices
+                .iter()
+                .copied()
+                .filter(|&i| i < maps::IFACE_SLOTS)
+                .collect();
+            self.tx_ports = indices;
+        }
+        Ok(ids)
     }
 
     /// Writes the director-wide settings.
@@ -297,21 +435,65 @@ impl Dataplane {
             .expect("load() checked the program exists and is XDP")
     }
 
-    /// Attaches the program to an interface.
-    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), DataplaneError> {
-        let flags = match mode {
-            XdpMode::Driver => aya::programs::xdp::XdpMode::Driver,
-            XdpMode::Generic => aya::programs::xdp::XdpMode::Skb,
+    /// Attaches the program to an interface. With a pin directory, a link an earlier
+    /// daemon pinned for this interface, still attached to it, is switched to this
+    /// program atomically (no packet goes unprocessed); otherwise a new link is made and
+    /// pinned. Returns whether an existing link was taken over.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<bool, DataplaneError> {
+        let attach_err = |source| DataplaneError::Attach {
+            interface: interface.to_owned(),
+            source,
         };
-        let link = self
+        let Some(dir) = self.pin_dir.clone() else {
+            let link = self
+                .program_mut()
+                .attach(interface, aya_mode(mode))
+                .map_err(attach_err)?;
+            self.links
+                .push((interface.to_owned(), Attachment::Owned(link)));
+            return Ok(false);
+        };
+        let path = pins::link_path(&dir, interface);
+        let pin_err = |source: std::io::Error| DataplaneError::Pin {
+            path: path.clone(),
+            source,
+        };
+        if path.exists() {
+            let now = ifindex_of(interface);
+            match pins::link_ifindex(&path) {
+                Ok(index) if index != 0 && Some(index) == now => {
+                    let link = PinnedLink::from_pin(&path)
+                        .map_err(|e| pin_err(std::io::Error::other(e)))?;
+                    let link = XdpLink::try_from(FdLink::from(link))
+                        .map_err(|e| pin_err(std::io::Error::other(e)))?;
+                    let id = self
+                        .program_mut()
+                        .attach_to_link(link)
+                        .map_err(attach_err)?;
+                    // The pin keeps the link; this process keeps a descriptor of its own.
+                    drop(self.program_mut().take_link(id).map_err(attach_err)?);
+                    let link = PinnedLink::from_pin(&path)
+                        .map_err(|e| pin_err(std::io::Error::other(e)))?;
+                    self.links
+                        .push((interface.to_owned(), Attachment::Pinned(link)));
+                    return Ok(true);
+                }
+                // Its device went away (or another took the name): the link is dead.
+                _ => std::fs::remove_file(&path).map_err(pin_err)?,
+            }
+        }
+        let id = self
             .program_mut()
-            .attach(interface, flags)
-            .map_err(|source| DataplaneError::Attach {
-                interface: interface.to_owned(),
-                source,
-            })?;
-        self.links.push((interface.to_owned(), link));
-        Ok(())
+            .attach(interface, aya_mode(mode))
+            .map_err(attach_err)?;
+        let link = self.program_mut().take_link(id).map_err(attach_err)?;
+        let link = FdLink::try_from(link).map_err(|e| pin_err(std::io::Error::other(e)))?;
+        let link = link
+            .pin(&path)
+            .map_err(|e| pin_err(std::io::Error::other(e)))?;
+        self.links
+            .push((interface.to_owned(), Attachment::Pinned(link)));
+        Ok(false)
     }
 
     /// Attaches to an interface that was deleted and created again (a new ifindex): the
@@ -320,16 +502,51 @@ impl Dataplane {
         if let Some(at) = self.links.iter().position(|(name, _)| name == interface) {
             let (_, link) = self.links.remove(at);
             // Detaching from a device that is gone fails; the link is released either way.
-            let _ = self.program_mut().detach(link);
+            let _ = self.release(link);
         }
-        self.attach(interface, mode)
+        self.attach(interface, mode).map(|_| ())
     }
 
-    /// Detaches from every interface (also done when the Dataplane is dropped).
+    /// Detaches from every interface, pinned links included (also done for unpinned
+    /// links when the Dataplane is dropped; pinned ones stay attached after a drop).
     pub fn detach_all(&mut self) {
         for (interface, link) in std::mem::take(&mut self.links) {
-            if let Err(e) = self.program_mut().detach(link) {
+            if let Err(e) = self.release(link) {
                 log::warn!("detaching from {interface}: {e}");
+            }
+        }
+    }
+
+    /// Removes pinned links of interfaces this daemon does not attach to (no longer in
+    /// the configuration); returns their names.
+    pub fn unpin_other_links(&mut self) -> Vec<String> {
+        let Some(dir) = self.pin_dir.clone() else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for interface in pins::pinned_links(&dir) {
+            if self.links.iter().any(|(name, _)| *name == interface) {
+                continue;
+            }
+            match std::fs::remove_file(pins::link_path(&dir, &interface)) {
+                Ok(()) => removed.push(interface),
+                Err(e) => log::warn!("removing the pinned link of {interface}: {e}"),
+            }
+        }
+        removed
+    }
+
+    fn release(&mut self, link: Attachment) -> Result<(), DataplaneError> {
+        match link {
+            Attachment::Owned(id) => self
+                .program_mut()
+                .detach(id)
+                .map_err(DataplaneError::Program),
+            Attachment::Pinned(link) => {
+                let path = self.pin_dir.clone().unwrap_or_default();
+                link.unpin()
+                    .map(drop)
+                    .map_err(|source| DataplaneError::Pin { path, source })
             }
         }
     }

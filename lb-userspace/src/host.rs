@@ -139,6 +139,12 @@ impl LoForwarding {
         })
     }
 
+    /// Leaves forwarding on for a data path that outlives the daemon; the saved value
+    /// stays in the state file for the next daemon or [`restore_lo_forwarding`].
+    pub fn keep(mut self) {
+        self.original = None;
+    }
+
     /// Puts the original value back and removes the state file.
     pub fn restore(&mut self) {
         let Some(original) = self.original.take() else {
@@ -157,5 +163,23 @@ impl LoForwarding {
 impl Drop for LoForwarding {
     fn drop(&mut self) {
         self.restore();
+    }
+}
+
+/// Puts back the `lo` forwarding value a daemon saved (and left, keeping its data path
+/// running), and removes the state file; nothing saved, nothing to do.
+pub fn restore_lo_forwarding(state_dir: &Path) -> Result<(), HostError> {
+    let state_file = state_file(state_dir, "lo-forwarding");
+    match std::fs::read_to_string(&state_file) {
+        Ok(saved) => {
+            let mut lo = LoForwarding {
+                state_file,
+                original: Some(saved.trim().to_owned()),
+            };
+            lo.restore();
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(&state_file)(e)),
     }
 }

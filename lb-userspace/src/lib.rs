@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod host;
 pub mod nexthop;
+pub mod pins;
 pub mod plan;
 pub mod scheduler;
 pub mod stats;

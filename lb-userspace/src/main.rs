@@ -3,7 +3,10 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
-use lb_userspace::daemon;
+use lb_userspace::{
+    daemon::{self, OnExit, Options},
+    pins,
+};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +26,20 @@ enum Command {
         /// Configuration file (YAML; see docs/CONFIG.md).
         #[arg(long, short)]
         config: PathBuf,
+        /// Directory on bpffs where the maps and links are pinned, so the data path
+        /// outlives the daemon and the next one adopts it.
+        #[arg(long, default_value = pins::DEFAULT_DIR)]
+        bpf_dir: PathBuf,
+        /// What a stop (SIGTERM, SIGINT) does with the data path.
+        #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+        on_exit: OnExit,
+    },
+    /// Detach the program and remove what a stopped daemon left running (pinned maps and
+    /// links, `lo` forwarding, neighbour entries). Refused while a daemon runs.
+    Teardown {
+        /// The daemon's --bpf-dir.
+        #[arg(long, default_value = pins::DEFAULT_DIR)]
+        bpf_dir: PathBuf,
     },
     /// Check a configuration file without touching the kernel.
     CheckConfig {
@@ -39,15 +56,32 @@ fn main() -> ExitCode {
     )
     .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Daemon { config } => tokio::runtime::Builder::new_current_thread()
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| {
                 eprintln!("xdpvs: cannot start the runtime: {e}");
                 1
             })
-            .and_then(|rt| rt.block_on(daemon::run(&config)).map_err(|e| report(&e))),
+    };
+    let result = match cli.command {
+        Command::Daemon {
+            config,
+            bpf_dir,
+            on_exit,
+        } => {
+            let options = Options { bpf_dir, on_exit };
+            runtime().and_then(|rt| {
+                rt.block_on(daemon::run(&config, &options))
+                    .map_err(|e| report(&e))
+            })
+        }
+        Command::Teardown { bpf_dir } => runtime().and_then(|rt| {
+            rt.block_on(daemon::teardown(&bpf_dir))
+                .map(|summary| println!("{summary}"))
+                .map_err(|e| report(&e))
+        }),
         Command::CheckConfig { config } => daemon::check_config(&config)
             .map(|summary| println!("{summary}"))
             .map_err(|e| report(&e)),

@@ -77,21 +77,51 @@ pub fn words(address: IpAddr) -> ([u32; 4], u8) {
     }
 }
 
-/// Service ids and real indices of a running plan, so a reload keeps them.
-fn kept_ids(previous: Option<&Plan>) -> (HashMap<ServiceKey, u32>, HashMap<RealId, (u32, u32)>) {
-    let mut services = HashMap::new();
-    let mut reals = HashMap::new();
-    for s in previous.map(|p| &p.services[..]).unwrap_or(&[]) {
-        services.insert(s.key, s.value.id);
-        for r in &s.reals {
-            reals.insert((s.key, r.address, r.port), (r.index, r.value.generation));
-        }
-    }
-    (services, reals)
+/// The service ids, real indices and generations in use, which a new plan keeps for the
+/// services and reals that stay: taken from the running plan on a reload, or read back
+/// from pinned maps when a restarted daemon adopts them.
+#[derive(Clone, Debug, Default)]
+pub struct Ids {
+    pub services: HashMap<ServiceKey, u32>,
+    /// (index, generation) of each real of each service.
+    pub reals: HashMap<RealId, (u32, u32)>,
+    /// The generation the next new real gets (0 counts as 1).
+    pub next_generation: u32,
 }
 
-/// A real server of a service, as reloads recognise it.
-type RealId = (ServiceKey, IpAddr, u16);
+impl Ids {
+    /// The ids of a plan.
+    pub fn of(plan: &Plan) -> Ids {
+        let mut ids = Ids {
+            next_generation: plan.next_generation,
+            ..Ids::default()
+        };
+        for s in &plan.services {
+            ids.services.insert(s.key, s.value.id);
+            for r in &s.reals {
+                ids.reals
+                    .insert((s.key, r.address, r.port), (r.index, r.value.generation));
+            }
+        }
+        ids
+    }
+}
+
+/// A real server of a service, as reloads recognise it: service, address, port.
+pub type RealId = (ServiceKey, IpAddr, u16);
+
+/// The address `AddrWords` and a family hold.
+pub fn address(words: [u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_IPV6 {
+        let mut o = [0u8; 16];
+        for (chunk, w) in o.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        IpAddr::from(o)
+    } else {
+        IpAddr::from(words[0].to_ne_bytes())
+    }
+}
 
 /// The lowest numbers not in `used`, in order.
 fn free_numbers(used: &BTreeSet<u32>) -> impl Iterator<Item = u32> + '_ {
@@ -111,11 +141,20 @@ fn timeouts_by_state(t: Timeouts) -> [u32; lb_common::conntrack::STATES] {
 /// indices (a reload), and new ones take free numbers.
 pub fn compile(
     config: &Config,
-    mut route: impl FnMut(IpAddr) -> Result<Route, String>,
+    route: impl FnMut(IpAddr) -> Result<Route, String>,
     previous: Option<&Plan>,
 ) -> Result<Plan, PlanError> {
-    let (old_services, old_reals) = kept_ids(previous);
-    let mut next_generation = previous.map_or(1, |p| p.next_generation);
+    compile_keeping(config, route, &previous.map(Ids::of).unwrap_or_default())
+}
+
+/// [`compile`], keeping the given ids for the services and reals that stay.
+pub fn compile_keeping(
+    config: &Config,
+    mut route: impl FnMut(IpAddr) -> Result<Route, String>,
+    kept: &Ids,
+) -> Result<Plan, PlanError> {
+    let (old_services, old_reals) = (&kept.services, &kept.reals);
+    let mut next_generation = kept.next_generation.max(1);
     // Ids and indices the new plan keeps; new ones are drawn from the rest.
     let mut service_ids = BTreeSet::new();
     let mut real_indices = BTreeSet::new();
@@ -197,6 +236,7 @@ pub fn compile(
                     ifindex: to.ifindex,
                     port: r.port.to_be(),
                     family,
+                    service: id,
                     ..RealServer::default()
                 },
             });

@@ -46,6 +46,7 @@ pub fn cleanup_all() {
     }
     for name in std::mem::take(&mut *NAMESPACES.lock().unwrap_or_else(|e| e.into_inner())) {
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        crate::remove_pins(&name);
     }
 }
 
@@ -92,6 +93,20 @@ pub fn sweep_stale() {
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+    // Pins of namespaces whose creating process is gone.
+    let Ok(dirs) = std::fs::read_dir(crate::TEST_BPFFS) else {
+        return;
+    };
+    for dir in dirs.filter_map(Result::ok) {
+        let name = dir.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("xdpvs-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            crate::remove_pins(&name);
         }
     }
 }

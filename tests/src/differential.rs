@@ -110,7 +110,7 @@ pub fn run(director: &Director, frames: u64, seed: u64) -> Report {
         flood_rate: 0,
         frag_timeout: 1 << 30,
         icmp_rate: u32::MAX,
-        _reserved: 0,
+        ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let hops: HashMap<String, Hop> = REALS

@@ -15,7 +15,34 @@ pub mod packet;
 pub mod rig;
 pub mod traffic;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// The bpffs the rigs' daemons pin under (`--bpf-dir`), one directory per director
+/// namespace, removed with the namespace. Not /sys/fs/bpf: `ip netns exec` mounts a
+/// fresh /sys for each command, so pins there would not outlive the daemon.
+pub const TEST_BPFFS: &str = "/run/xdpvs-test/bpffs";
+
+/// The `--bpf-dir` of a daemon in namespace `netns`; mounts [`TEST_BPFFS`] if needed.
+pub fn bpf_dir(netns: &str) -> PathBuf {
+    static MOUNT: std::sync::Once = std::sync::Once::new();
+    MOUNT.call_once(|| {
+        std::fs::create_dir_all(TEST_BPFFS).unwrap_or_else(|e| panic!("{TEST_BPFFS}: {e}"));
+        let c = std::ffi::CString::new(TEST_BPFFS).unwrap_or_default();
+        // SAFETY: statfs on a NUL-terminated path into a zeroed, owned struct.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+        if !ok || st.f_type != 0xcafe_4a11 {
+            netns::run(std::process::Command::new("mount").args(["-t", "bpf", "bpf", TEST_BPFFS]));
+        }
+    });
+    Path::new(TEST_BPFFS).join(netns)
+}
+
+/// Removes the pins of a namespace's daemon (a killed daemon leaves them).
+pub fn remove_pins(netns: &str) {
+    let _ = std::fs::remove_dir_all(Path::new(TEST_BPFFS).join(netns));
+}
 
 /// The `xdpvs` binary under test: `$XDPVS_BIN`, or the workspace's debug build.
 pub fn xdpvs_bin() -> PathBuf {

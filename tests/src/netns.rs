@@ -136,6 +136,7 @@ impl Drop for Netns {
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
+        crate::remove_pins(&self.name);
         cleanup::unregister_netns(&self.name);
     }
 }

@@ -273,6 +273,11 @@ impl DrRig {
         start_daemon(&self.director, config, limit)
     }
 
+    /// Runs `xdpvs teardown` in the director namespace; returns (success, stdout+stderr).
+    pub fn teardown(&self) -> (bool, String) {
+        teardown(&self.director)
+    }
+
     /// Whether an XDP program is attached to the director's eth0.
     pub fn director_has_xdp(&self) -> bool {
         self.director.ip("link show dev eth0").contains("prog/xdp")
@@ -342,13 +347,43 @@ pub fn reason(report: &[String], name: &str) -> u64 {
     field(report_line(report, &format!("reason {name} ")), "packets")
 }
 
+/// Runs `xdpvs teardown` for the daemon of `ns`; returns (success, stdout+stderr).
+pub fn teardown(ns: &Netns) -> (bool, String) {
+    let out = ns
+        .command(&xdpvs_bin())
+        .arg("teardown")
+        .arg("--bpf-dir")
+        .arg(crate::bpf_dir(ns.name()))
+        .output()
+        .unwrap_or_else(|e| panic!("running xdpvs teardown: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// Starts `xdpvs daemon` in `ns`; waits for it to be ready, or returns it as it is after
 /// it exits or after `limit` (check with `Daemon::wait`).
 pub fn start_daemon(ns: &Netns, config: &std::path::Path, limit: Duration) -> (Daemon, bool) {
+    start_daemon_with(ns, config, limit, &[])
+}
+
+/// [`start_daemon`] with more arguments (e.g. `--on-exit detach`).
+pub fn start_daemon_with(
+    ns: &Netns,
+    config: &std::path::Path,
+    limit: Duration,
+    args: &[&str],
+) -> (Daemon, bool) {
     let mut cmd = ns.command(&xdpvs_bin());
     cmd.arg("daemon")
         .arg("--config")
         .arg(config)
+        .arg("--bpf-dir")
+        .arg(crate::bpf_dir(ns.name()))
+        .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -204,13 +204,32 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
         );
     }
 
-    // Stopping undid everything: no program, no managed neighbours, forwarding as before.
-    assert!(!rig.director_has_xdp(), "XDP still attached after SIGTERM");
+    // A stop keeps the data path: the program stays attached and forwards.
+    assert!(rig.director_has_xdp(), "XDP detached by SIGTERM");
+    let kept = rig
+        .client
+        .enter(|| tcp_ask(CLIENT.into(), SocketAddr::new(VIP.into(), 80), TIMEOUT));
+    assert!(
+        kept.is_ok(),
+        "no answer through the kept data path: {kept:?}"
+    );
     assert!(
         !rig.director_neighbours().contains("managed"),
         "managed neighbours left: {}",
         rig.director_neighbours()
     );
+    // `xdpvs teardown` undoes everything: no program, no pins, forwarding as before.
+    let (ok, text) = rig.teardown();
+    assert!(ok, "teardown: {text}");
+    assert!(!rig.director_has_xdp(), "XDP still attached after teardown");
+    assert!(
+        !xdpvs_testbed::bpf_dir(rig.director.name()).exists(),
+        "pins left after teardown"
+    );
+    let lo = rig
+        .director
+        .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/lo/forwarding"));
+    assert_eq!(lo.unwrap_or_default().trim(), "0", "lo forwarding restored");
     let fwd = rig
         .director
         .enter(|| std::fs::read_to_string("/proc/sys/net/ipv4/conf/eth0/forwarding"));

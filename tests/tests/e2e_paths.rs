@@ -298,8 +298,8 @@ fn a_start_after_kill_9_repairs_what_the_killed_daemon_left() {
     assert!(managed("192.0.2.12") && lo() == "1");
     daemon.signal(libc::SIGKILL);
     let _ = daemon.wait(Duration::from_secs(10));
-    // The kernel detached the program with the process; what it set on the host stays.
-    assert!(!rig.director_has_xdp());
+    // The pinned program outlives the process; what it set on the host stays.
+    assert!(rig.director_has_xdp());
     assert!(managed("192.0.2.12") && lo() == "1");
 
     // The next start, with .12 gone from the file, takes over .11 and removes .12.
@@ -311,6 +311,11 @@ fn a_start_after_kill_9_repairs_what_the_killed_daemon_left() {
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "daemon exit {status}: {stderr:#?}");
     assert!(!managed("192.0.2.11"), "{}", rig.director_neighbours());
+    // The stop kept the data path, and `lo` forwarding with it, until teardown.
+    assert_eq!(lo(), "1");
+    let (ok, text) = rig.teardown();
+    assert!(ok, "teardown: {text}");
+    assert!(!rig.director_has_xdp());
     assert_eq!(lo(), "0", "lo forwarding as it was before the first start");
 }
 

@@ -734,7 +734,7 @@ fn loaded(plan: &Plan) -> Dataplane {
         flood_rate: 0,
         frag_timeout: 30,
         icmp_rate: 1000,
-        _reserved: 0,
+        ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
     dp.apply(plan, &hops).unwrap_or_else(|e| panic!("{e}"));
@@ -1076,7 +1076,7 @@ fn entries_expire_per_state_finished_tuples_are_reused_and_rate_limits_count() {
             flood_rate: 1,
             frag_timeout: 30,
             icmp_rate: 1000,
-            _reserved: 0,
+            ..Default::default()
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let before = snap(&dp);
@@ -1101,7 +1101,7 @@ fn entries_expire_per_state_finished_tuples_are_reused_and_rate_limits_count() {
                 flood_rate: 0,
                 frag_timeout: 30,
                 icmp_rate: rate,
-                _reserved: 0,
+                ..Default::default()
             })
             .unwrap_or_else(|e| panic!("{e}"));
             let before = snap(&dp);

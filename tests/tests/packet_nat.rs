@@ -134,7 +134,7 @@ fn loaded(plan: &Plan) -> Dataplane {
         flood_rate: 0,
         frag_timeout: 30,
         icmp_rate: 1000,
-        _reserved: 0,
+        ..Default::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
     dp.apply(plan, &hops).unwrap_or_else(|e| panic!("{e}"));
@@ -714,7 +714,7 @@ fn a_nat_flow_the_flood_guard_refuses_is_dropped_not_half_made() {
             flood_rate: 1,
             frag_timeout: 30,
             icmp_rate: 1000,
-            _reserved: 0,
+            ..Default::default()
         };
         // One new entry per second per CPU: of ten new flows in a burst, most are refused.
         dp.set_settings(dp_settings)

@@ -113,7 +113,13 @@ pub fn apply_steps(services: usize) -> [(&'static str, f64); 4] {
 pub fn daemon_footprint(rig: &Rig, services: usize) -> (f64, u64, u64) {
     let config = rig.write_file(&format!("services-{services}.yaml"), &config_text(services));
     let start = Instant::now();
-    let (daemon, ready) = rig::start_daemon(&rig.dir_ns, &config, Duration::from_secs(600));
+    // A fresh start each time: the stop detaches and removes the pins.
+    let (daemon, ready) = rig::start_daemon_with(
+        &rig.dir_ns,
+        &config,
+        Duration::from_secs(600),
+        &["--on-exit", "detach"],
+    );
     let took = start.elapsed().as_secs_f64();
     assert!(ready, "xdpvs did not become ready: {:?}", daemon.stderr());
     let pid = daemon.pid();

@@ -258,8 +258,13 @@ impl Rig {
                     NAT_CONFIG
                 };
                 let config = self.write_file("bench.yaml", yaml);
-                let (daemon, ready) =
-                    rig::start_daemon(&self.dir_ns, &config, Duration::from_secs(20));
+                // Each measurement starts afresh: the stop detaches and removes the pins.
+                let (daemon, ready) = rig::start_daemon_with(
+                    &self.dir_ns,
+                    &config,
+                    Duration::from_secs(20),
+                    &["--on-exit", "detach"],
+                );
                 assert!(ready, "xdpvs did not become ready: {:?}", daemon.stderr());
                 let m = self.measure(director, rounds, frames, cpu);
                 let (status, _, stderr) = daemon.stop();
