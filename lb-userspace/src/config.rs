@@ -271,7 +271,16 @@ pub struct Real {
     pub address: IpAddr,
     pub port: u16,
     pub weight: u32,
+    /// Drained (`xdpvs real drain`): no new flows, its weight kept for `undrain`.
+    pub drained: bool,
     pub origin: Origin,
+}
+
+impl Real {
+    /// The weight the scheduler uses: 0 while drained.
+    pub fn scheduling_weight(&self) -> u32 {
+        if self.drained { 0 } else { self.weight }
+    }
 }
 
 // ---- the file as written ----
@@ -360,6 +369,8 @@ struct RawReal {
     port: Option<Spanned<u16>>,
     #[serde(default = "default_weight")]
     weight: Spanned<u32>,
+    #[serde(default)]
+    drained: bool,
 }
 
 fn default_weight() -> Spanned<u32> {
@@ -378,7 +389,7 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 /// The YAML parser's budget: the library's defaults (nesting depth 64, 50,000 aliases
 /// and anchors, alias expansion bounded), with room for as many nodes and events as a
 /// file of `MAX_FILE_BYTES` can hold.
-fn yaml_options() -> serde_saphyr::Options {
+pub(crate) fn yaml_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_nodes = 32 << 20;
     budget.max_events = 64 << 20;
@@ -407,6 +418,11 @@ fn budget_message(breach: &serde_saphyr::budget::BudgetBreach) -> String {
 impl Config {
     /// Reads (at most `MAX_FILE_BYTES`) and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::parse(&Config::read_text(path)?, path)
+    }
+
+    /// Reads a configuration file's text, at most `MAX_FILE_BYTES`.
+    pub fn read_text(path: &Path) -> Result<String, ConfigError> {
         use std::io::Read as _;
         let read = |source| ConfigError::Read {
             path: path.to_owned(),
@@ -427,7 +443,7 @@ impl Config {
             path: path.to_owned(),
             message: format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
         })?;
-        Config::parse(&text, path)
+        Ok(text)
     }
 
     /// Parses and validates configuration text; `path` is only used in messages.
@@ -893,6 +909,7 @@ impl Validator<'_> {
             address,
             port,
             weight: r.weight.value,
+            drained: r.drained,
             origin: at,
         })
     }

@@ -16,8 +16,10 @@ use tokio::{
 };
 
 use crate::{
+    api::{self, Answer, Call, Refusal, Request},
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError},
+    document::{self, Document, EditError},
     host::{HostError, InstanceLock, LoForwarding, LockError, STATE_DIR},
     nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
     pins::{self, Found},
@@ -58,6 +60,14 @@ pub enum DaemonError {
     Lock(#[from] LockError),
     #[error("signal handling: {0}")]
     Signal(#[source] std::io::Error),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Socket(#[from] crate::api::SocketError),
     #[error("reading the network namespace cookie: {0}")]
     Netns(#[source] std::io::Error),
     #[error(transparent)]
@@ -96,6 +106,8 @@ impl DaemonError {
 struct Director {
     config_path: PathBuf,
     config: Config,
+    /// The file as a document, which API changes edit.
+    doc: Document,
     /// The configured interfaces as last seen: `None` while one is missing.
     interfaces: Vec<(String, Option<Link>)>,
     plan: Plan,
@@ -168,7 +180,9 @@ async fn start(
     netlink: &Netlink,
     neighbours: &mut ManagedNeighbours,
 ) -> Result<Director, DaemonError> {
-    let config = Config::load(config_path)?;
+    let text = Config::read_text(config_path)?;
+    let config = Config::parse(&text, config_path)?;
+    let doc = Document::parse(&text, config_path)?;
     let netns = pins::netns_cookie().map_err(DaemonError::Netns)?;
     let dir = &options.bpf_dir;
     pins::prepare(dir)?;
@@ -226,6 +240,7 @@ async fn start(
             .zip(interfaces.iter().cloned().map(Some))
             .collect(),
         config,
+        doc,
         plan,
         dataplane,
         netlink: netlink.clone(),
@@ -402,7 +417,24 @@ impl Director {
     /// running configuration stays in force.
     async fn reload(&mut self, neighbours: &mut ManagedNeighbours) -> Result<String, DaemonError> {
         let path = self.config_path.clone();
-        let config = Config::load(&path)?;
+        let text = Config::read_text(&path)?;
+        let config = Config::parse(&text, &path)?;
+        let doc = Document::parse(&text, &path)?;
+        self.change(config, doc, false, neighbours).await
+    }
+
+    /// Applies a validated configuration (its document: `doc`). With `write`, the
+    /// document is first written to the file atomically, once the plan compiled (so a
+    /// change that cannot be applied is never written) and before the maps change (so
+    /// what runs is never newer than the file). On any error nothing changes.
+    async fn change(
+        &mut self,
+        config: Config,
+        doc: Document,
+        write: bool,
+        neighbours: &mut ManagedNeighbours,
+    ) -> Result<String, DaemonError> {
+        let path = self.config_path.clone();
         let needs_restart = |what| DaemonError::NeedsRestart {
             path: path.display().to_string(),
             what,
@@ -417,6 +449,14 @@ impl Director {
             return Err(needs_restart("director.xdp_mode"));
         }
         let plan = compile(&self.netlink, &path, &config, &Ids::of(&self.plan)).await?;
+        if write {
+            document::write_atomically(&path, &doc.to_yaml()).map_err(|source| {
+                DaemonError::Write {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        }
         let before: HashSet<(u32, u32)> = real_ids(&self.plan);
         let after: HashSet<(u32, u32)> = real_ids(&plan);
         let mut links = HashMap::new();
@@ -451,7 +491,90 @@ impl Director {
         );
         self.plan = plan;
         self.config = config;
+        self.doc = doc;
         Ok(summary)
+    }
+
+    /// Answers an API request. A change is made to a copy of the document, validated as
+    /// the file it becomes, written and applied ([`Director::change`]); a refused one
+    /// changes nothing.
+    async fn handle(
+        &mut self,
+        request: Request,
+        neighbours: &mut ManagedNeighbours,
+    ) -> Result<Answer, Refusal> {
+        let path = self.config_path.clone();
+        let mut doc = self.doc.clone();
+        let what = format!("{request:?}");
+        let edited = match request {
+            Request::List => return self.list().map(Answer::Json),
+            Request::Connections => return self.connections().map(Answer::Json),
+            Request::Save => return Ok(Answer::Text(self.doc.to_yaml())),
+            Request::Reload => {
+                return match self.reload(neighbours).await {
+                    Ok(summary) => {
+                        log::info!("reloaded {} (API): {summary}", path.display());
+                        Ok(Answer::Json(serde_json::json!({ "applied": summary })))
+                    }
+                    Err(e) => Err(refusal(&e)),
+                };
+            }
+            Request::Restore(text) => {
+                if text.len() as u64 > crate::config::MAX_FILE_BYTES {
+                    return Err(Refusal::new(413, "the configuration is larger than 64 MiB"));
+                }
+                let label = Path::new("restored configuration");
+                Config::parse(&text, label).map_err(|e| refusal(&e.into()))?;
+                doc = Document::parse(&text, label).map_err(|e| refusal(&e.into()))?;
+                Ok(())
+            }
+            Request::AddService(id, new) => doc.add_service(id, &new),
+            Request::EditService(id, change) => doc.edit_service(id, &change),
+            Request::DeleteService(id) => doc.delete_service(id),
+            Request::AddReal(id, a, p, change) => doc.add_real(id, a, p, &change),
+            Request::EditReal(id, a, p, change) => doc.edit_real(id, a, p, &change),
+            Request::DeleteReal(id, a, p) => doc.delete_real(id, a, p),
+        };
+        edited.map_err(|e| match e {
+            EditError::NotFound(_) => Refusal::new(404, e.to_string()),
+            EditError::Exists(_) => Refusal::new(409, e.to_string()),
+            EditError::Invalid(_) => Refusal::new(400, e.to_string()),
+        })?;
+        // Positions in a refusal are those of the file as it would be written.
+        let label = PathBuf::from(format!("{} as changed", path.display()));
+        let config = doc.validate(&label).map_err(|e| refusal(&e.into()))?;
+        match self.change(config, doc, true, neighbours).await {
+            Ok(summary) => {
+                log::info!("changed by the API ({what}): {summary}");
+                Ok(Answer::Json(serde_json::json!({ "applied": summary })))
+            }
+            Err(e) => {
+                log::warn!("API change refused ({what}): {e}");
+                Err(refusal(&e))
+            }
+        }
+    }
+
+    /// Services, reals, counters and connection counts, for `xdpvs list`.
+    fn list(&self) -> Result<serde_json::Value, Refusal> {
+        let snapshot = self
+            .dataplane
+            .snapshot(&self.plan)
+            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        let flows = self
+            .dataplane
+            .flows()
+            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        Ok(stats::listing(&self.config, &self.plan, &snapshot, &flows))
+    }
+
+    /// The live connection-table entries, for `xdpvs list -c`.
+    fn connections(&self) -> Result<serde_json::Value, Refusal> {
+        let flows = self
+            .dataplane
+            .flows()
+            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        Ok(stats::connections(&self.plan, &flows))
     }
 
     /// Leaves the data path running after the director is dropped: `lo` forwarding stays
@@ -559,6 +682,8 @@ pub struct Options {
     /// Where maps and links are pinned (bpffs).
     pub bpf_dir: PathBuf,
     pub on_exit: OnExit,
+    /// The API's Unix socket.
+    pub socket: PathBuf,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -567,6 +692,9 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let mut signals = signals()?;
     // Before anything is touched: a second daemon must leave the first one's state alone.
     let _lock = InstanceLock::acquire(Path::new(STATE_DIR))?;
+    let listener = api::bind(&options.socket)?;
+    let (calls_tx, mut calls) = tokio::sync::mpsc::channel(16);
+    let server = tokio::spawn(api::serve(listener, calls_tx));
     let netlink = Netlink::open()?;
     let mut neighbours = ManagedNeighbours::open(Path::new(STATE_DIR));
     let result = serve(
@@ -575,8 +703,11 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
         &netlink,
         &mut neighbours,
         &mut signals,
+        &mut calls,
     )
     .await;
+    server.abort();
+    let _ = std::fs::remove_file(&options.socket);
     neighbours.release(&netlink).await;
     result
 }
@@ -587,6 +718,7 @@ async fn serve(
     netlink: &Netlink,
     neighbours: &mut ManagedNeighbours,
     signals: &mut Signals,
+    calls: &mut tokio::sync::mpsc::Receiver<Call>,
 ) -> Result<(), DaemonError> {
     let mut events = Events::open()?;
     // A stop asked for during start-up is obeyed at once: what start() made so far is
@@ -617,6 +749,10 @@ async fn serve(
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
             _ = signals.usr1.recv() => director.print_report(),
+            Some(call) = calls.recv() => {
+                let answer = director.handle(call.request, neighbours).await;
+                let _ = call.reply.send(answer);
+            }
             _ = signals.hup.recv() => match director.reload(neighbours).await {
                 Ok(summary) => {
                     log::info!("reloaded {}", config_path.display());
@@ -729,4 +865,21 @@ fn check_memory(path: &Path, config: &Config) -> Result<(), DaemonError> {
         }),
         _ => Ok(()),
     }
+}
+
+/// A daemon error as an API refusal: what the operator sent is refused with 400, what
+/// failed on the director with 500.
+fn refusal(e: &DaemonError) -> Refusal {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    let status = if e.exit_code() == 2 { 400 } else { 500 };
+    Refusal::new(status, message)
 }

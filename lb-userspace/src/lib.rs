@@ -1,13 +1,19 @@
-//! xdpvs: the director daemon. Modules follow what an operator thinks about:
-//! `config` (the file), `scheduler` (scheduling tables), `plan` (what the maps must hold,
-//! with ids and indices kept across reloads), `nexthop` (routes, neighbours and links
-//! towards the reals, through rtnetlink), `host` (the one host setting xdpvs changes),
-//! `dataplane` (the only code that touches the XDP program and its maps), `stats`
-//! (counter reports) and `daemon` (the running director).
+//! xdpvs: the director daemon and its command line. Modules follow what an operator
+//! thinks about: `config` (the file), `document` (the file as runtime changes edit it),
+//! `scheduler` (scheduling tables), `plan` (what the maps must hold, with ids and indices
+//! kept across reloads and restarts), `nexthop` (routes, neighbours and links towards the
+//! reals, through rtnetlink), `host` (the one host setting xdpvs changes), `pins` (the
+//! data path pinned on bpffs, checked and adopted), `dataplane` (the only code that
+//! touches the XDP program and its maps), `stats` (counter reports and listings), `api`
+//! (the Unix-socket API), `cli` (the `xdpvs` command line) and `daemon` (the running
+//! director).
 
+pub mod api;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dataplane;
+pub mod document;
 pub mod host;
 pub mod nexthop;
 pub mod pins;

@@ -1,52 +1,12 @@
 //! The `xdpvs` command: the director daemon and its tools.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser as _};
 use lb_userspace::{
-    daemon::{self, OnExit, Options},
-    pins,
+    cli::{self, Cli, Command},
+    daemon::{self, Options},
 };
-
-#[derive(Parser)]
-#[command(
-    name = "xdpvs",
-    version,
-    about = "XDP Virtual Server: an L4 load balancer on the XDP fast path"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the director: attach the XDP program and program it from the configuration.
-    Daemon {
-        /// Configuration file (YAML; see docs/CONFIG.md).
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Directory on bpffs where the maps and links are pinned, so the data path
-        /// outlives the daemon and the next one adopts it.
-        #[arg(long, default_value = pins::DEFAULT_DIR)]
-        bpf_dir: PathBuf,
-        /// What a stop (SIGTERM, SIGINT) does with the data path.
-        #[arg(long, value_enum, default_value_t = OnExit::Keep)]
-        on_exit: OnExit,
-    },
-    /// Detach the program and remove what a stopped daemon left running (pinned maps and
-    /// links, `lo` forwarding, neighbour entries). Refused while a daemon runs.
-    Teardown {
-        /// The daemon's --bpf-dir.
-        #[arg(long, default_value = pins::DEFAULT_DIR)]
-        bpf_dir: PathBuf,
-    },
-    /// Check a configuration file without touching the kernel.
-    CheckConfig {
-        /// Configuration file (YAML; see docs/CONFIG.md).
-        config: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     // netlink_proto warns about every event that arrives for a closed request; those are
@@ -71,7 +31,11 @@ fn main() -> ExitCode {
             bpf_dir,
             on_exit,
         } => {
-            let options = Options { bpf_dir, on_exit };
+            let options = Options {
+                bpf_dir,
+                on_exit,
+                socket: cli.socket,
+            };
             runtime().and_then(|rt| {
                 rt.block_on(daemon::run(&config, &options))
                     .map_err(|e| report(&e))
@@ -85,6 +49,24 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => daemon::check_config(&config)
             .map(|summary| println!("{summary}"))
             .map_err(|e| report(&e)),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "xdpvs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| {
+                eprintln!("xdpvs: {e}");
+                1
+            }),
+        command => runtime().and_then(|rt| {
+            rt.block_on(cli::run(&cli.socket, command))
+                .map(|out| print!("{out}"))
+                .map_err(|f| {
+                    eprintln!("xdpvs: {}", f.message);
+                    f.code
+                })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -229,7 +229,7 @@ pub fn compile_keeping(
                 index,
                 address: r.address,
                 port: r.port,
-                weight: r.weight,
+                weight: r.scheduling_weight(),
                 value: RealServer {
                     addr,
                     generation,
@@ -256,9 +256,13 @@ pub fn compile_keeping(
         // A weighted real with no slot would never get a flow: refused, not silent.
         let mut slotted = std::collections::HashSet::new();
         slotted.extend(table.iter().copied());
-        let total: u64 = s.reals.iter().map(|r| u64::from(r.weight)).sum();
+        let total: u64 = s
+            .reals
+            .iter()
+            .map(|r| u64::from(r.scheduling_weight()))
+            .sum();
         for (plan_real, r) in reals.iter().zip(&s.reals) {
-            if r.weight > 0 && !slotted.contains(&plan_real.index) {
+            if r.scheduling_weight() > 0 && !slotted.contains(&plan_real.index) {
                 return Err(PlanError {
                     origin: r.origin.clone(),
                     subject: "real server",
@@ -269,7 +273,7 @@ pub fn compile_keeping(
                          lower the others' or use fewer reals",
                         r.weight,
                         lb_common::SCHED_SLOTS,
-                        s.reals.iter().filter(|r| r.weight > 0).count()
+                        s.reals.iter().filter(|r| r.scheduling_weight() > 0).count()
                     ),
                 });
             }

@@ -1,11 +1,24 @@
-//! The counter report the daemon prints on SIGUSR1 and when it stops. One record a line,
-//! `key=value` fields, so people and scripts read it alike (the format is in docs/CLI.md).
+//! The counter report the daemon prints on SIGUSR1 and when it stops (one record a line,
+//! `key=value` fields, so people and scripts read it alike; the format is in
+//! docs/OPERATIONS.md), and the listings the API returns.
 
-use std::fmt::Write as _;
+use std::{collections::HashMap, fmt::Write as _, net::Ipv4Addr};
 
-use lb_common::{event::Event, reason::Reason};
+use lb_common::{
+    conntrack::{
+        FLOW_F_REPLY, Flow, FlowKeyV4, STATE_TCP_CLOSE, STATE_TCP_ESTABLISHED, STATE_TCP_FIN,
+        STATE_TCP_SYN, STATE_UDP,
+    },
+    event::Event,
+    reason::Reason,
+};
+use serde_json::{Value, json};
 
-use crate::{dataplane::Snapshot, plan::Plan};
+use crate::{
+    config::Config,
+    dataplane::Snapshot,
+    plan::{Plan, ServicePlan},
+};
 
 pub fn report(plan: &Plan, snapshot: &Snapshot) -> String {
     let mut out = String::new();
@@ -45,4 +58,129 @@ pub fn report(plan: &Plan, snapshot: &Snapshot) -> String {
         );
     }
     out
+}
+
+/// Seconds of CLOCK_MONOTONIC_COARSE, the clock of `Flow::last_seen`.
+fn coarse_now() -> u32 {
+    // SAFETY: clock_gettime writes into a zeroed, owned timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u32
+}
+
+/// The forward entries of live flows (not expired; a NAT flow's reply entry is its
+/// twin and not counted again), with the service each belongs to.
+fn live<'a>(
+    plan: &'a Plan,
+    flows: &'a [(FlowKeyV4, Flow)],
+) -> impl Iterator<Item = (&'a FlowKeyV4, &'a Flow, &'a ServicePlan)> + 'a {
+    let now = coarse_now();
+    flows.iter().filter_map(move |(k, f)| {
+        if f.flags & FLOW_F_REPLY != 0 {
+            return None;
+        }
+        let s = plan
+            .services
+            .iter()
+            .find(|s| s.value.id == u32::from(f.service))?;
+        let timeout = s.value.timeouts.get(f.state as usize).copied().unwrap_or(0);
+        (now.wrapping_sub(f.last_seen) <= timeout).then_some((k, f, s))
+    })
+}
+
+/// Services with their reals, counters and connection counts, as `GET /v1/services`
+/// returns them. A connection is active while its TCP state is established, inactive
+/// otherwise (other TCP states, UDP), as in `ipvsadm -L`.
+pub fn listing(
+    config: &Config,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    flows: &[(FlowKeyV4, Flow)],
+) -> Value {
+    let mut conns: HashMap<u32, (u64, u64)> = HashMap::new();
+    for (_, f, s) in live(plan, flows) {
+        let Some(r) = s.reals.iter().find(|r| r.index == f.real) else {
+            continue;
+        };
+        if r.value.generation != f.real_gen {
+            continue;
+        }
+        let c = conns.entry(f.real).or_default();
+        if f.state == STATE_TCP_ESTABLISHED {
+            c.0 += 1;
+        } else {
+            c.1 += 1;
+        }
+    }
+    let services: Vec<Value> = plan
+        .services
+        .iter()
+        .zip(&snapshot.services)
+        .zip(&config.services)
+        .map(|((s, (counters, reals)), cs)| {
+            let reals: Vec<Value> = s
+                .reals
+                .iter()
+                .zip(reals)
+                .zip(&cs.reals)
+                .map(|((r, c), cr)| {
+                    let (active, inactive) = conns.get(&r.index).copied().unwrap_or_default();
+                    json!({
+                        "address": r.address.to_string(),
+                        "port": r.port,
+                        "weight": cr.weight,
+                        "drained": cr.drained,
+                        "packets": c.packets,
+                        "bytes": c.bytes,
+                        "active_connections": active,
+                        "inactive_connections": inactive,
+                    })
+                })
+                .collect();
+            json!({
+                "name": s.name,
+                "protocol": s.protocol.to_string(),
+                "address": s.address.to_string(),
+                "port": s.port,
+                "scheduler": s.scheduler.to_string(),
+                "forwarding": s.forwarding.to_string(),
+                "packets": counters.packets,
+                "bytes": counters.bytes,
+                "reals": reals,
+            })
+        })
+        .collect();
+    json!({ "services": services })
+}
+
+/// The live connection-table entries, as `GET /v1/connections` returns them.
+pub fn connections(plan: &Plan, flows: &[(FlowKeyV4, Flow)]) -> Value {
+    let now = coarse_now();
+    let entries: Vec<Value> = live(plan, flows)
+        .map(|(k, f, s)| {
+            let real = s.reals.iter().find(|r| r.index == f.real);
+            let timeout = s.value.timeouts.get(f.state as usize).copied().unwrap_or(0);
+            json!({
+                "protocol": s.protocol.to_string(),
+                "client": format!("{}:{}", Ipv4Addr::from(k.src.to_ne_bytes()), u16::from_be(k.sport)),
+                "virtual": format!("{}:{}", Ipv4Addr::from(k.dst.to_ne_bytes()), u16::from_be(k.dport)),
+                "real": real.map(|r| format!("{}:{}", r.address, r.port)),
+                "state": state_name(f.state),
+                "expires_in": timeout.saturating_sub(now.wrapping_sub(f.last_seen)),
+            })
+        })
+        .collect();
+    json!({ "connections": entries })
+}
+
+fn state_name(state: u8) -> &'static str {
+    match state {
+        STATE_TCP_SYN => "SYN",
+        STATE_TCP_ESTABLISHED => "ESTABLISHED",
+        STATE_TCP_FIN => "FIN_WAIT",
+        STATE_TCP_CLOSE => "CLOSE",
+        STATE_UDP => "UDP",
+        _ => "NONE",
+    }
 }

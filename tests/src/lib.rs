@@ -61,6 +61,14 @@ pub fn xdpvs_bin() -> PathBuf {
     bin
 }
 
+/// A single-threaded tokio runtime, for calling the daemon's API from a test.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("tokio runtime: {e}"))
+}
+
 /// Fails clearly when the tests cannot work here.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

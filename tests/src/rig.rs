@@ -268,6 +268,11 @@ impl DrRig {
         self.scratch.write_config(yaml)
     }
 
+    /// Writes another file in the rig's scratch directory and returns its path.
+    pub fn write_scratch(&self, name: &str, text: &str) -> PathBuf {
+        self.scratch.write(name, text)
+    }
+
     /// Starts `xdpvs daemon` in the director namespace; see [`start_daemon`].
     pub fn start_daemon(&self, config: &std::path::Path, limit: Duration) -> (Daemon, bool) {
         start_daemon(&self.director, config, limit)
@@ -347,6 +352,28 @@ pub fn reason(report: &[String], name: &str) -> u64 {
     field(report_line(report, &format!("reason {name} ")), "packets")
 }
 
+/// The API socket of the daemon whose configuration file is `config`: beside it, in the
+/// rig's scratch directory (root's, mode 0755: a place the daemon accepts).
+pub fn socket_of(config: &std::path::Path) -> PathBuf {
+    config.with_file_name("xdpvs.sock")
+}
+
+/// Runs an `xdpvs` command against the daemon whose file is `config`; returns its exit
+/// code, standard output and standard error.
+pub fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(xdpvs_bin())
+        .arg("--socket")
+        .arg(socket_of(config))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running xdpvs {args:?}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `xdpvs teardown` for the daemon of `ns`; returns (success, stdout+stderr).
 pub fn teardown(ns: &Netns) -> (bool, String) {
     let out = ns
@@ -383,6 +410,8 @@ pub fn start_daemon_with(
         .arg(config)
         .arg("--bpf-dir")
         .arg(crate::bpf_dir(ns.name()))
+        .arg("--socket")
+        .arg(socket_of(config))
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -477,6 +506,13 @@ pub fn attach_pass(ns: &Netns, interface: &str) -> aya::Ebpf {
     attach_helper(ns, interface, lb_common::bench::programs::PASS)
 }
 
+/// Makes `dir` mode 0755 (whatever the umask), so the daemon accepts its socket there.
+pub fn private_dir(dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+}
+
 /// A rig's scratch directory for the daemon's configuration, removed on drop.
 pub struct Scratch(PathBuf);
 
@@ -484,13 +520,20 @@ impl Scratch {
     pub fn new(prefix: &str) -> Scratch {
         let dir = std::env::temp_dir().join(prefix);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        // The daemon's API socket goes here: a directory only root can write.
+        crate::rig::private_dir(&dir);
         Scratch(dir)
     }
 
     /// Writes the daemon's configuration file and returns its path.
     pub fn write_config(&self, yaml: &str) -> PathBuf {
-        let path = self.0.join("xdpvs.yaml");
-        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        self.write("xdpvs.yaml", yaml)
+    }
+
+    /// Writes a file in the scratch directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         path
     }
 }

@@ -160,6 +160,8 @@ impl Rig {
         });
         let dir = std::env::temp_dir().join(&prefix);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        // The daemon's API socket goes here: a directory only root can write.
+        crate::rig::private_dir(&dir);
         let ip = Ipv4::new([198, 51, 100, 0].into(), [192, 0, 2, 100].into(), 17);
         let frame = packet::ethernet(
             DIR_MAC,

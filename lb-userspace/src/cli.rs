@@ -1,0 +1,538 @@
+//! The `xdpvs` command line: its definition (also the source of the shell completions and
+//! the man page) and the commands that talk to a running daemon through the API.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::Value;
+
+use crate::{
+    api,
+    config::Protocol,
+    daemon::OnExit,
+    document::{NewService, RealChange, ServiceChange, ServiceId},
+    pins,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "xdpvs",
+    version,
+    about = "XDP Virtual Server: an L4 load balancer on the XDP fast path",
+    after_help = "Docs: docs/OPERATIONS.md (commands, signals, restarts), docs/CONFIG.md (the file)."
+)]
+pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "XDPVS_SOCKET", default_value = api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the director: attach the XDP program and program it from the configuration.
+    Daemon {
+        /// Configuration file (YAML; see docs/CONFIG.md). API changes are written to it.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Directory on bpffs where the maps and links are pinned, so the data path
+        /// outlives the daemon and the next one adopts it.
+        #[arg(long, default_value = pins::DEFAULT_DIR)]
+        bpf_dir: PathBuf,
+        /// What a stop (SIGTERM, SIGINT) does with the data path.
+        #[arg(long, value_enum, default_value_t = OnExit::Keep)]
+        on_exit: OnExit,
+    },
+    /// Detach the program and remove what a stopped daemon left running (pinned maps and
+    /// links, `lo` forwarding, neighbour entries). Refused while a daemon runs.
+    Teardown {
+        /// The daemon's --bpf-dir.
+        #[arg(long, default_value = pins::DEFAULT_DIR)]
+        bpf_dir: PathBuf,
+    },
+    /// Check a configuration file without touching the kernel.
+    CheckConfig {
+        /// Configuration file (YAML; see docs/CONFIG.md).
+        config: PathBuf,
+    },
+    /// List virtual services and their reals, as `ipvsadm -Ln`.
+    List {
+        /// Packet and byte counters instead of weights and connections.
+        #[arg(long)]
+        stats: bool,
+        /// The connection table's entries (`ipvsadm -Lnc`).
+        #[arg(short = 'c', long)]
+        connections: bool,
+        /// The API's JSON as it comes.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add, change or delete a virtual service (`ipvsadm -A/-E/-D`).
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Add, change, drain or delete a real server (`ipvsadm -a/-e/-d`).
+    #[command(subcommand)]
+    Real(RealCommand),
+    /// Print the running configuration as YAML (`ipvsadm -S`).
+    Save,
+    /// Replace the running configuration with FILE (`ipvsadm -R`), validated first.
+    Restore {
+        /// Configuration file (YAML).
+        file: PathBuf,
+    },
+    /// Re-read the configuration file, as SIGHUP does.
+    Reload,
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// A virtual service, as ipvsadm names it.
+#[derive(Args, Clone, Debug)]
+#[group(required = true, multiple = false)]
+pub struct ServiceArg {
+    /// A TCP service, ADDRESS:PORT (`[v6]:port` for IPv6).
+    #[arg(short = 't', long = "tcp-service", value_name = "ADDRESS:PORT")]
+    tcp: Option<SocketAddr>,
+    /// A UDP service, ADDRESS:PORT.
+    #[arg(short = 'u', long = "udp-service", value_name = "ADDRESS:PORT")]
+    udp: Option<SocketAddr>,
+}
+
+impl ServiceArg {
+    fn id(&self) -> ServiceId {
+        let (protocol, at) = match (self.tcp, self.udp) {
+            (Some(a), _) => (Protocol::Tcp, a),
+            (None, Some(a)) => (Protocol::Udp, a),
+            // clap requires one of them.
+            (None, None) => (Protocol::Tcp, SocketAddr::from(([0, 0, 0, 0], 0))),
+        };
+        ServiceId {
+            protocol,
+            address: at.ip(),
+            port: at.port(),
+        }
+    }
+}
+
+/// The forwarding method, by ipvsadm's flags.
+#[derive(Args, Clone, Debug, Default)]
+#[group(multiple = false)]
+pub struct MethodArg {
+    /// Direct routing (gatewaying).
+    #[arg(short = 'g', long = "gatewaying")]
+    dr: bool,
+    /// NAT (masquerading).
+    #[arg(short = 'm', long = "masquerading")]
+    nat: bool,
+    /// Full NAT (source from the SNAT pool too).
+    #[arg(long)]
+    fullnat: bool,
+}
+
+impl MethodArg {
+    fn name(&self) -> Option<String> {
+        if self.dr {
+            Some("dr".into())
+        } else if self.nat {
+            Some("nat".into())
+        } else if self.fullnat {
+            Some("fullnat".into())
+        } else {
+            None
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum ServiceCommand {
+    /// Add a service (no reals yet).
+    Add {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// Scheduler (LVS name).
+        #[arg(short = 's', long, default_value = "sh")]
+        scheduler: String,
+        #[command(flatten)]
+        method: MethodArg,
+        /// A name for reports.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Change a service's scheduler, method or name.
+    Edit {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(short = 's', long)]
+        scheduler: Option<String>,
+        #[command(flatten)]
+        method: MethodArg,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a service and its reals.
+    Delete {
+        #[command(flatten)]
+        service: ServiceArg,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RealCommand {
+    /// Add a real server to a service.
+    Add {
+        #[command(flatten)]
+        service: ServiceArg,
+        /// The real: ADDRESS, or ADDRESS:PORT under NAT.
+        #[arg(short = 'r', long = "real-server", value_name = "ADDRESS[:PORT]")]
+        real: String,
+        /// Weight (0 to 65535; 0 takes no new flows).
+        #[arg(short = 'w', long)]
+        weight: Option<u32>,
+    },
+    /// Change a real server's weight.
+    Edit {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(short = 'r', long = "real-server", value_name = "ADDRESS[:PORT]")]
+        real: String,
+        #[arg(short = 'w', long)]
+        weight: u32,
+    },
+    /// Stop sending new flows to a real (its flows stay; its weight is kept).
+    Drain {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(short = 'r', long = "real-server", value_name = "ADDRESS[:PORT]")]
+        real: String,
+    },
+    /// Let a drained real take new flows again, with its weight.
+    Undrain {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(short = 'r', long = "real-server", value_name = "ADDRESS[:PORT]")]
+        real: String,
+    },
+    /// Delete a real server from a service.
+    Delete {
+        #[command(flatten)]
+        service: ServiceArg,
+        #[arg(short = 'r', long = "real-server", value_name = "ADDRESS[:PORT]")]
+        real: String,
+    },
+}
+
+/// A command's failure: the line for standard error and the exit status (2: the
+/// daemon refused the request; 1: it could not be asked or failed).
+pub struct Failure {
+    pub message: String,
+    pub code: u8,
+}
+
+fn failure(message: impl Into<String>, code: u8) -> Failure {
+    Failure {
+        message: message.into(),
+        code,
+    }
+}
+
+/// ADDRESS or ADDRESS:PORT (`[v6]:port`); no port means the service's.
+fn real_arg(text: &str, service: &ServiceId) -> Result<(IpAddr, u16), Failure> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok((a.ip(), a.port()));
+    }
+    text.parse::<IpAddr>()
+        .map(|a| (a, service.port))
+        .map_err(|_| failure(format!("-r {text:?}: ADDRESS or ADDRESS:PORT"), 2))
+}
+
+fn service_path(id: &ServiceId) -> String {
+    format!("/v1/services/{}/{}/{}", id.protocol, id.address, id.port)
+}
+
+fn json_body<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+async fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Vec<u8>,
+) -> Result<Vec<u8>, Failure> {
+    let reply = api::call(socket, method, path, body)
+        .await
+        .map_err(|e| failure(e, 1))?;
+    // One line for the operator; a parser's annotated snippet follows its first line.
+    let line = || reply.error().lines().next().unwrap_or("").to_owned();
+    match reply.status {
+        200..=299 => Ok(reply.body),
+        400..=499 => Err(failure(line(), 2)),
+        _ => Err(failure(line(), 1)),
+    }
+}
+
+/// Runs a command that talks to the daemon; returns what to print.
+pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
+    match command {
+        Command::List {
+            stats,
+            connections,
+            json,
+        } => {
+            let path = if connections {
+                "/v1/connections"
+            } else {
+                "/v1/services"
+            };
+            let body = request(socket, "GET", path, Vec::new()).await?;
+            let value: Value = serde_json::from_slice(&body)
+                .map_err(|e| failure(format!("the daemon's answer: {e}"), 1))?;
+            Ok(if json {
+                format!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                )
+            } else if connections {
+                format_connections(&value)
+            } else {
+                format_services(&value, stats)
+            })
+        }
+        Command::Save => {
+            let body = request(socket, "GET", "/v1/config", Vec::new()).await?;
+            Ok(String::from_utf8_lossy(&body).into_owned())
+        }
+        Command::Restore { file } => {
+            let text =
+                crate::config::Config::read_text(&file).map_err(|e| failure(e.to_string(), 2))?;
+            applied(request(socket, "PUT", "/v1/config", text.into_bytes()).await?)
+        }
+        Command::Reload => applied(request(socket, "POST", "/v1/reload", Vec::new()).await?),
+        Command::Service(c) => {
+            let (method, id, body) = match c {
+                ServiceCommand::Add {
+                    service,
+                    scheduler,
+                    method,
+                    name,
+                } => (
+                    "POST",
+                    service.id(),
+                    json_body(&NewService {
+                        name,
+                        scheduler: Some(scheduler),
+                        forwarding: method.name(),
+                    }),
+                ),
+                ServiceCommand::Edit {
+                    service,
+                    scheduler,
+                    method,
+                    name,
+                } => (
+                    "PATCH",
+                    service.id(),
+                    json_body(&ServiceChange {
+                        name,
+                        scheduler,
+                        forwarding: method.name(),
+                    }),
+                ),
+                ServiceCommand::Delete { service } => ("DELETE", service.id(), Vec::new()),
+            };
+            applied(request(socket, method, &service_path(&id), body).await?)
+        }
+        Command::Real(c) => {
+            let (method, service, real, change) = match c {
+                RealCommand::Add {
+                    service,
+                    real,
+                    weight,
+                } => (
+                    "POST",
+                    service,
+                    real,
+                    RealChange {
+                        weight,
+                        drained: None,
+                    },
+                ),
+                RealCommand::Edit {
+                    service,
+                    real,
+                    weight,
+                } => (
+                    "PATCH",
+                    service,
+                    real,
+                    RealChange {
+                        weight: Some(weight),
+                        drained: None,
+                    },
+                ),
+                RealCommand::Drain { service, real } => (
+                    "PATCH",
+                    service,
+                    real,
+                    RealChange {
+                        weight: None,
+                        drained: Some(true),
+                    },
+                ),
+                RealCommand::Undrain { service, real } => (
+                    "PATCH",
+                    service,
+                    real,
+                    RealChange {
+                        weight: None,
+                        drained: Some(false),
+                    },
+                ),
+                RealCommand::Delete { service, real } => {
+                    ("DELETE", service, real, RealChange::default())
+                }
+            };
+            let id = service.id();
+            let (address, port) = real_arg(&real, &id)?;
+            let path = format!("{}/reals/{address}/{port}", service_path(&id));
+            applied(request(socket, method, &path, json_body(&change)).await?)
+        }
+        Command::Daemon { .. }
+        | Command::Teardown { .. }
+        | Command::CheckConfig { .. }
+        | Command::Completions { .. }
+        | Command::Man => Err(failure("not an API command", 1)),
+    }
+}
+
+/// The daemon's summary of an applied change.
+fn applied(body: Vec<u8>) -> Result<String, Failure> {
+    let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    Ok(match value.get("applied").and_then(Value::as_str) {
+        Some(s) => format!("applied: {s}\n"),
+        None => String::new(),
+    })
+}
+
+fn forward_name(method: &str) -> &'static str {
+    match method {
+        "nat" => "Masq",
+        "fullnat" => "FullNat",
+        _ => "Route",
+    }
+}
+
+fn endpoint(address: &str, port: u64) -> String {
+    if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v.get(key).and_then(Value::as_str).unwrap_or("")
+}
+
+fn number(v: &Value, key: &str) -> u64 {
+    v.get(key).and_then(Value::as_u64).unwrap_or(0)
+}
+
+/// The `ipvsadm -Ln` layout (with `--stats`, its counters instead).
+pub fn format_services(value: &Value, stats: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "IP Virtual Server version {} (xdpvs)\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    if stats {
+        out.push_str("Prot LocalAddress:Port                 Packets        Bytes\n");
+        out.push_str("  -> RemoteAddress:Port\n");
+    } else {
+        out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
+        out.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+    }
+    let none = Vec::new();
+    let services = value
+        .get("services")
+        .and_then(Value::as_array)
+        .unwrap_or(&none);
+    for s in services {
+        let local = endpoint(text(s, "address"), number(s, "port"));
+        let prot = text(s, "protocol").to_uppercase();
+        if stats {
+            let _ = writeln!(
+                out,
+                "{prot:<4} {local:<33} {:>8} {:>12}",
+                number(s, "packets"),
+                number(s, "bytes")
+            );
+        } else {
+            let _ = writeln!(out, "{prot:<4} {local} {}", text(s, "scheduler"));
+        }
+        for r in s.get("reals").and_then(Value::as_array).unwrap_or(&none) {
+            let remote = endpoint(text(r, "address"), number(r, "port"));
+            if stats {
+                let _ = writeln!(
+                    out,
+                    "  -> {remote:<33} {:>6} {:>12}",
+                    number(r, "packets"),
+                    number(r, "bytes")
+                );
+            } else {
+                let drained = r.get("drained").and_then(Value::as_bool) == Some(true);
+                let _ = writeln!(
+                    out,
+                    "  -> {remote:<28} {:<7} {:<6} {:<10} {:<9}{}",
+                    forward_name(text(s, "forwarding")),
+                    if drained { 0 } else { number(r, "weight") },
+                    number(r, "active_connections"),
+                    number(r, "inactive_connections"),
+                    if drained {
+                        format!(" drained (weight {})", number(r, "weight"))
+                    } else {
+                        String::new()
+                    }
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The `ipvsadm -Lnc` layout.
+pub fn format_connections(value: &Value) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from(
+        "IPVS connection entries\npro expire state       source                virtual               destination\n",
+    );
+    let none = Vec::new();
+    for c in value
+        .get("connections")
+        .and_then(Value::as_array)
+        .unwrap_or(&none)
+    {
+        let expire = number(c, "expires_in");
+        let _ = writeln!(
+            out,
+            "{:<3} {:02}:{:02}  {:<11} {:<21} {:<21} {}",
+            text(c, "protocol").to_uppercase(),
+            expire / 60,
+            expire % 60,
+            text(c, "state"),
+            text(c, "client"),
+            text(c, "virtual"),
+            c.get("real").and_then(Value::as_str).unwrap_or("-")
+        );
+    }
+    out
+}
