@@ -13,7 +13,7 @@ use crate::{
     api,
     config::Protocol,
     daemon::OnExit,
-    document::{NewService, RealChange, ServiceChange, ServiceId},
+    document::{Document, NewService, RealChange, ServiceChange, ServiceId},
     pins,
 };
 
@@ -86,6 +86,18 @@ pub enum Command {
     },
     /// Re-read the configuration file, as SIGHUP does.
     Reload,
+    /// Read an `ipvsadm -S` dump: print it as a configuration (or, with --apply, make it
+    /// the running director's services); says which lines it cannot express.
+    ImportIpvsadm {
+        /// The dump (`ipvsadm -Sn > FILE`).
+        file: PathBuf,
+        /// The director's interfaces for the printed configuration.
+        #[arg(long = "interface", default_value = "eth0")]
+        interfaces: Vec<String>,
+        /// Replace the running director's services with the imported ones.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -405,6 +417,47 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
             let (address, port) = real_arg(&real, &id)?;
             let path = format!("{}/reals/{address}/{port}", service_path(&id));
             applied(request(socket, method, &path, json_body(&change)).await?)
+        }
+        Command::ImportIpvsadm {
+            file,
+            interfaces,
+            apply,
+        } => {
+            let text =
+                crate::config::Config::read_text(&file).map_err(|e| failure(e.to_string(), 2))?;
+            let import = crate::import::ipvsadm(&text);
+            for note in &import.notes {
+                eprintln!("xdpvs: {}: {note}", file.display());
+            }
+            let reals: usize = import
+                .services
+                .iter()
+                .filter_map(|s| s.get("reals").and_then(Value::as_array))
+                .map(Vec::len)
+                .sum();
+            eprintln!(
+                "xdpvs: {}: {} services and {reals} reals imported; {} lines or options not \
+                 expressed (above)",
+                file.display(),
+                import.services.len(),
+                import.notes.len()
+            );
+            if apply {
+                let running = request(socket, "GET", "/v1/config", Vec::new()).await?;
+                let running = String::from_utf8_lossy(&running).into_owned();
+                let mut doc = Document::parse(&running, Path::new("running configuration"))
+                    .map_err(|e| failure(e.to_string(), 1))?;
+                doc.set_services(import.services)
+                    .map_err(|e| failure(e.to_string(), 1))?;
+                applied(request(socket, "PUT", "/v1/config", doc.to_yaml().into_bytes()).await?)
+            } else {
+                let doc = Document::new(&interfaces, import.services);
+                doc.validate(Path::new("imported configuration"))
+                    .map_err(|e| {
+                        failure(e.to_string().lines().next().unwrap_or("").to_owned(), 2)
+                    })?;
+                Ok(doc.to_yaml())
+            }
         }
         Command::Daemon { .. }
         | Command::Teardown { .. }

@@ -92,6 +92,25 @@ impl Document {
         Ok(Document { tree })
     }
 
+    /// A document with a director on these interfaces and these services.
+    pub fn new(interfaces: &[String], services: Vec<Value>) -> Document {
+        let mut root = Map::new();
+        root.insert(
+            "director".into(),
+            serde_json::json!({ "interfaces": interfaces }),
+        );
+        root.insert("services".into(), Value::Array(services));
+        Document {
+            tree: Value::Object(root),
+        }
+    }
+
+    /// Replaces every service.
+    pub fn set_services(&mut self, services: Vec<Value>) -> Result<(), EditError> {
+        *self.services()? = services;
+        Ok(())
+    }
+
     /// The document as YAML text.
     pub fn to_yaml(&self) -> String {
         serde_saphyr::to_string(&self.tree).unwrap_or_else(|e| format!("# {e}\n"))

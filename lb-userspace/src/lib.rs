@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod document;
 pub mod host;
+pub mod import;
 pub mod nexthop;
 pub mod pins;
 pub mod plan;

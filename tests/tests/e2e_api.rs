@@ -335,6 +335,26 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
         Some(2)
     );
 
+    // An ipvsadm -S dump replaces the services; what it cannot say is named.
+    let dump = rig.write_scratch(
+        "rules",
+        "-A -t 192.0.2.100:80 -s sh\n-a -t 192.0.2.100:80 -r 192.0.2.12:80 -g -w 4\n\
+         -A -t 192.0.2.100:443 -s wrr\n-a -t 192.0.2.100:443 -r 192.0.2.11:443 -g -w 1\n",
+    );
+    let (code, out, err) = cli(
+        &config,
+        &["import-ipvsadm", dump.to_str().unwrap_or(""), "--apply"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        err.contains("line 3: scheduler wrr is not available yet"),
+        "{err}"
+    );
+    let l = listing(&config);
+    assert_eq!(l["services"].as_array().map(Vec::len), Some(1), "{l}");
+    assert_eq!(l["services"][0]["reals"][0]["weight"], 4, "{l}");
+    assert_eq!(new_connections(&rig, 10), vec![banner(1); 10]);
+
     // Completions and the man page come from the same definitions.
     assert!(ok(&config, &["completions", "bash"]).contains("xdpvs"));
     assert!(ok(&config, &["man"]).contains(".TH xdpvs"));
