@@ -199,13 +199,16 @@ pub struct Counters {
     pub packets: u64,
     /// Bytes forwarded, Ethernet header included.
     pub bytes: u64,
+    /// New flows scheduled (LVS "Conns"): each flow's first packet, counted once it has
+    /// a real, whether or not the connection table kept it.
+    pub flows: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 56);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<RealServer>() == 48);
-const _: () = assert!(core::mem::size_of::<Counters>() == 16);
+const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 const _: () = assert!(core::mem::size_of::<SnatPool>() == 72);
 const _: () = assert!(SCHED_SLOTS.is_power_of_two());
 

@@ -229,6 +229,7 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
                 _ => {}
             }
             let index = schedule::pick(&service, &ip)?;
+            stats::count_new_flow(service.id, index);
             let r = real(index).ok_or(Reason::DropInternal)?;
             let is_tcp = ip.proto == IPPROTO_TCP;
             if is_tcp && l4.flags & 0x12 != 0x02 {

@@ -23,6 +23,20 @@ pub fn count_forward(ctx: &XdpContext, id: u32, index: u32) {
     count_real(index, bytes);
 }
 
+/// A new flow scheduled for service `id` to real `index`. (The VIP path's stack is at
+/// the verifier's limit: called where `id` and `index` are live anyway, it adds none.)
+#[inline(always)]
+pub fn count_new_flow(id: u32, index: u32) {
+    if let Some(c) = SERVICE_STATS.get_ptr_mut(id) {
+        // SAFETY: as in `bump`.
+        unsafe { (*c).flows += 1 };
+    }
+    if let Some(c) = REAL_STATS.get_ptr_mut(index) {
+        // SAFETY: as in `bump`.
+        unsafe { (*c).flows += 1 };
+    }
+}
+
 #[inline(always)]
 pub fn count_service(id: u32, bytes: u64) {
     add(SERVICE_STATS.get_ptr_mut(id), bytes);

@@ -42,6 +42,7 @@ pub const DEFAULT_SOCKET: &str = "/run/xdpvs/xdpvs.sock";
 #[derive(Debug)]
 pub enum Request {
     List,
+    Metrics,
     Connections,
     Save,
     Restore(String),
@@ -52,6 +53,16 @@ pub enum Request {
     AddReal(ServiceId, IpAddr, Option<u16>, RealChange),
     EditReal(ServiceId, IpAddr, Option<u16>, RealChange),
     DeleteReal(ServiceId, IpAddr, Option<u16>),
+}
+
+impl Request {
+    /// The request for a log line (a configuration's text is not repeated).
+    pub fn describe(&self) -> String {
+        match self {
+            Request::Restore(text) => format!("restore of {} bytes", text.len()),
+            other => format!("{other:?}"),
+        }
+    }
 }
 
 /// Why a request was refused: an HTTP status and one line for the operator.
@@ -74,6 +85,8 @@ impl Refusal {
 pub enum Answer {
     Json(serde_json::Value),
     Text(String),
+    /// Prometheus text exposition.
+    Metrics(String),
 }
 
 /// A request and where its answer goes.
@@ -109,6 +122,11 @@ async fn ask(calls: &mpsc::Sender<Call>, request: Request) -> Response {
     match answer.await {
         Ok(Ok(Answer::Json(v))) => Json(v).into_response(),
         Ok(Ok(Answer::Text(t))) => ([("content-type", "application/yaml")], t).into_response(),
+        Ok(Ok(Answer::Metrics(t))) => (
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            t,
+        )
+            .into_response(),
         Ok(Err(refusal)) => refusal.into_response(),
         Err(_) => Refusal::new(503, "the director is stopping").into_response(),
     }
@@ -324,6 +342,20 @@ pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, SocketError> {
 pub async fn serve(listener: tokio::net::UnixListener, calls: mpsc::Sender<Call>) {
     if let Err(e) = axum::serve(listener, router(calls)).await {
         log::error!("the API server stopped: {e}");
+    }
+}
+
+/// Serves `GET /metrics` on `listener` (TCP) until the process ends.
+pub async fn serve_metrics(listener: tokio::net::TcpListener, calls: mpsc::Sender<Call>) {
+    let router = Router::new()
+        .route(
+            "/metrics",
+            get(|State(c): Calls| async move { ask(&c, Request::Metrics).await }),
+        )
+        .fallback(|| async { Refusal::new(404, "metrics are at /metrics") })
+        .with_state(calls);
+    if let Err(e) = axum::serve(listener, router).await {
+        log::error!("the metrics server stopped: {e}");
     }
 }
 

@@ -46,6 +46,9 @@ pub enum Command {
         /// What a stop (SIGTERM, SIGINT) does with the data path.
         #[arg(long, value_enum, default_value_t = OnExit::Keep)]
         on_exit: OnExit,
+        /// Address of the Prometheus metrics (`/metrics`), or `off`.
+        #[arg(long, default_value = crate::metrics::DEFAULT_ADDRESS, value_parser = metrics_address)]
+        metrics: Metrics,
     },
     /// Detach the program and remove what a stopped daemon left running (pinned maps and
     /// links, `lo` forwarding, neighbour entries). Refused while a daemon runs.
@@ -105,6 +108,19 @@ pub enum Command {
     },
     /// Print the man page (roff).
     Man,
+}
+
+/// `--metrics`: an address, or `off`.
+#[derive(Clone, Debug)]
+pub struct Metrics(pub Option<SocketAddr>);
+
+fn metrics_address(text: &str) -> Result<Metrics, String> {
+    if text == "off" {
+        return Ok(Metrics(None));
+    }
+    text.parse()
+        .map(|a| Metrics(Some(a)))
+        .map_err(|_| format!("{text:?}: ADDRESS:PORT or off"))
 }
 
 /// A virtual service, as ipvsadm names it.
@@ -508,7 +524,7 @@ pub fn format_services(value: &Value, stats: bool) -> String {
         env!("CARGO_PKG_VERSION")
     );
     if stats {
-        out.push_str("Prot LocalAddress:Port                 Packets        Bytes\n");
+        out.push_str("Prot LocalAddress:Port               Conns   Packets        Bytes\n");
         out.push_str("  -> RemoteAddress:Port\n");
     } else {
         out.push_str("Prot LocalAddress:Port Scheduler Flags\n");
@@ -525,7 +541,8 @@ pub fn format_services(value: &Value, stats: bool) -> String {
         if stats {
             let _ = writeln!(
                 out,
-                "{prot:<4} {local:<33} {:>8} {:>12}",
+                "{prot:<4} {local:<28} {:>8} {:>9} {:>12}",
+                number(s, "connections"),
                 number(s, "packets"),
                 number(s, "bytes")
             );
@@ -537,7 +554,8 @@ pub fn format_services(value: &Value, stats: bool) -> String {
             if stats {
                 let _ = writeln!(
                     out,
-                    "  -> {remote:<33} {:>6} {:>12}",
+                    "  -> {remote:<28} {:>6} {:>9} {:>12}",
+                    number(r, "connections"),
                     number(r, "packets"),
                     number(r, "bytes")
                 );

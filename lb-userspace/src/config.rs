@@ -217,7 +217,7 @@ impl Limits {
     /// measured on 6.18 (docs/CONFIG.md, "Kernel memory"). The scheduling table takes
     /// 4096 slots of 8 bytes per service (an array rounds values up to 8 bytes).
     pub fn kernel_bytes(&self, cpus: u64) -> u64 {
-        let per_cpu = 8 + 16 * cpus;
+        let per_cpu = 8 + 24 * cpus;
         let service = 4096 * 8 + 148 + 100 + 56 + per_cpu;
         let real = 120 + per_cpu;
         u64::from(self.max_services) * service

@@ -10,6 +10,7 @@ use std::{
 };
 
 use lb_common::{NH_OFFLINK, NH_RESOLVED, conntrack::Settings};
+use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     time::Instant,
@@ -68,6 +69,12 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Socket(#[from] crate::api::SocketError),
+    #[error("serving metrics on {address}: {source} (--metrics chooses another address, or off)")]
+    Metrics {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading the network namespace cookie: {0}")]
     Netns(#[source] std::io::Error),
     #[error(transparent)]
@@ -416,11 +423,20 @@ impl Director {
     /// Re-reads the configuration file and applies the difference; on any error the
     /// running configuration stays in force.
     async fn reload(&mut self, neighbours: &mut ManagedNeighbours) -> Result<String, DaemonError> {
+        notify(&[
+            NotifyState::Reloading,
+            NotifyState::monotonic_usec_now().unwrap_or(NotifyState::MonotonicUsec(0)),
+        ]);
         let path = self.config_path.clone();
-        let text = Config::read_text(&path)?;
-        let config = Config::parse(&text, &path)?;
-        let doc = Document::parse(&text, &path)?;
-        self.change(config, doc, false, neighbours).await
+        let result = async {
+            let text = Config::read_text(&path)?;
+            let config = Config::parse(&text, &path)?;
+            let doc = Document::parse(&text, &path)?;
+            self.change(config, doc, false, neighbours).await
+        }
+        .await;
+        notify(&[NotifyState::Ready]);
+        result
     }
 
     /// Applies a validated configuration (its document: `doc`). With `write`, the
@@ -505,9 +521,10 @@ impl Director {
     ) -> Result<Answer, Refusal> {
         let path = self.config_path.clone();
         let mut doc = self.doc.clone();
-        let what = format!("{request:?}");
+        let what = request.describe();
         let edited = match request {
             Request::List => return self.list().map(Answer::Json),
+            Request::Metrics => return self.metrics().map(Answer::Metrics),
             Request::Connections => return self.connections().map(Answer::Json),
             Request::Save => return Ok(Answer::Text(self.doc.to_yaml())),
             Request::Reload => {
@@ -568,6 +585,28 @@ impl Director {
         Ok(stats::listing(&self.config, &self.plan, &snapshot, &flows))
     }
 
+    /// The Prometheus metrics, read from the maps now.
+    fn metrics(&self) -> Result<String, Refusal> {
+        let snapshot = self
+            .dataplane
+            .snapshot(&self.plan)
+            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        let flows = self
+            .dataplane
+            .flows()
+            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        let tables = crate::metrics::Tables {
+            flows: &flows,
+            flow_capacity: self.config.limits.max_flows,
+        };
+        Ok(crate::metrics::render(
+            &self.config,
+            &self.plan,
+            &snapshot,
+            &tables,
+        ))
+    }
+
     /// The live connection-table entries, for `xdpvs list -c`.
     fn connections(&self) -> Result<serde_json::Value, Refusal> {
         let flows = self
@@ -587,7 +626,7 @@ impl Director {
 
     fn print_report(&self) {
         match self.dataplane.snapshot(&self.plan) {
-            Ok(snapshot) => print!("{}", stats::report(&self.plan, &snapshot)),
+            Ok(snapshot) => say(&stats::report(&self.plan, &snapshot)),
             Err(e) => log::warn!("reading counters: {e}"),
         }
     }
@@ -684,6 +723,8 @@ pub struct Options {
     pub on_exit: OnExit,
     /// The API's Unix socket.
     pub socket: PathBuf,
+    /// Where Prometheus metrics are served (`None`: not served).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -694,6 +735,18 @@ pub async fn run(config_path: &Path, options: &Options) -> Result<(), DaemonErro
     let _lock = InstanceLock::acquire(Path::new(STATE_DIR))?;
     let listener = api::bind(&options.socket)?;
     let (calls_tx, mut calls) = tokio::sync::mpsc::channel(16);
+    let metrics = match options.metrics {
+        Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|source| {
+            DaemonError::Metrics {
+                address: at.to_string(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    if let Some(listener) = metrics {
+        tokio::spawn(api::serve_metrics(listener, calls_tx.clone()));
+    }
     let server = tokio::spawn(api::serve(listener, calls_tx));
     let netlink = Netlink::open()?;
     let mut neighbours = ManagedNeighbours::open(Path::new(STATE_DIR));
@@ -736,11 +789,24 @@ async fn serve(
         }
     };
     let reals: usize = director.plan.services.iter().map(|s| s.reals.len()).sum();
-    println!(
-        "{READY} services={} reals={}",
+    say(&format!(
+        "{READY} services={} reals={}\n",
         director.plan.services.len(),
         reals
+    ));
+    notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!(
+            "serving {} services, {reals} reals",
+            director.plan.services.len()
+        )),
+    ]);
+    // systemd's watchdog, when the unit sets one: pinged from this loop, so a loop that
+    // stops turning is restarted.
+    let mut watchdog = tokio::time::interval(
+        sd_notify::watchdog_enabled().map_or(Duration::from_secs(3600), |d| d / 2),
     );
+    let watching = sd_notify::watchdog_enabled().is_some();
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     let mut dirty: Option<Instant> = None;
     loop {
@@ -756,7 +822,7 @@ async fn serve(
             _ = signals.hup.recv() => match director.reload(neighbours).await {
                 Ok(summary) => {
                     log::info!("reloaded {}", config_path.display());
-                    println!("{RELOADED} {summary}");
+                    say(&format!("{RELOADED} {summary}\n"));
                 }
                 Err(e) => log::error!("reload refused, the running configuration stays: {e}"),
             },
@@ -780,8 +846,10 @@ async fn serve(
                 director.follow_interfaces().await;
                 director.read_next_hops(neighbours).await;
             }
+            _ = watchdog.tick(), if watching => notify(&[NotifyState::Watchdog]),
         }
     }
+    notify(&[NotifyState::Stopping]);
     director.print_report();
     match options.on_exit {
         OnExit::Keep => {
@@ -864,6 +932,29 @@ fn check_memory(path: &Path, config: &Config) -> Result<(), DaemonError> {
             available_mib: available >> 20,
         }),
         _ => Ok(()),
+    }
+}
+
+/// Writes to standard output, which may be gone (a closed pipe, a journal that went away):
+/// the daemon goes on without it rather than panicking as `print!` would.
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        log::debug!("standard output is closed");
+    }
+}
+
+/// Tells the service manager (systemd, `Type=notify`) where the daemon is; nothing
+/// without `NOTIFY_SOCKET`. A failure is logged: the service manager is not the director's
+/// business.
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        log::warn!("sd_notify: {e}");
     }
 }
 

@@ -803,6 +803,7 @@ impl Dataplane {
         let sum = |values: aya::maps::PerCpuValues<Counters>| {
             values.iter().fold(Counters::default(), |a, c| Counters {
                 packets: a.packets + c.packets,
+                flows: a.flows + c.flows,
                 bytes: a.bytes + c.bytes,
             })
         };

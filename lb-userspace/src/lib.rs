@@ -16,6 +16,7 @@ pub mod dataplane;
 pub mod document;
 pub mod host;
 pub mod import;
+pub mod metrics;
 pub mod nexthop;
 pub mod pins;
 pub mod plan;

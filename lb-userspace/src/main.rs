@@ -30,11 +30,13 @@ fn main() -> ExitCode {
             config,
             bpf_dir,
             on_exit,
+            metrics,
         } => {
             let options = Options {
                 bpf_dir,
                 on_exit,
                 socket: cli.socket,
+                metrics: metrics.0,
             };
             runtime().and_then(|rt| {
                 rt.block_on(daemon::run(&config, &options))

@@ -25,19 +25,20 @@ pub fn report(plan: &Plan, snapshot: &Snapshot) -> String {
     for (s, (counters, reals)) in plan.services.iter().zip(&snapshot.services) {
         let _ = writeln!(
             out,
-            "service {} scheduler={} forwarding={} name={} packets={} bytes={}",
+            "service {} scheduler={} forwarding={} name={} connections={} packets={} bytes={}",
             s.label(),
             s.scheduler,
             s.forwarding,
             s.name.as_deref().unwrap_or("-"),
+            counters.flows,
             counters.packets,
             counters.bytes
         );
         for (r, c) in s.reals.iter().zip(reals) {
             let _ = writeln!(
                 out,
-                "  real {}:{} weight={} packets={} bytes={}",
-                r.address, r.port, r.weight, c.packets, c.bytes
+                "  real {}:{} weight={} connections={} packets={} bytes={}",
+                r.address, r.port, r.weight, c.flows, c.packets, c.bytes
             );
         }
     }
@@ -89,15 +90,9 @@ fn live<'a>(
     })
 }
 
-/// Services with their reals, counters and connection counts, as `GET /v1/services`
-/// returns them. A connection is active while its TCP state is established, inactive
-/// otherwise (other TCP states, UDP), as in `ipvsadm -L`.
-pub fn listing(
-    config: &Config,
-    plan: &Plan,
-    snapshot: &Snapshot,
-    flows: &[(FlowKeyV4, Flow)],
-) -> Value {
+/// Live connections per real index: (active, inactive). Active while the TCP state is
+/// established, inactive otherwise (other TCP states, UDP), as in `ipvsadm -L`.
+pub fn connection_counts(plan: &Plan, flows: &[(FlowKeyV4, Flow)]) -> HashMap<u32, (u64, u64)> {
     let mut conns: HashMap<u32, (u64, u64)> = HashMap::new();
     for (_, f, s) in live(plan, flows) {
         let Some(r) = s.reals.iter().find(|r| r.index == f.real) else {
@@ -113,6 +108,19 @@ pub fn listing(
             c.1 += 1;
         }
     }
+    conns
+}
+
+/// Services with their reals, counters and connection counts, as `GET /v1/services`
+/// returns them. A connection is active while its TCP state is established, inactive
+/// otherwise (other TCP states, UDP), as in `ipvsadm -L`.
+pub fn listing(
+    config: &Config,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    flows: &[(FlowKeyV4, Flow)],
+) -> Value {
+    let conns = connection_counts(plan, flows);
     let services: Vec<Value> = plan
         .services
         .iter()
@@ -131,6 +139,7 @@ pub fn listing(
                         "port": r.port,
                         "weight": cr.weight,
                         "drained": cr.drained,
+                        "connections": c.flows,
                         "packets": c.packets,
                         "bytes": c.bytes,
                         "active_connections": active,
@@ -145,6 +154,7 @@ pub fn listing(
                 "port": s.port,
                 "scheduler": s.scheduler.to_string(),
                 "forwarding": s.forwarding.to_string(),
+                "connections": counters.flows,
                 "packets": counters.packets,
                 "bytes": counters.bytes,
                 "reals": reals,

@@ -394,15 +394,16 @@ pub fn teardown(ns: &Netns) -> (bool, String) {
 /// Starts `xdpvs daemon` in `ns`; waits for it to be ready, or returns it as it is after
 /// it exits or after `limit` (check with `Daemon::wait`).
 pub fn start_daemon(ns: &Netns, config: &std::path::Path, limit: Duration) -> (Daemon, bool) {
-    start_daemon_with(ns, config, limit, &[])
+    start_daemon_with(ns, config, limit, &[], &[])
 }
 
-/// [`start_daemon`] with more arguments (e.g. `--on-exit detach`).
+/// [`start_daemon`] with more arguments (e.g. `--on-exit detach`) and environment.
 pub fn start_daemon_with(
     ns: &Netns,
     config: &std::path::Path,
     limit: Duration,
     args: &[&str],
+    envs: &[(&str, &str)],
 ) -> (Daemon, bool) {
     let mut cmd = ns.command(&xdpvs_bin());
     cmd.arg("daemon")
@@ -413,6 +414,7 @@ pub fn start_daemon_with(
         .arg("--socket")
         .arg(socket_of(config))
         .args(args)
+        .envs(envs.iter().copied())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

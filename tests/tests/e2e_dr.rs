@@ -179,6 +179,12 @@ fn direct_routing_serves_tcp_and_udp_from_the_predicted_reals() {
     let web_line = report_line(&stdout, "service tcp 192.0.2.100:80");
     let forwarded = field(web_line, "packets");
     assert!(forwarded >= 3 * answers.len() as u64, "{web_line}");
+    // Each TCP connection was scheduled once: one per source, and ten from CLIENT.
+    assert_eq!(
+        field(web_line, "connections"),
+        answers.len() as u64 + 10,
+        "{web_line}"
+    );
     for i in 0..3 {
         let line = report_line(&stdout, &format!("real {}:80", real_address(i)));
         assert!(field(line, "packets") > 0, "{line}");

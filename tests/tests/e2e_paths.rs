@@ -476,3 +476,121 @@ fn sigterm_during_start_up_stops_it_and_undoes_what_it_did() {
         .unwrap_or_default();
     assert_eq!(lo.trim(), "0", "lo forwarding restored");
 }
+
+#[test]
+fn the_service_manager_hears_ready_watchdog_reloading_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let rig = DrRig::new(1);
+    let config = rig.write_config(ONE_REAL);
+    // systemd's side of `Type=notify`: a datagram socket named by NOTIFY_SOCKET.
+    let path = config.with_file_name("notify.sock");
+    let manager = UnixDatagram::bind(&path).unwrap_or_else(|e| panic!("{e}"));
+    manager
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let next = || {
+        let mut buf = [0u8; 512];
+        let n = manager
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("no notification: {e}"));
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
+    };
+    let notify = path.to_string_lossy().into_owned();
+    let (daemon, ready) = xdpvs_testbed::rig::start_daemon_with(
+        &rig.director,
+        &config,
+        Duration::from_secs(30),
+        &[],
+        &[("NOTIFY_SOCKET", &notify), ("WATCHDOG_USEC", "200000")],
+    );
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let first = next();
+    assert!(
+        first.contains("READY=1") && first.contains("STATUS=serving 1 services, 1 reals"),
+        "{first:?}"
+    );
+    // Pinged at half the watchdog period.
+    assert_eq!(next(), "WATCHDOG=1");
+    assert_eq!(next(), "WATCHDOG=1");
+    daemon.signal(libc::SIGHUP);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.starts_with("READY=1")) {
+        let m = next();
+        if m != "WATCHDOG=1" {
+            seen.push(m);
+        }
+    }
+    assert!(
+        seen[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{seen:?}"
+    );
+    daemon.signal(libc::SIGTERM);
+    let mut last = next();
+    while last == "WATCHDOG=1" {
+        last = next();
+    }
+    assert_eq!(last, "STOPPING=1");
+    let (status, _, stderr) = daemon.wait(Duration::from_secs(20));
+    assert!(status.success(), "{stderr:#?}");
+}
+
+#[test]
+fn the_three_capabilities_of_the_systemd_unit_are_enough() {
+    use std::io::BufRead as _;
+    // The set deploy/xdpvs.service grants, and nothing else (the rest of root's dropped).
+    const CAPS: &str = "-all,+bpf,+net_admin,+perfmon";
+    let rig = DrRig::new(1);
+    let _servers = dns_servers(&rig);
+    let config = rig.write_config(DR_CONFIG);
+    let dir = xdpvs_testbed::bpf_dir(rig.director.name());
+    let socket = xdpvs_testbed::rig::socket_of(&config);
+    let confined = |args: &[&str]| {
+        let mut c = rig.director.command(Path::new("/usr/bin/setpriv"));
+        c.args(["--bounding-set", CAPS, "--inh-caps", "-all", "--"])
+            .arg(xdpvs_testbed::xdpvs_bin())
+            .arg("--socket")
+            .arg(&socket)
+            .args(args);
+        c
+    };
+    for round in ["first start", "restart that adopts"] {
+        let mut child = confined(&[
+            "daemon",
+            "--config",
+            config.to_str().unwrap_or(""),
+            "--bpf-dir",
+            dir.to_str().unwrap_or(""),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+        let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+        let ready = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.starts_with(lb_userspace::daemon::READY));
+        if !ready {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+            panic!("{round}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let answer = rig
+            .client
+            .enter(|| udp_ask(CLIENT.into(), SocketAddr::new(VIP.into(), 53), TIMEOUT, 3));
+        assert!(answer.is_ok(), "{round}: {answer:?}");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+        assert!(status.success(), "{round}: exit {status}");
+    }
+    let out = confined(&["teardown", "--bpf-dir", dir.to_str().unwrap_or("")])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!rig.director_has_xdp());
+}

@@ -831,10 +831,18 @@ fn forwarded_packets_are_counted_per_service_and_real() {
             )
             .unwrap_or_else(|| panic!("no real"));
         let (svc, reals) = &snap.services[0];
-        assert_eq!((svc.packets, svc.bytes), (10, 10 * frame.len() as u64));
+        // One flow: its first packet scheduled it; the other nine hit its entry.
+        assert_eq!(
+            (svc.packets, svc.bytes, svc.flows),
+            (10, 10 * frame.len() as u64, 1)
+        );
         for (r, c) in service.reals.iter().zip(reals) {
-            let want = if r.index == real.index { 10 } else { 0 };
-            assert_eq!(c.packets, want, "real {}", r.address);
+            let want = if r.index == real.index {
+                (10, 1)
+            } else {
+                (0, 0)
+            };
+            assert_eq!((c.packets, c.flows), want, "real {}", r.address);
         }
         assert_eq!(snap.reason(Reason::ForwardTx), 10);
         // Nothing else was counted anywhere.

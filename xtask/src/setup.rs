@@ -12,8 +12,10 @@ use crate::run;
 const BPF_LINKER_VERSION: &str = "0.10.0";
 
 /// Debian packages the test rigs and the benchmark call: ethtool (veth offloads),
-/// iproute2 (namespaces), nftables (the kernel L4 balancing the benchmark compares with).
-const DEBIAN_PACKAGES: &[&str] = &["ethtool", "iproute2", "nftables"];
+/// iproute2 (namespaces), nftables (the kernel L4 balancing the benchmark compares with),
+/// prometheus (the server the metrics test scrapes the daemon with; only its binary is
+/// used, inside a test namespace).
+const DEBIAN_PACKAGES: &[&str] = &["ethtool", "iproute2", "nftables", "prometheus"];
 
 fn run_quiet(program: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(program).args(args).output().ok()?;

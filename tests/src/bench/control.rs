@@ -119,6 +119,7 @@ pub fn daemon_footprint(rig: &Rig, services: usize) -> (f64, u64, u64) {
         &config,
         Duration::from_secs(600),
         &["--on-exit", "detach"],
+        &[],
     );
     let took = start.elapsed().as_secs_f64();
     assert!(ready, "xdpvs did not become ready: {:?}", daemon.stderr());

@@ -266,6 +266,7 @@ impl Rig {
                     &config,
                     Duration::from_secs(20),
                     &["--on-exit", "detach"],
+                    &[],
                 );
                 assert!(ready, "xdpvs did not become ready: {:?}", daemon.stderr());
                 let m = self.measure(director, rounds, frames, cpu);

@@ -1,0 +1,201 @@
+//! Prometheus metrics: read from the per-CPU maps at scrape time (no copy kept in the
+//! daemon), named and labelled by Prometheus conventions, served on `/metrics`.
+
+use lb_common::{
+    conntrack::{Flow, FlowKeyV4},
+    event::Event,
+    reason::Reason,
+};
+use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+
+use crate::{config::Config, dataplane::Snapshot, plan::Plan};
+
+/// Default listening address: loopback only.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9469";
+
+/// What a scrape reads besides the counters.
+pub struct Tables<'a> {
+    pub flows: &'a [(FlowKeyV4, Flow)],
+    pub flow_capacity: u32,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable!("metric {name}: {e}"));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The metrics text of one scrape.
+pub fn render(config: &Config, plan: &Plan, snapshot: &Snapshot, tables: &Tables) -> String {
+    let r = Registry::new();
+    let svc = ["protocol", "address", "port", "name"];
+    let real = ["protocol", "address", "port", "real_address", "real_port"];
+    let s_conns = counter(
+        &r,
+        "xdpvs_service_connections_total",
+        "New flows scheduled for the virtual service.",
+        &svc,
+    );
+    let s_packets = counter(
+        &r,
+        "xdpvs_service_packets_total",
+        "Packets forwarded for the virtual service (both ways under NAT).",
+        &svc,
+    );
+    let s_bytes = counter(
+        &r,
+        "xdpvs_service_bytes_total",
+        "Bytes forwarded for the virtual service, Ethernet header included.",
+        &svc,
+    );
+    let r_conns = counter(
+        &r,
+        "xdpvs_real_connections_total",
+        "New flows scheduled to the real server.",
+        &real,
+    );
+    let r_packets = counter(
+        &r,
+        "xdpvs_real_packets_total",
+        "Packets forwarded to (and under NAT from) the real server.",
+        &real,
+    );
+    let r_bytes = counter(
+        &r,
+        "xdpvs_real_bytes_total",
+        "Bytes forwarded to (and under NAT from) the real server.",
+        &real,
+    );
+    let r_active = gauge(
+        &r,
+        "xdpvs_real_active_connections",
+        "Live connection-table entries of the real in TCP state established.",
+        &real,
+    );
+    let r_inactive = gauge(
+        &r,
+        "xdpvs_real_inactive_connections",
+        "Live connection-table entries of the real in other states (other TCP states, UDP).",
+        &real,
+    );
+    let r_weight = gauge(
+        &r,
+        "xdpvs_real_weight",
+        "Configured weight of the real server.",
+        &real,
+    );
+    let r_drained = gauge(
+        &r,
+        "xdpvs_real_drained",
+        "1 while the real server is drained (no new flows).",
+        &real,
+    );
+    let reasons = counter(
+        &r,
+        "xdpvs_packets_total",
+        "Every packet the XDP program saw, by outcome (docs/OPERATIONS.md lists them).",
+        &["reason"],
+    );
+    let events = counter(
+        &r,
+        "xdpvs_events_total",
+        "Connection-table and data-path events (ct_insert_refused: refused inserts).",
+        &["event"],
+    );
+    let entries = IntGauge::new(
+        "xdpvs_conntrack_entries",
+        "Entries in the connection table, live or expired but not yet evicted.",
+    )
+    .unwrap_or_else(|e| unreachable!("{e}"));
+    let capacity = IntGauge::new(
+        "xdpvs_conntrack_capacity",
+        "Entries the connection table holds (limits.max_flows).",
+    )
+    .unwrap_or_else(|e| unreachable!("{e}"));
+    let build = gauge(
+        &r,
+        "xdpvs_build_info",
+        "The xdpvs build: 1, labelled with its version.",
+        &["version"],
+    );
+    let _ = r.register(Box::new(entries.clone()));
+    let _ = r.register(Box::new(capacity.clone()));
+
+    let conns = crate::stats::connection_counts(plan, tables.flows);
+
+    for ((s, (counters, reals)), cs) in plan
+        .services
+        .iter()
+        .zip(&snapshot.services)
+        .zip(&config.services)
+    {
+        let (protocol, address, port) = (
+            s.protocol.to_string(),
+            s.address.to_string(),
+            s.port.to_string(),
+        );
+        let labels = [
+            protocol.as_str(),
+            address.as_str(),
+            port.as_str(),
+            s.name.as_deref().unwrap_or(""),
+        ];
+        s_conns.with_label_values(&labels).inc_by(counters.flows);
+        s_packets
+            .with_label_values(&labels)
+            .inc_by(counters.packets);
+        s_bytes.with_label_values(&labels).inc_by(counters.bytes);
+        for ((rp, c), rc) in s.reals.iter().zip(reals).zip(&cs.reals) {
+            let (ra, rport) = (rp.address.to_string(), rp.port.to_string());
+            let labels = [
+                protocol.as_str(),
+                address.as_str(),
+                port.as_str(),
+                ra.as_str(),
+                rport.as_str(),
+            ];
+            r_conns.with_label_values(&labels).inc_by(c.flows);
+            r_packets.with_label_values(&labels).inc_by(c.packets);
+            r_bytes.with_label_values(&labels).inc_by(c.bytes);
+            let (active, inactive) = conns.get(&rp.index).copied().unwrap_or_default();
+            r_active.with_label_values(&labels).set(i64_of(active));
+            r_inactive.with_label_values(&labels).set(i64_of(inactive));
+            r_weight
+                .with_label_values(&labels)
+                .set(i64::from(rc.weight));
+            r_drained
+                .with_label_values(&labels)
+                .set(i64::from(rc.drained));
+        }
+    }
+    for &reason in Reason::ALL {
+        reasons
+            .with_label_values(&[reason.name()])
+            .inc_by(snapshot.reason(reason));
+    }
+    for &event in Event::ALL {
+        events
+            .with_label_values(&[event.name()])
+            .inc_by(snapshot.event(event));
+    }
+    entries.set(i64_of(tables.flows.len() as u64));
+    capacity.set(i64::from(tables.flow_capacity));
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&r.gather(), &mut out) {
+        return format!("# encoding failed: {e}\n");
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
