@@ -65,8 +65,12 @@ pub enum Command {
     /// List virtual services and their reals, as `ipvsadm -Ln`.
     List {
         /// Packet and byte counters instead of weights and connections.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "rate")]
         stats: bool,
+        /// Per-second rates (connections, packets, bytes), from two readings a second
+        /// apart.
+        #[arg(long)]
+        rate: bool,
         /// The connection table's entries (`ipvsadm -Lnc`).
         #[arg(short = 'c', long)]
         connections: bool,
@@ -313,6 +317,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
     match command {
         Command::List {
             stats,
+            rate,
             connections,
             json,
         } => {
@@ -321,9 +326,20 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
             } else {
                 "/v1/services"
             };
-            let body = request(socket, "GET", path, Vec::new()).await?;
-            let value: Value = serde_json::from_slice(&body)
-                .map_err(|e| failure(format!("the daemon's answer: {e}"), 1))?;
+            let read = || async {
+                let body = request(socket, "GET", path, Vec::new()).await?;
+                serde_json::from_slice::<Value>(&body)
+                    .map_err(|e| failure(format!("the daemon's answer: {e}"), 1))
+            };
+            let mut value = read().await?;
+            let mut stats = stats;
+            if rate && !connections {
+                let start = std::time::Instant::now();
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                let later = read().await?;
+                value = rates(&value, &later, start.elapsed().as_secs_f64());
+                stats = true;
+            }
             Ok(if json {
                 format!(
                     "{}\n",
@@ -332,7 +348,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
             } else if connections {
                 format_connections(&value)
             } else {
-                format_services(&value, stats)
+                format_services(&value, stats, rate)
             })
         }
         Command::Save => {
@@ -516,14 +532,60 @@ fn number(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// Per-second rates between two readings of `/v1/services` (`seconds` apart): the later
+/// reading with each counter replaced by its rate (services and reals matched by place;
+/// a change in between shows as the later reading's own counters).
+pub fn rates(before: &Value, after: &Value, seconds: f64) -> Value {
+    let mut out = after.clone();
+    let rate = |a: &Value, b: &Value, key: &str| -> Value {
+        let (x, y) = (number(a, key), number(b, key));
+        let same =
+            text(a, "address") == text(b, "address") && number(a, "port") == number(b, "port");
+        let delta = if same { y.saturating_sub(x) } else { y };
+        Value::from((delta as f64 / seconds.max(1e-3)).round() as u64)
+    };
+    let none = Vec::new();
+    let old = before
+        .get("services")
+        .and_then(Value::as_array)
+        .unwrap_or(&none);
+    if let Some(services) = out.get_mut("services").and_then(Value::as_array_mut) {
+        for (i, s) in services.iter_mut().enumerate() {
+            let prev = old.get(i).cloned().unwrap_or(Value::Null);
+            let now = s.clone();
+            for key in ["connections", "packets", "bytes"] {
+                s[key] = rate(&prev, &now, key);
+            }
+            let prev_reals = prev
+                .get("reals")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(reals) = s.get_mut("reals").and_then(Value::as_array_mut) {
+                for (j, r) in reals.iter_mut().enumerate() {
+                    let p = prev_reals.get(j).cloned().unwrap_or(Value::Null);
+                    let n = r.clone();
+                    for key in ["connections", "packets", "bytes"] {
+                        r[key] = rate(&p, &n, key);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The `ipvsadm -Ln` layout (with `--stats`, its counters instead).
-pub fn format_services(value: &Value, stats: bool) -> String {
+pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
         "IP Virtual Server version {} (xdpvs)\n",
         env!("CARGO_PKG_VERSION")
     );
-    if stats {
+    if rate {
+        out.push_str("Prot LocalAddress:Port                 CPS       PPS          BPS\n");
+        out.push_str("  -> RemoteAddress:Port\n");
+    } else if stats {
         out.push_str("Prot LocalAddress:Port               Conns   Packets        Bytes\n");
         out.push_str("  -> RemoteAddress:Port\n");
     } else {
@@ -606,4 +668,33 @@ pub fn format_connections(value: &Value) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_deltas_per_second_matched_by_service_and_real() {
+        let before = serde_json::json!({"services": [{"address": "192.0.2.100", "port": 80,
+            "protocol": "tcp", "connections": 10, "packets": 100, "bytes": 1000,
+            "reals": [{"address": "192.0.2.11", "port": 80, "connections": 4,
+                       "packets": 40, "bytes": 400}]}]});
+        let after = serde_json::json!({"services": [{"address": "192.0.2.100", "port": 80,
+            "protocol": "tcp", "connections": 30, "packets": 300, "bytes": 5000,
+            "reals": [{"address": "192.0.2.11", "port": 80, "connections": 24,
+                       "packets": 240, "bytes": 4400}]}]});
+        let r = rates(&before, &after, 2.0);
+        assert_eq!(r["services"][0]["connections"], 10);
+        assert_eq!(r["services"][0]["bytes"], 2000);
+        assert_eq!(r["services"][0]["reals"][0]["packets"], 100);
+        let text = format_services(&r, true, true);
+        assert!(text.contains("CPS"), "{text}");
+        assert!(text.contains("TCP  192.0.2.100:80"), "{text}");
+        // A service that was replaced in between: its own counters, not a negative rate.
+        let mut moved = after.clone();
+        moved["services"][0]["port"] = 81.into();
+        moved["services"][0]["connections"] = 3.into();
+        assert_eq!(rates(&before, &moved, 1.0)["services"][0]["connections"], 3);
+    }
 }

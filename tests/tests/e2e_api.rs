@@ -156,6 +156,11 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     );
     let list = ok(&config, &["list"]);
     assert!(list.contains("drained (weight 1)"), "{list}");
+    let rate = ok(&config, &["list", "--rate"]);
+    assert!(
+        rate.contains("CPS") && rate.contains("TCP  192.0.2.100:80"),
+        "{rate}"
+    );
     let l = listing(&config);
     assert_eq!(l["services"][0]["reals"][0]["active_connections"], 1, "{l}");
     let conns = ok(&config, &["list", "-c"]);
