@@ -59,12 +59,24 @@ pub fn xdpvs(ctx: XdpContext) -> u32 {
     };
     let reason = Reason::from_code(outcome as u32).unwrap_or(Reason::DropInternal);
     stats::count_reason(reason);
+    if reason.action() == Action::Drop {
+        trace_drop(&ctx, reason);
+    }
     match reason.action() {
         Action::Pass => aya_ebpf::bindings::xdp_action::XDP_PASS,
         Action::Drop => aya_ebpf::bindings::xdp_action::XDP_DROP,
         Action::Tx => aya_ebpf::bindings::xdp_action::XDP_TX,
         Action::Redirect => redirect((outcome >> 32) as u32),
     }
+}
+
+/// Traces a dropped packet's reason (`xdpvs daemon --trace`). The daemon loads the program
+/// with the log level at 0 unless tracing is asked for; the level is read-only data, so
+/// the verifier removes this call's body and tracing costs nothing when off. A function
+/// of its own, so its stack is not added to the paths'.
+#[inline(never)]
+fn trace_drop(ctx: &XdpContext, reason: Reason) {
+    aya_log_ebpf::debug!(ctx, "drop {} ({})", reason.name(), reason as u32);
 }
 
 /// Sends a packet down the path for its destination: a virtual address's, a NAT real's

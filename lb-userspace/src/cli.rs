@@ -46,6 +46,10 @@ pub enum Command {
         /// What a stop (SIGTERM, SIGINT) does with the data path.
         #[arg(long, value_enum, default_value_t = OnExit::Keep)]
         on_exit: OnExit,
+        /// Log each packet the program drops, with its reason (debug level; costs a log
+        /// record per dropped packet: for diagnosis, not for production).
+        #[arg(long)]
+        trace: bool,
         /// Address of the Prometheus metrics (`/metrics`), or `off`.
         #[arg(long, default_value = crate::metrics::DEFAULT_ADDRESS, value_parser = metrics_address)]
         metrics: Metrics,

@@ -208,7 +208,16 @@ async fn start(
         }
     }
     let fresh = pins::FreshMaps::new(dir, &found);
-    let mut dataplane = Dataplane::open(config.limits, dir)?;
+    let mut dataplane = Dataplane::open(config.limits, dir, options.trace)?;
+    if options.trace {
+        match dataplane.take_logger() {
+            Ok(logger) => {
+                tokio::spawn(forward_trace(logger));
+                log::info!("tracing dropped packets (--trace); logged at debug level");
+            }
+            Err(e) => log::warn!("--trace: the program's log cannot be read: {e}"),
+        }
+    }
     let kept = if found == Found::Everything {
         let ids = dataplane.adopt()?;
         log::info!(
@@ -725,6 +734,8 @@ pub struct Options {
     pub socket: PathBuf,
     /// Where Prometheus metrics are served (`None`: not served).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The program logs dropped packets (aya-log), forwarded to the daemon's log.
+    pub trace: bool,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -932,6 +943,29 @@ fn check_memory(path: &Path, config: &Config) -> Result<(), DaemonError> {
             available_mib: available >> 20,
         }),
         _ => Ok(()),
+    }
+}
+
+/// Forwards the program's log records to the daemon's log as they arrive.
+async fn forward_trace(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer's descriptor, which stays open and the same
+    // until the logger (moved into the AsyncFd) is dropped.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    };
+    let mut logger = match registered {
+        Ok(l) => l,
+        Err(e) => {
+            log::warn!("--trace: {e}");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = logger.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
     }
 }
 

@@ -251,18 +251,28 @@ impl Dataplane {
     /// Loads the program and creates its maps with the given capacities, unpinned: they
     /// go with this process. Nothing is attached yet.
     pub fn load(limits: Limits) -> Result<Dataplane, DataplaneError> {
-        Dataplane::load_with(limits, None)
+        Dataplane::load_with(limits, None, false)
     }
 
     /// Loads the program with its maps pinned in `dir`: maps already pinned there are
     /// reused as they are (check them first with `pins::check`), the others created and
     /// pinned. Links made by [`Dataplane::attach`] are pinned there too.
-    pub fn open(limits: Limits, dir: &Path) -> Result<Dataplane, DataplaneError> {
-        Dataplane::load_with(limits, Some(dir))
+    /// With `trace`, the program logs each dropped packet's reason (aya-log, read by
+    /// [`Dataplane::take_logger`]); without, its log statements are off.
+    pub fn open(limits: Limits, dir: &Path, trace: bool) -> Result<Dataplane, DataplaneError> {
+        Dataplane::load_with(limits, Some(dir), trace)
     }
 
-    fn load_with(limits: Limits, dir: Option<&Path>) -> Result<Dataplane, DataplaneError> {
+    fn load_with(
+        limits: Limits,
+        dir: Option<&Path>,
+        trace: bool,
+    ) -> Result<Dataplane, DataplaneError> {
         let mut loader = EbpfLoader::new();
+        // aya-log's level, read-only data of the program: 0 turns every log statement off
+        // (the verifier sees the constant and drops them); 4 is `debug`.
+        let level: u8 = if trace { 4 } else { 0 };
+        loader.override_global("AYA_LOG_LEVEL", &level, true);
         for name in maps::ALL {
             if let Some(entries) = capacity(name, limits) {
                 loader.map_max_entries(name, entries);
@@ -297,6 +307,12 @@ impl Dataplane {
             iface_slots: Vec::new(),
             service_keys: StdHashMap::new(),
         })
+    }
+
+    /// The reader of the program's log ring (for `--trace`), forwarding each record to the
+    /// `log` crate.
+    pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>, String> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).map_err(|e| e.to_string())
     }
 
     /// Reads back what an earlier daemon wrote into maps this one reused, so the next

@@ -31,12 +31,14 @@ fn main() -> ExitCode {
             bpf_dir,
             on_exit,
             metrics,
+            trace,
         } => {
             let options = Options {
                 bpf_dir,
                 on_exit,
                 socket: cli.socket,
                 metrics: metrics.0,
+                trace,
             };
             runtime().and_then(|rt| {
                 rt.block_on(daemon::run(&config, &options))

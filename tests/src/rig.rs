@@ -414,8 +414,8 @@ pub fn start_daemon_with(
         .arg("--socket")
         .arg(socket_of(config))
         .args(args)
-        .envs(envs.iter().copied())
         .env("RUST_LOG", "info")
+        .envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -594,3 +594,47 @@ fn the_three_capabilities_of_the_systemd_unit_are_enough() {
     );
     assert!(!rig.director_has_xdp());
 }
+
+#[test]
+fn trace_logs_dropped_packets_only_when_asked() {
+    let rig = DrRig::new(1);
+    let config = rig.write_config(
+        "director: {interfaces: [eth0]}\nservices:\n  - {address: 192.0.2.100, port: 53, \
+         protocol: udp, scheduler: sh, reals: []}\n",
+    );
+    let send = || {
+        rig.client.enter(|| {
+            let s = UdpSocket::bind((CLIENT, 0)).unwrap_or_else(|e| panic!("{e}"));
+            for _ in 0..3 {
+                let _ = s.send_to(b"q", SocketAddr::new(VIP.into(), 53));
+            }
+        })
+    };
+    for trace in [false, true] {
+        let args: &[&str] = if trace { &["--trace"] } else { &[] };
+        let (daemon, ready) = xdpvs_testbed::rig::start_daemon_with(
+            &rig.director,
+            &config,
+            Duration::from_secs(30),
+            args,
+            &[("RUST_LOG", "debug,netlink_proto=error")],
+        );
+        assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+        send();
+        let logged = || {
+            daemon
+                .stderr()
+                .iter()
+                .any(|l| l.contains("drop drop_no_real"))
+        };
+        let start = Instant::now();
+        while !logged() && start.elapsed() < Duration::from_secs(3) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(logged(), trace, "trace {trace}: {:#?}", daemon.stderr());
+        let (status, stdout, stderr) = daemon.stop();
+        assert!(status.success(), "{stderr:#?}");
+        // The packets were dropped, and counted, either way.
+        assert!(reason(&stdout, "drop_no_real") >= 3);
+    }
+}
