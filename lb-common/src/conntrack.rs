@@ -178,7 +178,10 @@ pub struct Settings {
     pub frag_timeout: u32,
     /// ICMP errors the program may send per second per CPU (time exceeded); 0 sends none.
     pub icmp_rate: u32,
-    pub _reserved: u32,
+    /// The generation the daemon gives the next new real. The program does not read it;
+    /// a daemon adopting pinned maps continues from it, so a new real never takes a
+    /// generation that entries of a removed one may still carry.
+    pub next_generation: u32,
     /// Cookie of the network namespace whose daemon owns the maps (`SO_NETNS_COOKIE`).
     /// The program does not read it; a daemon refuses pinned maps another namespace's
     /// director owns.

@@ -246,8 +246,33 @@ fn router(calls: mpsc::Sender<Call>) -> Router {
             post(on_real).patch(on_real).delete(on_real),
         )
         .fallback(|| async { Refusal::new(404, "no such API path (see docs/API.md)") })
+        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_FILE_BYTES as usize))
         .with_state(calls)
+}
+
+/// Gives the refusals axum makes itself (a body over the limit, a wrong method, a bad
+/// path parameter) the API's `{"error": ...}` body.
+async fn json_errors(response: Response) -> Response {
+    let is_json = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if response.status().as_u16() < 400 || is_json {
+        return response;
+    }
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let mut message = String::from_utf8_lossy(&body).trim().to_owned();
+    if message.is_empty() {
+        message = status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase();
+    }
+    Refusal::new(status.as_u16(), message).into_response()
 }
 
 /// Why the socket cannot be served.

@@ -115,6 +115,9 @@ struct Director {
     config: Config,
     /// The file as a document, which API changes edit.
     doc: Document,
+    /// The file's text as last read or written: an API change is refused when the file
+    /// holds something else (an edit not yet reloaded would be overwritten).
+    file_text: String,
     /// The configured interfaces as last seen: `None` while one is missing.
     interfaces: Vec<(String, Option<Link>)>,
     plan: Plan,
@@ -171,13 +174,13 @@ async fn compile(
     })
 }
 
-fn settings(config: &Config, owner_netns: u64) -> Settings {
+fn settings(config: &Config, owner_netns: u64, plan: &Plan) -> Settings {
     Settings {
         owner_netns,
+        next_generation: plan.next_generation,
         flood_rate: config.director.flood_rate,
         frag_timeout: lb_common::conntrack::DEFAULT_FRAG_TIMEOUT,
         icmp_rate: config.director.icmp_rate,
-        _reserved: 0,
     }
 }
 
@@ -238,8 +241,15 @@ async fn start(
     for name in &config.director.interfaces {
         interfaces.push(netlink.link_by_name(name).await?);
     }
-    let lo = LoForwarding::enable(Path::new(STATE_DIR))?;
-    dataplane.set_settings(settings(&config, netns))?;
+    let mut lo = Some(LoForwarding::enable(Path::new(STATE_DIR))?);
+    if found == Found::Everything
+        && let Some(kept) = lo.take()
+    {
+        // A running data path was adopted: it needs `lo` forwarding whatever becomes of
+        // this start (a refusal or a stop during start-up must not take it away).
+        kept.keep();
+    }
+    dataplane.set_settings(settings(&config, netns, &plan))?;
     dataplane.set_interfaces(
         &interfaces
             .iter()
@@ -257,12 +267,13 @@ async fn start(
             .collect(),
         config,
         doc,
+        file_text: text,
         plan,
         dataplane,
         netlink: netlink.clone(),
         hops: HashMap::new(),
         netns,
-        lo: Some(lo),
+        lo,
     };
     for r in director.plan.services.iter().flat_map(|s| &s.reals) {
         neighbours
@@ -301,6 +312,20 @@ async fn start(
     }
     director.dataplane.apply(&director.plan, &director.hops)?;
     let mode = director.config.director.xdp_mode;
+    for (interface, link) in director.interfaces.clone() {
+        // A link keeps the mode it was made with: another mode needs a new link.
+        let driver = mode == crate::config::XdpMode::Driver;
+        if let Some(attached) = link.and_then(|l| l.xdp_driver)
+            && attached != driver
+            && director.dataplane.unpin_link(&interface)
+        {
+            log::warn!(
+                "{interface}: the pinned program runs in {} mode, the file asks for {mode:?}; \
+                 attaching anew (packets arriving during the switch go to the kernel)",
+                if attached { "driver" } else { "generic" }
+            );
+        }
+    }
     for interface in director.config.director.interfaces.clone() {
         if director.dataplane.attach(&interface, mode)? {
             log::info!("took over the pinned link on {interface}: program replaced atomically");
@@ -388,15 +413,15 @@ impl Director {
     async fn read_next_hops(&mut self, neighbours: &mut ManagedNeighbours) -> usize {
         let mut links = HashMap::new();
         let mut changed = 0;
-        let reals: Vec<(u32, IpAddr)> = self
+        let reals: Vec<(u32, u32, IpAddr)> = self
             .plan
             .services
             .iter()
             .flat_map(|s| &s.reals)
-            .map(|r| (r.index, r.address))
+            .map(|r| (r.index, r.value.generation, r.address))
             .collect();
         let mut seen: HashMap<IpAddr, NextHop> = HashMap::new();
-        for (index, address) in reals {
+        for (index, generation, address) in reals {
             let hop = match seen.get(&address) {
                 Some(h) => *h,
                 None => match self.netlink.next_hop(address, &mut links).await {
@@ -421,7 +446,7 @@ impl Director {
                 log_change(address, old, hop);
                 changed += 1;
             }
-            match self.dataplane.set_next_hop(index, &hop) {
+            match self.dataplane.set_next_hop(index, generation, &hop) {
                 Ok(_) => {}
                 Err(e) => log::warn!("writing the next hop of {address}: {e}"),
             }
@@ -441,7 +466,9 @@ impl Director {
             let text = Config::read_text(&path)?;
             let config = Config::parse(&text, &path)?;
             let doc = Document::parse(&text, &path)?;
-            self.change(config, doc, false, neighbours).await
+            let summary = self.change(config, doc, false, neighbours).await?;
+            self.file_text = text;
+            Ok(summary)
         }
         .await;
         notify(&[NotifyState::Ready]);
@@ -474,30 +501,45 @@ impl Director {
             return Err(needs_restart("director.xdp_mode"));
         }
         let plan = compile(&self.netlink, &path, &config, &Ids::of(&self.plan)).await?;
-        if write {
-            document::write_atomically(&path, &doc.to_yaml()).map_err(|source| {
-                DaemonError::Write {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
-        }
         let before: HashSet<(u32, u32)> = real_ids(&self.plan);
         let after: HashSet<(u32, u32)> = real_ids(&plan);
+        // Everything that can fail on the way is done before the file is written; the
+        // daemon's own state changes only once the maps hold the new plan.
+        let mut hops = self.hops.clone();
         let mut links = HashMap::new();
         for r in plan.services.iter().flat_map(|s| &s.reals) {
-            if self.hops.contains_key(&r.index) && before.contains(&(r.index, r.value.generation)) {
+            if hops.contains_key(&r.index) && before.contains(&(r.index, r.value.generation)) {
                 continue;
             }
             neighbours
                 .ensure(&self.netlink, r.value.ifindex, r.address)
                 .await?;
             let hop = self.netlink.next_hop(r.address, &mut links).await?;
-            self.hops.insert(r.index, hop);
+            hops.insert(r.index, hop);
         }
-        self.hops.retain(|i, _| after.iter().any(|(j, _)| j == i));
-        self.dataplane.set_settings(settings(&config, self.netns))?;
-        self.dataplane.apply(&plan, &self.hops)?;
+        hops.retain(|i, _| after.iter().any(|(j, _)| j == i));
+        let text = doc.to_yaml();
+        if write {
+            document::write_atomically(&path, &text).map_err(|source| DaemonError::Write {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
+        let applied = self
+            .dataplane
+            .set_settings(settings(&config, self.netns, &plan))
+            .and_then(|()| self.dataplane.apply(&plan, &hops));
+        if let Err(e) = applied {
+            // The kernel refused a map write: put the file and the maps back as they were.
+            if write && let Err(w) = document::write_atomically(&path, &self.file_text) {
+                log::error!("putting {} back: {w}", path.display());
+            }
+            if let Err(r) = self.dataplane.apply(&self.plan, &self.hops) {
+                log::error!("re-applying the running configuration: {r}");
+            }
+            return Err(e.into());
+        }
+        self.hops = hops;
         let addresses: HashSet<IpAddr> = plan
             .services
             .iter()
@@ -517,6 +559,9 @@ impl Director {
         self.plan = plan;
         self.config = config;
         self.doc = doc;
+        if write {
+            self.file_text = text;
+        }
         Ok(summary)
     }
 
@@ -561,6 +606,25 @@ impl Director {
             Request::EditReal(id, a, p, change) => doc.edit_real(id, a, p, &change),
             Request::DeleteReal(id, a, p) => doc.delete_real(id, a, p),
         };
+        match Config::read_text(&path) {
+            Ok(now) if now == self.file_text => {}
+            Ok(_) => {
+                return Err(Refusal::new(
+                    409,
+                    format!(
+                        "{} was edited since the daemon read it; apply it first (`xdpvs \
+                         reload`) or undo the edit: a change through the API would overwrite it",
+                        path.display()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(Refusal::new(
+                    409,
+                    format!("{e}; the daemon writes only over the file it read"),
+                ));
+            }
+        }
         edited.map_err(|e| match e {
             EditError::NotFound(_) => Refusal::new(404, e.to_string()),
             EditError::Exists(_) => Refusal::new(409, e.to_string()),
@@ -874,6 +938,7 @@ async fn serve(
         OnExit::Detach => {
             director.dataplane.detach_all();
             drop(director);
+            crate::host::restore_lo_forwarding(Path::new(STATE_DIR))?;
             let removed = pins::remove_all(&options.bpf_dir)?;
             log::info!(
                 "stopped; detached and removed the pins in {} ({removed})",

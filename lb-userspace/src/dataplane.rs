@@ -349,7 +349,13 @@ impl Dataplane {
             }
             self.reals.insert(index, value);
         }
-        ids.next_generation = next_generation;
+        // Generations of removed reals live on in connection-table entries: continue from
+        // the counter the last daemon left, not only from the reals still present.
+        let e = map_err(maps::SETTINGS);
+        let settings: Array<_, Settings> =
+            Array::try_from(self.map(maps::SETTINGS)?).map_err(&e)?;
+        let left = settings.get(&0, 0).map_err(&e)?.next_generation;
+        ids.next_generation = next_generation.max(left);
         self.service_keys = keys;
         for (name, written) in [
             (maps::VIP_FILTER, &mut self.filter),
@@ -533,6 +539,15 @@ impl Dataplane {
         }
     }
 
+    /// Removes the pinned link of `interface` (detaching the program when no process
+    /// holds it); returns whether there was one.
+    pub fn unpin_link(&mut self, interface: &str) -> bool {
+        let Some(dir) = &self.pin_dir else {
+            return false;
+        };
+        std::fs::remove_file(pins::link_path(dir, interface)).is_ok()
+    }
+
     /// Removes pinned links of interfaces this daemon does not attach to (no longer in
     /// the configuration); returns their names.
     pub fn unpin_other_links(&mut self) -> Vec<String> {
@@ -698,11 +713,21 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Updates one real's next hop, if it changed.
-    pub fn set_next_hop(&mut self, index: u32, hop: &NextHop) -> Result<bool, DataplaneError> {
+    /// Updates one real's next hop, if it changed. Only the real of that generation is
+    /// touched: before the first apply after an adoption the index may still hold the
+    /// real an earlier daemon gave it, whose flows must not follow another's MAC.
+    pub fn set_next_hop(
+        &mut self,
+        index: u32,
+        generation: u32,
+        hop: &NextHop,
+    ) -> Result<bool, DataplaneError> {
         let Some(&written) = self.reals.get(&index) else {
             return Ok(false);
         };
+        if written.generation != generation {
+            return Ok(false);
+        }
         let value = with_hop(written, Some(hop));
         if value == written {
             return Ok(false);

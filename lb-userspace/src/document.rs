@@ -316,21 +316,31 @@ fn is_real(r: &Value, address: IpAddr, port: u16, service_port: u16) -> bool {
 /// Writes `text` to `path` so that a crash at any moment leaves the old file or the new
 /// one whole: a temporary file beside it, fsync, rename over it, fsync of the directory.
 pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    // A link to the file stays a link: the file it names is replaced.
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+    let path = path.as_path();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".tmp.{}", std::process::id()));
-    let tmp = PathBuf::from(tmp);
+    // Unique to this write: a temporary file a crash left never blocks the next one.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let name = path
+        .file_name()
+        .map_or_else(|| "config".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.xdpvs-{}-{nanos}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp)?;
-        // Keep the original's permissions (a file holding the director's layout).
+        // Keep the original's permissions and owner (a file holding the director's layout).
         if let Ok(meta) = std::fs::metadata(path) {
             file.set_permissions(meta.permissions())?;
+            std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()))?;
         }
         file.write_all(text.as_bytes())?;
         file.sync_all()?;
@@ -437,10 +447,19 @@ services:
             std::fs::read_to_string(&path).ok().as_deref(),
             Some("new text")
         );
+        // Through a link, the file it names is replaced and the link stays.
+        let link = dir.join("link.yaml");
+        std::os::unix::fs::symlink(&path, &link).unwrap_or_else(|e| panic!("{e}"));
+        write_atomically(&link, "newer").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            std::fs::read_to_string(&path).ok().as_deref(),
+            Some("newer")
+        );
+        assert!(std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()));
         let left: Vec<_> = std::fs::read_dir(&dir)
             .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
             .unwrap_or_default();
-        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left.len(), 2, "{left:?}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

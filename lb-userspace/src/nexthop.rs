@@ -22,7 +22,7 @@ use rtnetlink::{
     packet_core::{NLM_F_REQUEST, NetlinkMessage, NetlinkPayload},
     packet_route::{
         AddressFamily, RouteNetlinkMessage,
-        link::{LinkAttribute, LinkMessage},
+        link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
         neighbour::{
             NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourFlags,
             NeighbourMessage, NeighbourState,
@@ -96,6 +96,9 @@ pub struct Link {
     pub name: String,
     pub mac: [u8; 6],
     pub mtu: u32,
+    /// How an XDP program is attached to it, if one is: `Some(true)` in the driver,
+    /// `Some(false)` in the generic (skb) path.
+    pub xdp_driver: Option<bool>,
 }
 
 /// A request connection to rtnetlink.
@@ -366,12 +369,24 @@ fn link_of(m: &LinkMessage) -> Link {
         name: String::new(),
         mac: [0; 6],
         mtu: 0,
+        xdp_driver: None,
     };
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => link.name = n.clone(),
             LinkAttribute::Address(mac) => link.mac = mac_of(mac).unwrap_or_default(),
             LinkAttribute::Mtu(mtu) => link.mtu = *mtu,
+            LinkAttribute::Xdp(xdp) => {
+                for x in xdp {
+                    match x {
+                        LinkXdp::Attached(XdpAttached::Driver) => link.xdp_driver = Some(true),
+                        LinkXdp::Attached(XdpAttached::SocketBuffer) => {
+                            link.xdp_driver = Some(false)
+                        }
+                        _ => {}
+                    }
+                }
+            }
             _ => {}
         }
     }

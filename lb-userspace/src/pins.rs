@@ -28,6 +28,9 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// A map flag the kernel sets on device maps of its own accord.
 const BPF_F_RDONLY_PROG: u32 = 1 << 7;
 
+/// Prefix of every map name xdpvs has used: the only map pins it removes.
+const MAP_PREFIX: &str = "XDPVS_";
+
 /// Prefix of a link pin's file name; the interface name follows, with each `.` written
 /// as `:` (bpffs reserves names with dots; interface names never hold a colon).
 const LINK_PREFIX: &str = "link_";
@@ -46,6 +49,11 @@ pub enum PinError {
          one (`mount -t bpf bpf {dir}`) or choose another --bpf-dir"
     )]
     NotBpffs { dir: PathBuf },
+    #[error(
+        "{dir} is the root of a bpf filesystem, shared with other tools' pins; use a \
+         directory of its own under it (the default is /sys/fs/bpf/xdpvs)"
+    )]
+    MountRoot { dir: PathBuf },
     #[error("{dir}: bpffs refuses names with a dot; choose a --bpf-dir without one")]
     Dotted { dir: PathBuf },
     #[error("the XDP object cannot be read: {0}")]
@@ -173,6 +181,13 @@ pub fn prepare(dir: &Path) -> Result<(), PinError> {
     }
     if !is_bpffs(dir).map_err(io_err(dir))? {
         return Err(PinError::NotBpffs {
+            dir: dir.to_owned(),
+        });
+    }
+    // The mount's root is shared with every other bpf tool's pins: xdpvs wants its own
+    // directory under it.
+    if !is_bpffs(parent).unwrap_or(false) {
+        return Err(PinError::MountRoot {
             dir: dir.to_owned(),
         });
     }
@@ -382,7 +397,8 @@ pub fn pinned_links(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Pins in `dir` that are neither a map of this build nor a link: maps of other builds.
+/// Maps of other xdpvs builds pinned in `dir` (names with xdpvs's prefix that this build
+/// does not use); anything else there is left alone.
 pub fn foreign_pins(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -390,7 +406,7 @@ pub fn foreign_pins(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = entries
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str().map(str::to_owned))
-        .filter(|n| !n.starts_with(LINK_PREFIX) && !maps::ALL.contains(&n.as_str()))
+        .filter(|n| n.starts_with(MAP_PREFIX) && !maps::ALL.contains(&n.as_str()))
         .collect();
     names.sort();
     names
@@ -467,8 +483,8 @@ impl std::fmt::Display for Removed {
     }
 }
 
-/// Removes every pin in `dir` (links first, so the program is detached before its maps
-/// go) and the directory.
+/// Removes xdpvs's pins in `dir` (links first, so the program is detached before its
+/// maps go) and the directory if nothing else is in it.
 pub fn remove_all(dir: &Path) -> Result<Removed, PinError> {
     let mut removed = Removed::default();
     for interface in pinned_links(dir) {
@@ -478,14 +494,24 @@ pub fn remove_all(dir: &Path) -> Result<Removed, PinError> {
     }
     if let Ok(entries) = std::fs::read_dir(dir) {
         for e in entries.filter_map(Result::ok) {
+            if !e.file_name().to_string_lossy().starts_with(MAP_PREFIX) {
+                continue;
+            }
             let path = e.path();
             std::fs::remove_file(&path).map_err(io_err(&path))?;
             removed.maps += 1;
         }
     }
     match std::fs::remove_dir(dir) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_err(dir)(e)),
-        _ => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+            log::warn!(
+                "{} holds pins that are not xdpvs's; left there",
+                dir.display()
+            )
+        }
+        Err(e) => return Err(io_err(dir)(e)),
+        Ok(()) => {}
     }
     Ok(removed)
 }

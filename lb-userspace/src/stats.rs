@@ -77,14 +77,12 @@ fn live<'a>(
     flows: &'a [(FlowKeyV4, Flow)],
 ) -> impl Iterator<Item = (&'a FlowKeyV4, &'a Flow, &'a ServicePlan)> + 'a {
     let now = coarse_now();
+    let by_id: HashMap<u32, &ServicePlan> = plan.services.iter().map(|s| (s.value.id, s)).collect();
     flows.iter().filter_map(move |(k, f)| {
         if f.flags & FLOW_F_REPLY != 0 {
             return None;
         }
-        let s = plan
-            .services
-            .iter()
-            .find(|s| s.value.id == u32::from(f.service))?;
+        let s = *by_id.get(&u32::from(f.service))?;
         let timeout = s.value.timeouts.get(f.state as usize).copied().unwrap_or(0);
         (now.wrapping_sub(f.last_seen) <= timeout).then_some((k, f, s))
     })
@@ -167,7 +165,9 @@ pub fn listing(
 /// The live connection-table entries, as `GET /v1/connections` returns them.
 pub fn connections(plan: &Plan, flows: &[(FlowKeyV4, Flow)]) -> Value {
     let now = coarse_now();
+    let total = live(plan, flows).count();
     let entries: Vec<Value> = live(plan, flows)
+        .take(MAX_LISTED)
         .map(|(k, f, s)| {
             let real = s.reals.iter().find(|r| r.index == f.real);
             let timeout = s.value.timeouts.get(f.state as usize).copied().unwrap_or(0);
@@ -181,8 +181,12 @@ pub fn connections(plan: &Plan, flows: &[(FlowKeyV4, Flow)]) -> Value {
             })
         })
         .collect();
-    json!({ "connections": entries })
+    let truncated = total > entries.len();
+    json!({ "connections": entries, "total": total, "truncated": truncated })
 }
+
+/// Most entries `GET /v1/connections` lists (its answer stays a few tens of MB at most).
+pub const MAX_LISTED: usize = 100_000;
 
 fn state_name(state: u8) -> &'static str {
     match state {

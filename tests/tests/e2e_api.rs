@@ -333,6 +333,36 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     );
     std::fs::write(&config, START).unwrap_or_else(|e| panic!("{e}"));
     ok(&config, &["reload"]);
+    // A hand edit not yet reloaded is never overwritten by a change through the API.
+    std::fs::write(&config, format!("{START}# edited by hand\n")).unwrap_or_else(|e| panic!("{e}"));
+    refused(
+        &config,
+        &[
+            "real",
+            "edit",
+            "-t",
+            "192.0.2.100:80",
+            "-r",
+            "192.0.2.12",
+            "-w",
+            "6",
+        ],
+        "was edited since the daemon read it",
+    );
+    ok(&config, &["reload"]);
+    ok(
+        &config,
+        &[
+            "real",
+            "edit",
+            "-t",
+            "192.0.2.100:80",
+            "-r",
+            "192.0.2.12",
+            "-w",
+            "6",
+        ],
+    );
     assert_eq!(
         listing(&config)["services"][0]["reals"]
             .as_array()

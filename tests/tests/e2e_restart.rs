@@ -354,8 +354,81 @@ fn a_start_that_cannot_adopt_is_refused_and_the_running_path_stays() {
     assert!(answers());
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
+
+    // Another XDP mode: the pinned link keeps its own, so it is replaced by a new one.
+    assert!(rig.director.ip("link show dev eth0").contains("prog/xdp "));
+    let daemon = start(
+        &rig,
+        &yaml.replace("director:\n", "director:\n  xdp_mode: generic\n"),
+    );
+    assert!(
+        logged(&daemon, "runs in driver mode, the file asks for Generic"),
+        "{:#?}",
+        daemon.stderr()
+    );
+    assert!(rig.director.ip("link show dev eth0").contains("xdpgeneric"));
+    assert!(answers());
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+
+    // Pins that are not xdpvs's are left alone.
+    let other =
+        aya::maps::MapData::from_pin(dir.join("XDPVS_FLOOD_V1")).unwrap_or_else(|e| panic!("{e}"));
+    other
+        .pin(dir.join("other_tools_map"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    drop(other);
     let (ok, text) = rig.teardown();
     assert!(ok, "{text}");
-    assert!(!dir.exists(), "pins left after teardown");
+    assert!(
+        dir.join("other_tools_map").exists(),
+        "teardown removed another tool's pin"
+    );
+    assert!(
+        !dir.join("XDPVS_CT4_V3").exists(),
+        "pins left after teardown"
+    );
     assert!(!rig.director_has_xdp());
+}
+
+#[test]
+fn a_real_added_after_a_restart_never_inherits_a_removed_reals_flows() {
+    let rig = DrRig::new(3);
+    let _servers: Vec<Server> = rig
+        .reals
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| tcp_line_server(ns, SocketAddr::new(VIP.into(), 80), &banner(i)))
+        .collect();
+    let daemon = start(&rig, &config(&[(0, 1), (1, 1)]));
+    let sessions = Sessions::open(&rig, client_sources().into_iter().step_by(20).collect());
+    let first = sessions.ask_all();
+    assert!(
+        first.iter().any(|(_, a)| *a == banner(1)),
+        "no session on real 1"
+    );
+    // Real 1 goes; its sessions stay idle. Its entries name index 1, generation 2.
+    rig.write_config(&config(&[(0, 1)]));
+    assert!(daemon.reload(), "{:#?}", daemon.stderr());
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+    // A new real takes index 1 after a restart; the generation must be a new one.
+    let daemon = start(&rig, &config(&[(0, 1), (2, 1)]));
+    let after = sessions.ask_all();
+    for ((src, was), (_, now)) in first.iter().zip(&after) {
+        if *was == banner(1) {
+            assert_ne!(*now, banner(2), "{src}: real 1's flow went to the new real");
+        } else {
+            assert_eq!(now, was, "{src}: moved");
+        }
+    }
+    let (status, stdout, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+    // Each of real 1's flows met its entry, orphaned: dropped and forgotten.
+    assert!(
+        xdpvs_testbed::rig::reason(&stdout, "drop_real_removed") >= 1,
+        "{stdout:#?}"
+    );
+    let (ok, text) = rig.teardown();
+    assert!(ok, "{text}");
 }

@@ -1151,9 +1151,10 @@ fn next_hop_states_and_the_fallback() {
             1
         );
         // A real whose route now goes through a gateway is not sent to.
-        let index = plan.services[0].reals[0].index;
+        let real = &plan.services[0].reals[0];
         dp.set_next_hop(
-            index,
+            real.index,
+            real.value.generation,
             &NextHop {
                 state: NH_OFFLINK,
                 ..NextHop::default()
