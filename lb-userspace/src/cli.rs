@@ -471,12 +471,15 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                 .filter_map(|s| s.get("reals").and_then(Value::as_array))
                 .map(Vec::len)
                 .sum();
+            let plural = |n: usize, one: &str, many: &str| {
+                format!("{n} {}", if n == 1 { one } else { many })
+            };
             eprintln!(
-                "xdpvs: {}: {} services and {reals} reals imported; {} lines or options not \
-                 expressed (above)",
+                "xdpvs: {}: {} and {} imported; {} not expressed (above)",
                 file.display(),
-                import.services.len(),
-                import.notes.len()
+                plural(import.services.len(), "service", "services"),
+                plural(reals, "real", "reals"),
+                plural(import.notes.len(), "line or option", "lines or options"),
             );
             if apply {
                 let running = request(socket, "GET", "/v1/config", Vec::new()).await?;
