@@ -630,18 +630,27 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
                 );
             } else {
                 let drained = r.get("drained").and_then(Value::as_bool) == Some(true);
+                let down = text(r, "health") == "down";
+                let mut notes = Vec::new();
+                if drained {
+                    notes.push(format!("drained (weight {})", number(r, "weight")));
+                }
+                if down {
+                    notes.push(format!("down: {}", text(r, "last_error")));
+                }
                 let _ = writeln!(
                     out,
-                    "  -> {remote:<28} {:<7} {:<6} {:<10} {:<9}{}",
+                    "  -> {remote:<28} {:<7} {:<6} {:<10} {:<9}{}{}",
                     forward_name(text(s, "forwarding")),
-                    if drained { 0 } else { number(r, "weight") },
+                    if drained || down {
+                        0
+                    } else {
+                        number(r, "weight")
+                    },
                     number(r, "active_connections"),
                     number(r, "inactive_connections"),
-                    if drained {
-                        format!(" drained (weight {})", number(r, "weight"))
-                    } else {
-                        String::new()
-                    }
+                    if notes.is_empty() { "" } else { " " },
+                    notes.join("; ")
                 );
             }
         }

@@ -255,6 +255,8 @@ pub struct Service {
     pub expire_nodest_conn: bool,
     /// Full-NAT: the service's own pool, or the director's.
     pub snat_pool: Option<SnatPool>,
+    /// The reals' health check, if any.
+    pub check: Option<Check>,
     pub reals: Vec<Real>,
     pub origin: Origin,
 }
@@ -265,6 +267,37 @@ impl fmt::Display for Service {
     }
 }
 
+/// How a service's reals are checked.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    /// A TCP connection is accepted.
+    Tcp,
+    /// An HTTP/1.1 GET is answered with an expected status.
+    Http,
+}
+
+/// A service's health check (docs/HEALTH.md).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Check {
+    pub kind: CheckKind,
+    /// The port checked on each real's own address; the real's port when not set.
+    pub port: Option<u16>,
+    /// Seconds between checks of one real.
+    pub interval: u32,
+    /// Seconds a check may take; a check that takes longer failed.
+    pub timeout: u32,
+    /// Successes in a row that bring a down real up.
+    pub rise: u32,
+    /// Failures in a row that take an up real down.
+    pub fall: u32,
+    /// HTTP: the path asked for, and the Host header (the real's address if not set).
+    pub path: String,
+    pub host: Option<String>,
+    /// HTTP: the statuses that mean healthy, as inclusive ranges.
+    pub expect: Vec<(u16, u16)>,
+}
+
 /// A real server of a virtual service.
 #[derive(Clone, Debug)]
 pub struct Real {
@@ -273,13 +306,20 @@ pub struct Real {
     pub weight: u32,
     /// Drained (`xdpvs real drain`): no new flows, its weight kept for `undrain`.
     pub drained: bool,
+    /// Down by its health check (set by the daemon, not read from the file): no new
+    /// flows, as drained.
+    pub down: bool,
     pub origin: Origin,
 }
 
 impl Real {
-    /// The weight the scheduler uses: 0 while drained.
+    /// The weight the scheduler uses: 0 while drained or down.
     pub fn scheduling_weight(&self) -> u32 {
-        if self.drained { 0 } else { self.weight }
+        if self.drained || self.down {
+            0
+        } else {
+            self.weight
+        }
     }
 }
 
@@ -359,6 +399,31 @@ struct RawService {
     snat_pool: Option<Spanned<RawSnatPool>>,
     #[serde(default)]
     reals: Vec<Spanned<RawReal>>,
+    #[serde(default)]
+    check: Option<Spanned<RawCheck>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(rename = "type")]
+    kind: CheckKind,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    interval: Option<u32>,
+    #[serde(default)]
+    timeout: Option<u32>,
+    #[serde(default)]
+    rise: Option<u32>,
+    #[serde(default)]
+    fall: Option<u32>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    expect: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -827,6 +892,10 @@ impl Validator<'_> {
         }
         let timeouts =
             self.timeouts(s.timeouts, &format!("{field}.timeouts"), director.timeouts)?;
+        let check = match s.check {
+            Some(c) => Some(self.check(c, &format!("{field}.check"))?),
+            None => None,
+        };
         Ok(Service {
             name: s.name,
             address,
@@ -837,8 +906,88 @@ impl Validator<'_> {
             timeouts,
             expire_nodest_conn: s.expire_nodest_conn.unwrap_or(director.expire_nodest_conn),
             snat_pool,
+            check,
             reals,
             origin: at,
+        })
+    }
+
+    fn check(&self, raw: Spanned<RawCheck>, field: &str) -> Result<Check, ConfigError> {
+        let at = origin(&raw, field);
+        let c = raw.value;
+        let bad = |what: &str, message: String| {
+            let mut at = at.clone();
+            at.field = format!("{field}.{what}");
+            self.invalid(at, message)
+        };
+        let interval = c.interval.unwrap_or(2);
+        if !(1..=3600).contains(&interval) {
+            return Err(bad("interval", format!("{interval}: 1 to 3600 seconds")));
+        }
+        let timeout = c.timeout.unwrap_or(1);
+        if timeout == 0 || timeout > interval {
+            return Err(bad(
+                "timeout",
+                format!("{timeout}: 1 second to the interval ({interval} s)"),
+            ));
+        }
+        let (rise, fall) = (c.rise.unwrap_or(2), c.fall.unwrap_or(3));
+        for (what, n) in [("rise", rise), ("fall", fall)] {
+            if !(1..=100).contains(&n) {
+                return Err(bad(what, format!("{n}: 1 to 100 checks")));
+            }
+        }
+        if c.port == Some(0) {
+            return Err(bad("port", "0 is not a port".into()));
+        }
+        let http = c.kind == CheckKind::Http;
+        if !http && (c.path.is_some() || c.host.is_some() || c.expect.is_some()) {
+            return Err(bad(
+                "type",
+                "path, host and expect are for http checks".into(),
+            ));
+        }
+        let path = c.path.unwrap_or_else(|| "/".into());
+        if !path.starts_with('/')
+            || path.len() > 1024
+            || path.chars().any(|ch| ch.is_control() || ch == ' ')
+        {
+            return Err(bad(
+                "path",
+                format!("{path:?}: an absolute path, no spaces"),
+            ));
+        }
+        if let Some(h) = &c.host
+            && (h.is_empty() || h.len() > 255 || h.chars().any(|ch| ch.is_control() || ch == ' '))
+        {
+            return Err(bad("host", format!("{h:?}: a host name")));
+        }
+        let mut expect = Vec::new();
+        for part in c.expect.as_deref().unwrap_or("200-399").split(',') {
+            let part = part.trim();
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
+                (Ok(a), Ok(b)) if (100..=599).contains(&a) && a <= b && b <= 599 => {
+                    expect.push((a, b))
+                }
+                _ => {
+                    return Err(bad(
+                        "expect",
+                        format!("{part:?}: statuses as \"200\" or \"200-399\", comma separated"),
+                    ));
+                }
+            }
+        }
+        Ok(Check {
+            kind: c.kind,
+            port: c.port,
+            interval,
+            timeout,
+            rise,
+            fall,
+            path,
+            host: c.host,
+            expect,
         })
     }
 
@@ -910,6 +1059,7 @@ impl Validator<'_> {
             port,
             weight: r.weight.value,
             drained: r.drained,
+            down: false,
             origin: at,
         })
     }
@@ -994,6 +1144,48 @@ services:
         let e = error(&GOOD.replacen(from, to, 1));
         for w in want {
             assert!(e.contains(w), "error {e:?} should contain {w:?}");
+        }
+    }
+
+    #[test]
+    fn health_checks_are_read_and_checked_with_field_names() {
+        let with = |check: &str| {
+            GOOD.replacen(
+                "    scheduler: sh\n    reals:",
+                &format!("    scheduler: sh\n    check: {check}\n    reals:"),
+                1,
+            )
+        };
+        let c = parse(&with(
+            "{type: http, port: 8080, path: /ok, expect: \"200, 300-302\", rise: 1}",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let check = c.services[0]
+            .check
+            .clone()
+            .unwrap_or_else(|| panic!("no check"));
+        assert_eq!(check.kind, CheckKind::Http);
+        assert_eq!(
+            (check.interval, check.timeout, check.rise, check.fall),
+            (2, 1, 1, 3)
+        );
+        assert_eq!(check.expect, vec![(200, 200), (300, 302)]);
+        for (bad, want) in [
+            (
+                "{type: tcp, interval: 2, timeout: 3}",
+                "check.timeout: 3: 1 second to the interval",
+            ),
+            ("{type: tcp, fall: 0}", "check.fall: 0: 1 to 100"),
+            (
+                "{type: tcp, path: /x}",
+                "check.type: path, host and expect are for http",
+            ),
+            ("{type: http, path: x}", "check.path"),
+            ("{type: http, expect: \"600\"}", "check.expect"),
+            ("{type: udp}", "udp"),
+        ] {
+            let e = error(&with(bad));
+            assert!(e.contains(want), "{bad}: {e}");
         }
     }
 

@@ -21,6 +21,7 @@ use crate::{
     config::{Config, ConfigError},
     dataplane::{Dataplane, DataplaneError},
     document::{self, Document, EditError},
+    health::{Checkers, Health, Probe},
     host::{HostError, InstanceLock, LoForwarding, LockError, STATE_DIR},
     nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
     pins::{self, Found},
@@ -113,6 +114,12 @@ impl DaemonError {
 struct Director {
     config_path: PathBuf,
     config: Config,
+    /// The configuration as programmed: `config` with the reals their checks found down
+    /// marked down.
+    effective: Config,
+    /// The health checks' tasks, and each checked real's state.
+    checkers: Checkers,
+    health: Health,
     /// The file as a document, which API changes edit.
     doc: Document,
     /// The file's text as last read or written: an API change is refused when the file
@@ -189,6 +196,7 @@ async fn start(
     options: &Options,
     netlink: &Netlink,
     neighbours: &mut ManagedNeighbours,
+    probes: tokio::sync::mpsc::Sender<Probe>,
 ) -> Result<Director, DaemonError> {
     let text = Config::read_text(config_path)?;
     let config = Config::parse(&text, config_path)?;
@@ -265,6 +273,9 @@ async fn start(
             .cloned()
             .zip(interfaces.iter().cloned().map(Some))
             .collect(),
+        effective: config.clone(),
+        checkers: Checkers::new(probes),
+        health: Health::default(),
         config,
         doc,
         file_text: text,
@@ -500,7 +511,8 @@ impl Director {
         if config.director.xdp_mode != self.config.director.xdp_mode {
             return Err(needs_restart("director.xdp_mode"));
         }
-        let plan = compile(&self.netlink, &path, &config, &Ids::of(&self.plan)).await?;
+        let effective = self.health.apply(&config);
+        let plan = compile(&self.netlink, &path, &effective, &Ids::of(&self.plan)).await?;
         let before: HashSet<(u32, u32)> = real_ids(&self.plan);
         let after: HashSet<(u32, u32)> = real_ids(&plan);
         // Everything that can fail on the way is done before the file is written; the
@@ -557,6 +569,9 @@ impl Director {
             before.difference(&after).count()
         );
         self.plan = plan;
+        self.checkers.follow(&config);
+        self.health.retain(&config);
+        self.effective = effective;
         self.config = config;
         self.doc = doc;
         if write {
@@ -655,7 +670,13 @@ impl Director {
             .dataplane
             .flows()
             .map_err(|e| Refusal::new(500, e.to_string()))?;
-        Ok(stats::listing(&self.config, &self.plan, &snapshot, &flows))
+        Ok(stats::listing(
+            &self.effective,
+            &self.plan,
+            &snapshot,
+            &flows,
+            &self.health,
+        ))
     }
 
     /// The Prometheus metrics, read from the maps now.
@@ -673,10 +694,11 @@ impl Director {
             flow_capacity: self.config.limits.max_flows,
         };
         Ok(crate::metrics::render(
-            &self.config,
+            &self.effective,
             &self.plan,
             &snapshot,
             &tables,
+            &self.health,
         ))
     }
 
@@ -687,6 +709,43 @@ impl Director {
             .flows()
             .map_err(|e| Refusal::new(500, e.to_string()))?;
         Ok(stats::connections(&self.plan, &flows))
+    }
+
+    /// Records a health check's result; a real that went down or came back is taken out of
+    /// or put back into scheduling at once.
+    async fn on_probe(&mut self, probe: Probe, neighbours: &mut ManagedNeighbours) {
+        let target = probe.target.clone();
+        let Some(check) = self
+            .config
+            .services
+            .iter()
+            .find(|s| {
+                s.protocol == target.protocol && s.address == target.vip && s.port == target.vport
+            })
+            .and_then(|s| s.check.clone())
+        else {
+            return;
+        };
+        let Some(t) = self.health.record(probe, &check) else {
+            return;
+        };
+        if t.up {
+            log::info!(
+                "{target} is up after {} good checks; it takes new flows again",
+                t.after
+            );
+        } else {
+            log::warn!(
+                "{target} is down after {} failed checks ({}); no new flows go to it, \
+                 established ones continue",
+                t.after,
+                t.cause.as_deref().unwrap_or("no detail")
+            );
+        }
+        let (config, doc) = (self.config.clone(), self.doc.clone());
+        if let Err(e) = self.change(config, doc, false, neighbours).await {
+            log::error!("applying the health of {target}: {e}");
+        }
     }
 
     /// Leaves the data path running after the director is dropped: `lo` forwarding stays
@@ -849,11 +908,12 @@ async fn serve(
     calls: &mut tokio::sync::mpsc::Receiver<Call>,
 ) -> Result<(), DaemonError> {
     let mut events = Events::open()?;
+    let (probe_tx, mut probes) = tokio::sync::mpsc::channel(1024);
     // A stop asked for during start-up is obeyed at once: what start() made so far is
     // dropped (`lo` forwarding restored; what is pinned stays), and `run` removes the
     // neighbour entries.
     let mut director = tokio::select! {
-        director = start(config_path, options, netlink, neighbours) => director?,
+        director = start(config_path, options, netlink, neighbours, probe_tx) => director?,
         _ = signals.term.recv() => {
             log::info!("stopped during start-up");
             return Ok(());
@@ -864,6 +924,7 @@ async fn serve(
         }
     };
     let reals: usize = director.plan.services.iter().map(|s| s.reals.len()).sum();
+    director.checkers.follow(&director.config);
     say(&format!(
         "{READY} services={} reals={}\n",
         director.plan.services.len(),
@@ -890,6 +951,7 @@ async fn serve(
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
             _ = signals.usr1.recv() => director.print_report(),
+            Some(probe) = probes.recv() => director.on_probe(probe, neighbours).await,
             Some(call) = calls.recv() => {
                 let answer = director.handle(call.request, neighbours).await;
                 let _ = call.reply.send(answer);

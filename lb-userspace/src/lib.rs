@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod document;
+pub mod health;
 pub mod host;
 pub mod import;
 pub mod metrics;

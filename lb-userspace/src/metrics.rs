@@ -8,7 +8,12 @@ use lb_common::{
 };
 use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::{config::Config, dataplane::Snapshot, plan::Plan};
+use crate::{
+    config::Config,
+    dataplane::Snapshot,
+    health::{Health, Target},
+    plan::Plan,
+};
 
 /// Default listening address: loopback only.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:9469";
@@ -38,7 +43,13 @@ fn i64_of(v: u64) -> i64 {
 }
 
 /// The metrics text of one scrape.
-pub fn render(config: &Config, plan: &Plan, snapshot: &Snapshot, tables: &Tables) -> String {
+pub fn render(
+    config: &Config,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    tables: &Tables,
+    health: &Health,
+) -> String {
     let r = Registry::new();
     let svc = ["protocol", "address", "port", "name"];
     let real = ["protocol", "address", "port", "real_address", "real_port"];
@@ -100,6 +111,18 @@ pub fn render(config: &Config, plan: &Plan, snapshot: &Snapshot, tables: &Tables
         &r,
         "xdpvs_real_drained",
         "1 while the real server is drained (no new flows).",
+        &real,
+    );
+    let r_up = gauge(
+        &r,
+        "xdpvs_real_up",
+        "Health of a checked real server: 1 up, 0 down (its check failed `fall` times).",
+        &real,
+    );
+    let r_check = gauge(
+        &r,
+        "xdpvs_real_check_duration_milliseconds",
+        "How long the real's last health check took.",
         &real,
     );
     let reasons = counter(
@@ -178,6 +201,22 @@ pub fn render(config: &Config, plan: &Plan, snapshot: &Snapshot, tables: &Tables
             r_drained
                 .with_label_values(&labels)
                 .set(i64::from(rc.drained));
+            if cs.check.is_some() {
+                let state = health.state(&Target {
+                    protocol: cs.protocol,
+                    vip: cs.address,
+                    vport: cs.port,
+                    real: rc.address,
+                    port: rc.port,
+                });
+                r_up.with_label_values(&labels)
+                    .set(i64::from(state.is_none_or(|s| s.up)));
+                if let Some(s) = state {
+                    r_check
+                        .with_label_values(&labels)
+                        .set(i64::try_from(s.last_took.as_millis()).unwrap_or(i64::MAX));
+                }
+            }
         }
     }
     for &reason in Reason::ALL {

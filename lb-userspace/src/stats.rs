@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use crate::{
     config::Config,
     dataplane::Snapshot,
+    health::{Health, Target},
     plan::{Plan, ServicePlan},
 };
 
@@ -117,6 +118,7 @@ pub fn listing(
     plan: &Plan,
     snapshot: &Snapshot,
     flows: &[(FlowKeyV4, Flow)],
+    health: &Health,
 ) -> Value {
     let conns = connection_counts(plan, flows);
     let services: Vec<Value> = plan
@@ -132,6 +134,28 @@ pub fn listing(
                 .zip(&cs.reals)
                 .map(|((r, c), cr)| {
                     let (active, inactive) = conns.get(&r.index).copied().unwrap_or_default();
+                    let state = cs.check.as_ref().map(|_| {
+                        health.state(&Target {
+                            protocol: cs.protocol,
+                            vip: cs.address,
+                            vport: cs.port,
+                            real: cr.address,
+                            port: cr.port,
+                        })
+                    });
+                    let (health, since, error) = match state {
+                        None => (Value::Null, Value::Null, Value::Null),
+                        Some(None) => (json!("up"), Value::Null, Value::Null),
+                        Some(Some(st)) => (
+                            json!(if st.up { "up" } else { "down" }),
+                            json!(
+                                st.since
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0, |d| d.as_secs())
+                            ),
+                            json!(st.last_error),
+                        ),
+                    };
                     json!({
                         "address": r.address.to_string(),
                         "port": r.port,
@@ -142,6 +166,9 @@ pub fn listing(
                         "bytes": c.bytes,
                         "active_connections": active,
                         "inactive_connections": inactive,
+                        "health": health,
+                        "health_since": since,
+                        "last_error": error,
                     })
                 })
                 .collect();
