@@ -729,6 +729,12 @@ impl Director {
         let Some(t) = self.health.record(probe, &check) else {
             return;
         };
+        // Logged once applied: the line means what it says.
+        let (config, doc) = (self.config.clone(), self.doc.clone());
+        if let Err(e) = self.change(config, doc, false, neighbours).await {
+            log::error!("applying the health of {target}: {e}");
+            return;
+        }
         if t.up {
             log::info!(
                 "{target} is up after {} good checks; it takes new flows again",
@@ -741,10 +747,6 @@ impl Director {
                 t.after,
                 t.cause.as_deref().unwrap_or("no detail")
             );
-        }
-        let (config, doc) = (self.config.clone(), self.doc.clone());
-        if let Err(e) = self.change(config, doc, false, neighbours).await {
-            log::error!("applying the health of {target}: {e}");
         }
     }
 

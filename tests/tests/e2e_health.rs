@@ -172,3 +172,94 @@ fn an_http_check_wants_its_status() {
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
 }
+
+#[test]
+fn stopping_a_reals_server_under_a_client_loop_fails_nothing_once_it_is_down() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    };
+    let rig = DrRig::new(2);
+    // Each real serves the VIP and its own address on port 80 (the check's target).
+    let mut servers: Vec<Option<Server>> = (0..2)
+        .map(|i| {
+            Some(tcp_server(
+                &rig.reals[i],
+                SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 80),
+                &banner(i),
+            ))
+        })
+        .collect();
+    let config = rig.write_config(
+        "director: {interfaces: [eth0], hash_seed: 1}\nservices:\n  - {address: 192.0.2.100, \
+         port: 80, protocol: tcp, scheduler: sh, check: {type: tcp, interval: 1, timeout: 1, \
+         rise: 2, fall: 2}, reals: [{address: 192.0.2.11}, {address: 192.0.2.12}]}\n",
+    );
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let vip80 = SocketAddr::new(VIP.into(), 80);
+    let load = rig.client.spawn(move || {
+        let mut log = Vec::new();
+        for src in client_sources().into_iter().cycle() {
+            if flag.load(Ordering::Relaxed) {
+                break;
+            }
+            let at = Instant::now();
+            let answer = xdpvs_testbed::traffic::tcp_ask(src, vip80, Duration::from_secs(1));
+            log.push((at, answer.map_err(|e| e.to_string())));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        log
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let stopped = Instant::now();
+    servers[1] = None;
+    let down_at = loop {
+        if daemon
+            .stderr()
+            .iter()
+            .any(|l| l.contains("192.0.2.12:80") && l.contains("is down"))
+        {
+            break Instant::now();
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(10),
+            "{:#?}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let log = load.join().unwrap_or_else(|_| panic!("load panicked"));
+    let took = down_at - stopped;
+    // fall × interval + one interval, plus scheduling slack.
+    assert!(took <= Duration::from_millis(3500), "down after {took:?}");
+    let failed_before = log
+        .iter()
+        .filter(|(at, r)| *at >= stopped && *at < down_at && r.is_err())
+        .count();
+    // The log line is written once the plan is applied; allow the line's own delivery.
+    let settled = down_at + Duration::from_millis(100);
+    let after: Vec<_> = log.iter().filter(|(at, _)| *at >= settled).collect();
+    let failed_after: Vec<_> = after.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(after.len() > 20, "only {} requests after", after.len());
+    assert!(
+        failed_after.is_empty(),
+        "{} failed after the real was down: {failed_after:?}",
+        failed_after.len()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|(_, r)| r.as_deref() == Ok(banner(0).as_str()))
+    );
+    eprintln!(
+        "server stopped: down after {took:?}; {failed_before} requests failed before, 0 of {} after",
+        after.len()
+    );
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+}
