@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     config::{MAX_FILE_BYTES, Protocol},
-    document::{NewService, RealChange, ServiceChange, ServiceId},
+    document::{RealChange, ServiceFields, ServiceId},
 };
 
 /// Default socket path.
@@ -47,8 +47,8 @@ pub enum Request {
     Save,
     Restore(String),
     Reload,
-    AddService(ServiceId, NewService),
-    EditService(ServiceId, ServiceChange),
+    AddService(ServiceId, ServiceFields),
+    EditService(ServiceId, ServiceFields),
     DeleteService(ServiceId),
     AddReal(ServiceId, IpAddr, Option<u16>, RealChange),
     EditReal(ServiceId, IpAddr, Option<u16>, RealChange),

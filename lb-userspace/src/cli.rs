@@ -13,7 +13,7 @@ use crate::{
     api,
     config::Protocol,
     daemon::OnExit,
-    document::{Document, NewService, RealChange, ServiceChange, ServiceId},
+    document::{Document, RealChange, ServiceFields, ServiceId},
     pins,
 };
 
@@ -375,7 +375,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                 } => (
                     "POST",
                     service.id(),
-                    json_body(&NewService {
+                    json_body(&ServiceFields {
                         name,
                         scheduler: Some(scheduler),
                         forwarding: method.name(),
@@ -389,7 +389,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                 } => (
                     "PATCH",
                     service.id(),
-                    json_body(&ServiceChange {
+                    json_body(&ServiceFields {
                         name,
                         scheduler,
                         forwarding: method.name(),

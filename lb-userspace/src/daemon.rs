@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use lb_common::{NH_OFFLINK, NH_RESOLVED, conntrack::Settings};
+use lb_common::{
+    NH_OFFLINK, NH_RESOLVED,
+    conntrack::{Flow, FlowKeyV4, Settings},
+};
 use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{Signal, SignalKind, signal},
@@ -19,7 +22,7 @@ use tokio::{
 use crate::{
     api::{self, Answer, Call, Refusal, Request},
     config::{Config, ConfigError},
-    dataplane::{Dataplane, DataplaneError},
+    dataplane::{Dataplane, DataplaneError, Snapshot},
     document::{self, Document, EditError},
     health::{Checkers, Health, Probe},
     host::{HostError, InstanceLock, LoForwarding, LockError, STATE_DIR},
@@ -662,14 +665,7 @@ impl Director {
 
     /// Services, reals, counters and connection counts, for `xdpvs list`.
     fn list(&self) -> Result<serde_json::Value, Refusal> {
-        let snapshot = self
-            .dataplane
-            .snapshot(&self.plan)
-            .map_err(|e| Refusal::new(500, e.to_string()))?;
-        let flows = self
-            .dataplane
-            .flows()
-            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        let (snapshot, flows) = self.readings()?;
         Ok(stats::listing(
             &self.effective,
             &self.plan,
@@ -681,14 +677,7 @@ impl Director {
 
     /// The Prometheus metrics, read from the maps now.
     fn metrics(&self) -> Result<String, Refusal> {
-        let snapshot = self
-            .dataplane
-            .snapshot(&self.plan)
-            .map_err(|e| Refusal::new(500, e.to_string()))?;
-        let flows = self
-            .dataplane
-            .flows()
-            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        let (snapshot, flows) = self.readings()?;
         let tables = crate::metrics::Tables {
             flows: &flows,
             flow_capacity: self.config.limits.max_flows,
@@ -704,11 +693,18 @@ impl Director {
 
     /// The live connection-table entries, for `xdpvs list -c`.
     fn connections(&self) -> Result<serde_json::Value, Refusal> {
-        let flows = self
-            .dataplane
-            .flows()
-            .map_err(|e| Refusal::new(500, e.to_string()))?;
+        let flows = self.dataplane.flows().map_err(|e| refusal(&e.into()))?;
         Ok(stats::connections(&self.plan, &flows))
+    }
+
+    /// The counters and the connection table's entries, read now.
+    fn readings(&self) -> Result<(Snapshot, Vec<(FlowKeyV4, Flow)>), Refusal> {
+        let snapshot = self
+            .dataplane
+            .snapshot(&self.plan)
+            .map_err(|e| refusal(&e.into()))?;
+        let flows = self.dataplane.flows().map_err(|e| refusal(&e.into()))?;
+        Ok((snapshot, flows))
     }
 
     /// Records a health check's result; a real that went down or came back is taken out of
@@ -1124,8 +1120,15 @@ fn notify(state: &[NotifyState]) {
 /// A daemon error as an API refusal: what the operator sent is refused with 400, what
 /// failed on the director with 500.
 fn refusal(e: &DaemonError) -> Refusal {
+    let status = if e.exit_code() == 2 { 400 } else { 500 };
+    Refusal::new(status, with_causes(e))
+}
+
+/// An error with every cause under it that its message does not already say, down to
+/// the kernel's `os error`: the one line an operator reads.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(cause) = source {
         let text = cause.to_string();
         if !message.contains(&text) {
@@ -1134,6 +1137,5 @@ fn refusal(e: &DaemonError) -> Refusal {
         }
         source = cause.source();
     }
-    let status = if e.exit_code() == 2 { 400 } else { 500 };
-    Refusal::new(status, message)
+    message
 }

@@ -42,19 +42,11 @@ impl std::fmt::Display for ServiceId {
     }
 }
 
-/// A new virtual service (`ipvsadm -A`).
+/// A virtual service's fields as a request gives them: for a new service (`ipvsadm -A`;
+/// the scheduler defaults to `sh`) or a change (`ipvsadm -E`; absent fields stay).
 #[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewService {
-    pub name: Option<String>,
-    pub scheduler: Option<String>,
-    pub forwarding: Option<String>,
-}
-
-/// Changes to a virtual service (`ipvsadm -E`); absent fields stay.
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServiceChange {
+pub struct ServiceFields {
     pub name: Option<String>,
     pub scheduler: Option<String>,
     pub forwarding: Option<String>,
@@ -152,7 +144,7 @@ impl Document {
     }
 
     /// Adds a virtual service with no reals.
-    pub fn add_service(&mut self, id: ServiceId, new: &NewService) -> Result<(), EditError> {
+    pub fn add_service(&mut self, id: ServiceId, new: &ServiceFields) -> Result<(), EditError> {
         if self.service_at(id).is_ok() {
             return Err(EditError::Exists(id.to_string()));
         }
@@ -176,7 +168,7 @@ impl Document {
     }
 
     /// Changes a virtual service's scheduler, method or name.
-    pub fn edit_service(&mut self, id: ServiceId, change: &ServiceChange) -> Result<(), EditError> {
+    pub fn edit_service(&mut self, id: ServiceId, change: &ServiceFields) -> Result<(), EditError> {
         let s = self.service(id)?;
         for (key, value) in [
             ("name", &change.name),

@@ -13,7 +13,7 @@ use std::{
 
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use crate::config::{Check, CheckKind, Config, Protocol};
+use crate::config::{Check, CheckKind, Config, Protocol, Real, Service};
 
 /// One checked real of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -23,6 +23,19 @@ pub struct Target {
     pub vport: u16,
     pub real: IpAddr,
     pub port: u16,
+}
+
+impl Target {
+    /// A real of a service, as its check is known.
+    pub fn of(service: &Service, real: &Real) -> Target {
+        Target {
+            protocol: service.protocol,
+            vip: service.address,
+            vport: service.port,
+            real: real.address,
+            port: real.port,
+        }
+    }
 }
 
 impl std::fmt::Display for Target {
@@ -64,14 +77,7 @@ impl Checkers {
         for s in &config.services {
             let Some(check) = &s.check else { continue };
             for r in &s.reals {
-                let target = Target {
-                    protocol: s.protocol,
-                    vip: s.address,
-                    vport: s.port,
-                    real: r.address,
-                    port: r.port,
-                };
-                wanted.insert(target, check.clone());
+                wanted.insert(Target::of(s, r), check.clone());
             }
         }
         self.running.retain(|t, (check, task)| {
@@ -247,15 +253,13 @@ impl Health {
     pub fn apply(&self, config: &Config) -> Config {
         let mut effective = config.clone();
         for s in &mut effective.services {
-            for r in &mut s.reals {
-                let target = Target {
-                    protocol: s.protocol,
-                    vip: s.address,
-                    vport: s.port,
-                    real: r.address,
-                    port: r.port,
-                };
-                r.down = self.states.get(&target).is_some_and(|st| !st.up);
+            let down: Vec<bool> = s
+                .reals
+                .iter()
+                .map(|r| self.states.get(&Target::of(s, r)).is_some_and(|st| !st.up))
+                .collect();
+            for (r, down) in s.reals.iter_mut().zip(down) {
+                r.down = down;
             }
         }
         effective

@@ -78,19 +78,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Prints the error with every cause under it that its message does not already say,
-/// and returns the exit status: 2 for a refused configuration, 1 otherwise.
+/// Prints the error with its causes and returns the exit status: 2 for a refused
+/// configuration, 1 otherwise.
 fn report(e: &daemon::DaemonError) -> u8 {
-    let mut line = format!("xdpvs: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    eprintln!("{line}");
+    eprintln!("xdpvs: {}", daemon::with_causes(e));
     e.exit_code() as u8
 }

@@ -202,13 +202,7 @@ pub fn render(
                 .with_label_values(&labels)
                 .set(i64::from(rc.drained));
             if cs.check.is_some() {
-                let state = health.state(&Target {
-                    protocol: cs.protocol,
-                    vip: cs.address,
-                    vport: cs.port,
-                    real: rc.address,
-                    port: rc.port,
-                });
+                let state = health.state(&Target::of(cs, rc));
                 r_up.with_label_values(&labels)
                     .set(i64::from(state.is_none_or(|s| s.up)));
                 if let Some(s) = state {

@@ -133,7 +133,8 @@ pub fn netns_cookie() -> io::Result<u64> {
     Ok(cookie)
 }
 
-fn is_bpffs(path: &Path) -> io::Result<bool> {
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // SAFETY: statfs on a NUL-terminated path into a zeroed, owned struct.

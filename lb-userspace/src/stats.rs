@@ -134,15 +134,7 @@ pub fn listing(
                 .zip(&cs.reals)
                 .map(|((r, c), cr)| {
                     let (active, inactive) = conns.get(&r.index).copied().unwrap_or_default();
-                    let state = cs.check.as_ref().map(|_| {
-                        health.state(&Target {
-                            protocol: cs.protocol,
-                            vip: cs.address,
-                            vport: cs.port,
-                            real: cr.address,
-                            port: cr.port,
-                        })
-                    });
+                    let state = cs.check.as_ref().map(|_| health.state(&Target::of(cs, cr)));
                     let (health, since, error) = match state {
                         None => (Value::Null, Value::Null, Value::Null),
                         Some(None) => (json!("up"), Value::Null, Value::Null),

@@ -27,12 +27,7 @@ pub fn bpf_dir(netns: &str) -> PathBuf {
     static MOUNT: std::sync::Once = std::sync::Once::new();
     MOUNT.call_once(|| {
         std::fs::create_dir_all(TEST_BPFFS).unwrap_or_else(|e| panic!("{TEST_BPFFS}: {e}"));
-        let c = std::ffi::CString::new(TEST_BPFFS).unwrap_or_default();
-        // SAFETY: statfs on a NUL-terminated path into a zeroed, owned struct.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
-        let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
-        if !ok || st.f_type != 0xcafe_4a11 {
+        if !lb_userspace::pins::is_bpffs(Path::new(TEST_BPFFS)).unwrap_or(false) {
             netns::run(std::process::Command::new("mount").args(["-t", "bpf", "bpf", TEST_BPFFS]));
         }
     });

@@ -18,7 +18,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::PathBuf,
     process::{Child, ExitStatus, Stdio},
     sync::{Arc, Mutex, mpsc},
@@ -68,6 +68,11 @@ services:
 /// The address of real `i` (0-based).
 pub fn real_address(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 0, 2, 11 + i as u8)
+}
+
+/// What real `i`'s test servers answer: `real <address>`.
+pub fn real_banner(i: usize) -> String {
+    format!("real {}", real_address(i))
 }
 
 /// Every client source address the rig provides (508 of them).
@@ -153,6 +158,21 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("no answer to SIGHUP: {:#?}", self.stderr());
+    }
+
+    /// Whether the daemon logs a line containing `text` within `limit` (standard error is
+    /// read by its own thread, which may lag behind the "ready" line on standard output).
+    pub fn logged(&self, text: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        loop {
+            if self.stderr().iter().any(|l| l.contains(text)) {
+                return true;
+            }
+            if start.elapsed() >= limit {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGTERM, then [`Daemon::wait`].
@@ -281,6 +301,22 @@ impl DrRig {
     /// Runs `xdpvs teardown` in the director namespace; returns (success, stdout+stderr).
     pub fn teardown(&self) -> (bool, String) {
         teardown(&self.director)
+    }
+
+    /// A long-lived line server on every real for the VIP's port 80, answering
+    /// [`real_banner`].
+    pub fn line_servers(&self) -> Vec<crate::traffic::Server> {
+        self.reals
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                crate::traffic::tcp_line_server(
+                    ns,
+                    SocketAddr::new(VIP.into(), 80),
+                    &real_banner(i),
+                )
+            })
+            .collect()
     }
 
     /// Whether an XDP program is attached to the director's eth0.

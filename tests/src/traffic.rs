@@ -337,3 +337,67 @@ impl Session {
         Ok(String::from_utf8_lossy(&answer).into_owned())
     }
 }
+
+/// One new connection from each source to `dst`, one line asked on each; the answers in
+/// order. Call inside the client's namespace. Panics naming the source that failed.
+pub fn ask_each(sources: &[IpAddr], dst: SocketAddr, timeout: Duration) -> Vec<String> {
+    sources
+        .iter()
+        .map(|&s| {
+            Session::connect(s, dst, timeout)
+                .and_then(|mut c| c.ask())
+                .unwrap_or_else(|e| panic!("{s}: {e}"))
+        })
+        .collect()
+}
+
+type Reply = std::sync::mpsc::Sender<Vec<(IpAddr, String)>>;
+
+/// Long-lived sessions held on a thread of the client's namespace; [`Sessions::ask_all`]
+/// asks each once more (an answer that failed reads `error: ...`).
+pub struct Sessions {
+    tx: std::sync::mpsc::Sender<Reply>,
+}
+
+impl Sessions {
+    /// Connects one session from each source to `dst`, from `client`.
+    pub fn open(
+        client: &Netns,
+        sources: Vec<IpAddr>,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> Sessions {
+        let (tx, rx) = std::sync::mpsc::channel::<Reply>();
+        client.spawn(move || {
+            let mut sessions: Vec<(IpAddr, Session)> = sources
+                .iter()
+                .map(|&s| {
+                    let session = Session::connect(s, dst, timeout)
+                        .unwrap_or_else(|e| panic!("connect from {s}: {e}"));
+                    (s, session)
+                })
+                .collect();
+            while let Ok(reply) = rx.recv() {
+                let answers = sessions
+                    .iter_mut()
+                    .map(|(s, session)| {
+                        (*s, session.ask().unwrap_or_else(|e| format!("error: {e}")))
+                    })
+                    .collect();
+                let _ = reply.send(answers);
+            }
+        });
+        Sessions { tx }
+    }
+
+    /// Each session's answer to one more line, in the order they were opened.
+    pub fn ask_all(&self) -> Vec<(IpAddr, String)> {
+        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+        self.tx
+            .send(reply_tx)
+            .unwrap_or_else(|e| panic!("client: {e}"));
+        reply_rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("client: {e}"))
+    }
+}

@@ -8,15 +8,11 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use lb_userspace::config::Config;
 use serde_json::Value;
 use xdpvs_testbed::{
-    rig::{DrRig, VIP, cli, client_sources, real_address},
-    traffic::{Server, Session, tcp_line_server},
+    rig::{DrRig, VIP, cli, client_sources, real_banner as banner},
+    traffic::{Session, ask_each},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn banner(i: usize) -> String {
-    format!("real {}", real_address(i))
-}
 
 const START: &str = "\
 director:
@@ -67,18 +63,9 @@ fn refused(config: &Path, args: &[&str], says: &str) {
 
 /// The real each of `n` new connections (from distinct sources) reached.
 fn new_connections(rig: &DrRig, n: usize) -> Vec<String> {
-    let vip80 = SocketAddr::new(VIP.into(), 80);
-    rig.client.enter(|| {
-        client_sources()
-            .into_iter()
-            .take(n)
-            .map(|s| {
-                Session::connect(s, vip80, TIMEOUT)
-                    .and_then(|mut c| c.ask())
-                    .unwrap_or_else(|e| panic!("{s}: {e}"))
-            })
-            .collect()
-    })
+    let sources: Vec<_> = client_sources().into_iter().take(n).collect();
+    rig.client
+        .enter(|| ask_each(&sources, SocketAddr::new(VIP.into(), 80), TIMEOUT))
 }
 
 fn listing(config: &Path) -> Value {
@@ -88,12 +75,7 @@ fn listing(config: &Path) -> Value {
 #[test]
 fn every_verb_round_trips_and_refusals_change_nothing() {
     let rig = DrRig::new(3);
-    let _servers: Vec<Server> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| tcp_line_server(ns, SocketAddr::new(VIP.into(), 80), &banner(i)))
-        .collect();
+    let _servers = rig.line_servers();
     let config = rig.write_config(START);
     let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());

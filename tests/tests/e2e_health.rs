@@ -9,42 +9,23 @@ use std::{
 };
 
 use xdpvs_testbed::{
-    rig::{DrRig, VIP, cli, client_sources, real_address},
-    traffic::{Server, Session, tcp_line_server, tcp_server},
+    rig::{DrRig, VIP, cli, client_sources, real_address, real_banner as banner},
+    traffic::{Server, Session, ask_each, tcp_line_server, tcp_server},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-fn banner(i: usize) -> String {
-    format!("real {}", real_address(i))
-}
-
 /// The reals each of `n` new connections reached.
 fn reached(rig: &DrRig, n: usize, skip: usize) -> Vec<String> {
-    let vip80 = SocketAddr::new(VIP.into(), 80);
-    rig.client.enter(|| {
-        client_sources()
-            .into_iter()
-            .skip(skip)
-            .take(n)
-            .map(|s| {
-                Session::connect(s, vip80, TIMEOUT)
-                    .and_then(|mut c| c.ask())
-                    .unwrap_or_else(|e| panic!("{s}: {e}"))
-            })
-            .collect()
-    })
+    let sources: Vec<_> = client_sources().into_iter().skip(skip).take(n).collect();
+    rig.client
+        .enter(|| ask_each(&sources, SocketAddr::new(VIP.into(), 80), TIMEOUT))
 }
 
 #[test]
 fn a_real_whose_check_fails_gets_no_new_flows_and_comes_back() {
     let rig = DrRig::new(2);
-    let _web: Vec<Server> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| tcp_line_server(ns, SocketAddr::new(VIP.into(), 80), &banner(i)))
-        .collect();
+    let _web = rig.line_servers();
     // The check port, on each real's own address.
     let check_port = |i: usize| {
         tcp_server(
@@ -157,15 +138,11 @@ fn an_http_check_wants_its_status() {
     );
     let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
-    let start = Instant::now();
-    while !daemon.stderr().iter().any(|l| l.contains("is down")) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{:#?}",
-            daemon.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        daemon.logged("is down", Duration::from_secs(10)),
+        "{:#?}",
+        daemon.stderr()
+    );
     let (_, json, _) = cli(&config, &["list", "--json"]);
     assert!(json.contains("\"health\": \"down\""), "{json}");
     assert!(json.contains("http to 192.0.2.11:8080"), "{json}");

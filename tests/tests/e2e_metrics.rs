@@ -12,8 +12,8 @@ use std::{
 use serde_json::Value;
 use xdpvs_testbed::{
     netns::Netns,
-    rig::{DrRig, VIP, client_sources, real_address},
-    traffic::{Server, Session, tcp_line_server},
+    rig::{DrRig, VIP, client_sources},
+    traffic::ask_each,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,18 +69,7 @@ fn prometheus_scrapes_what_the_traffic_did() {
         "{PROMETHEUS} is missing: run `cargo xtask setup`"
     );
     let rig = DrRig::new(2);
-    let _servers: Vec<Server> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            tcp_line_server(
-                ns,
-                SocketAddr::new(VIP.into(), 80),
-                &format!("real {}", real_address(i)),
-            )
-        })
-        .collect();
+    let _servers = rig.line_servers();
     let config = rig.write_config(
         "director: {interfaces: [eth0], hash_seed: 1}\nservices:\n  - {name: web, address: \
          192.0.2.100, port: 80, protocol: tcp, scheduler: sh, reals: [{address: \
@@ -102,18 +91,10 @@ fn prometheus_scrapes_what_the_traffic_did() {
         assert!(text.contains(line), "{line:?} not in:\n{text}");
     }
 
-    let vip80 = SocketAddr::new(VIP.into(), 80);
-    let reached: Vec<String> = rig.client.enter(|| {
-        client_sources()
-            .into_iter()
-            .take(CONNECTIONS)
-            .map(|s| {
-                Session::connect(s, vip80, TIMEOUT)
-                    .and_then(|mut c| c.ask())
-                    .unwrap_or_else(|e| panic!("{s}: {e}"))
-            })
-            .collect()
-    });
+    let sources: Vec<_> = client_sources().into_iter().take(CONNECTIONS).collect();
+    let reached = rig
+        .client
+        .enter(|| ask_each(&sources, SocketAddr::new(VIP.into(), 80), TIMEOUT));
     let on_12 = reached.iter().filter(|r| r.ends_with("192.0.2.12")).count();
 
     let scratch = config.parent().unwrap_or(std::path::Path::new("/tmp"));

@@ -364,18 +364,6 @@ fn a_second_daemon_is_refused_and_leaves_the_first_alone() {
     assert!(status.success(), "daemon exit {status}: {stderr:#?}");
 }
 
-/// Waits up to `limit` for a line of the daemon's standard error that contains `text`.
-fn logged(daemon: &xdpvs_testbed::rig::Daemon, text: &str, limit: Duration) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < limit {
-        if daemon.stderr().iter().any(|l| l.contains(text)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn an_interface_deleted_and_created_again_is_served_again() {
     let rig = DrRig::new(1);
@@ -392,11 +380,7 @@ fn an_interface_deleted_and_created_again_is_served_again() {
     // The director's eth0 goes, and with it the program and the managed neighbours.
     rig.switch.ip("link del dir");
     assert!(
-        logged(
-            &daemon,
-            "interface eth0 disappeared",
-            Duration::from_secs(10)
-        ),
+        daemon.logged("interface eth0 disappeared", Duration::from_secs(10)),
         "{:#?}",
         daemon.stderr()
     );
@@ -408,7 +392,7 @@ fn an_interface_deleted_and_created_again_is_served_again() {
     let _peer_pass = xdpvs_testbed::rig::attach_pass(&rig.switch, "dir");
     rig.client.ip("neigh flush dev eth0");
     assert!(
-        logged(&daemon, "attached to eth0 again", Duration::from_secs(10)),
+        daemon.logged("attached to eth0 again", Duration::from_secs(10)),
         "{:#?}",
         daemon.stderr()
     );
@@ -621,17 +605,12 @@ fn trace_logs_dropped_packets_only_when_asked() {
         );
         assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
         send();
-        let logged = || {
-            daemon
-                .stderr()
-                .iter()
-                .any(|l| l.contains("drop drop_no_real"))
-        };
-        let start = Instant::now();
-        while !logged() && start.elapsed() < Duration::from_secs(3) {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        assert_eq!(logged(), trace, "trace {trace}: {:#?}", daemon.stderr());
+        assert_eq!(
+            daemon.logged("drop drop_no_real", Duration::from_secs(3)),
+            trace,
+            "trace {trace}: {:#?}",
+            daemon.stderr()
+        );
         let (status, stdout, stderr) = daemon.stop();
         assert!(status.success(), "{stderr:#?}");
         // The packets were dropped, and counted, either way.

@@ -8,15 +8,11 @@ use std::{
 };
 
 use xdpvs_testbed::{
-    rig::{Daemon, DrRig, VIP, client_sources, real_address},
-    traffic::{Server, Session, tcp_line_server},
+    rig::{Daemon, DrRig, VIP, client_sources, real_address, real_banner as banner},
+    traffic::{Sessions, ask_each},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn banner(i: usize) -> String {
-    format!("real {}", real_address(i))
-}
 
 /// A web service over the rig's reals with these weights (None: not listed).
 fn config(weights: &[Option<u32>]) -> String {
@@ -44,46 +40,16 @@ fn reload(rig: &DrRig, daemon: &Daemon, yaml: &str) -> bool {
 #[test]
 fn long_lived_connections_survive_drain_reweight_add_and_remove_by_sighup() {
     let rig = DrRig::new(4);
-    let _servers: Vec<Server> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| tcp_line_server(ns, SocketAddr::new(VIP.into(), 80), &banner(i)))
-        .collect();
+    let _servers = rig.line_servers();
     let path = rig.write_config(&config(&[Some(1), Some(1), Some(1), None]));
     let (daemon, ready) = rig.start_daemon(&path, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
 
     let vip80 = SocketAddr::new(VIP.into(), 80);
     let sources: Vec<IpAddr> = client_sources().into_iter().step_by(12).collect();
-    // Sessions live on client threads; each step asks every session once more.
-    let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<Vec<(IpAddr, String)>>>();
-    let client = rig.client.spawn(move || {
-        let mut sessions: Vec<(IpAddr, Session)> = sources
-            .iter()
-            .map(|&s| {
-                (
-                    s,
-                    Session::connect(s, vip80, TIMEOUT)
-                        .unwrap_or_else(|e| panic!("connect from {s}: {e}")),
-                )
-            })
-            .collect();
-        while let Ok(reply) = rx.recv() {
-            let answers = sessions
-                .iter_mut()
-                .map(|(s, session)| (*s, session.ask().unwrap_or_else(|e| format!("error: {e}"))))
-                .collect();
-            let _ = reply.send(answers);
-        }
-    });
-    let ask_all = || {
-        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
-        tx.send(reply_tx).unwrap_or_else(|e| panic!("{e}"));
-        reply_rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("client: {e}"))
-    };
+    // Sessions live on a client thread; each step asks every session once more.
+    let sessions = Sessions::open(&rig.client, sources, vip80, TIMEOUT);
+    let ask_all = || sessions.ask_all();
     let first = ask_all();
     for (s, a) in &first {
         assert!(a.starts_with("real "), "{s}: {a}");
@@ -151,24 +117,16 @@ fn long_lived_connections_survive_drain_reweight_add_and_remove_by_sighup() {
     assert!(rig.director_has_xdp());
 
     // New connections avoid the drained real.
-    let fresh: Vec<String> = rig.client.enter(|| {
-        client_sources()
-            .iter()
-            .take(60)
-            .map(|&s| {
-                let mut session =
-                    Session::connect(s, vip80, TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-                session.ask().unwrap_or_else(|e| panic!("{e}"))
-            })
-            .collect()
-    });
+    let fresh_sources: Vec<IpAddr> = client_sources().into_iter().take(60).collect();
+    let fresh = rig
+        .client
+        .enter(|| ask_each(&fresh_sources, vip80, TIMEOUT));
     assert!(
         !fresh.contains(&banner(drained)),
         "a new connection reached the drained real"
     );
 
-    drop(tx);
-    let _ = client.join();
+    drop(sessions);
     let (status, stdout, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
     let hits = stdout

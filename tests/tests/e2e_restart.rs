@@ -5,7 +5,7 @@
 //! and leaves the running data path alone.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::SocketAddr,
     process::Stdio,
     sync::{
         Arc,
@@ -16,16 +16,14 @@ use std::{
 
 use xdpvs_testbed::{
     bpf_dir,
-    rig::{Daemon, DrRig, VIP, client_sources, field, real_address, report_line},
-    traffic::{Server, Session, tcp_ask, tcp_line_server, tcp_server},
+    rig::{
+        Daemon, DrRig, VIP, client_sources, field, real_address, real_banner as banner, report_line,
+    },
+    traffic::{Session, Sessions, tcp_ask, tcp_server},
     xdpvs_bin,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
-
-fn banner(i: usize) -> String {
-    format!("real {}", real_address(i))
-}
 
 /// A web service over the rig's reals `(real, weight)`, listed in this order.
 fn config(reals: &[(usize, u32)]) -> String {
@@ -95,72 +93,17 @@ impl Load {
     }
 }
 
-/// Long-lived sessions on a client thread; `ask_all` asks each once more.
-struct Sessions {
-    tx: std::sync::mpsc::Sender<std::sync::mpsc::Sender<Vec<(IpAddr, String)>>>,
-}
-
-impl Sessions {
-    fn open(rig: &DrRig, sources: Vec<IpAddr>) -> Sessions {
-        let vip80 = SocketAddr::new(VIP.into(), 80);
-        let (tx, rx) = std::sync::mpsc::channel::<std::sync::mpsc::Sender<Vec<(IpAddr, String)>>>();
-        rig.client.spawn(move || {
-            let mut sessions: Vec<(IpAddr, Session)> = sources
-                .iter()
-                .map(|&s| {
-                    let session = Session::connect(s, vip80, TIMEOUT)
-                        .unwrap_or_else(|e| panic!("connect from {s}: {e}"));
-                    (s, session)
-                })
-                .collect();
-            while let Ok(reply) = rx.recv() {
-                let answers = sessions
-                    .iter_mut()
-                    .map(|(s, session)| {
-                        (*s, session.ask().unwrap_or_else(|e| format!("error: {e}")))
-                    })
-                    .collect();
-                let _ = reply.send(answers);
-            }
-        });
-        Sessions { tx }
-    }
-
-    fn ask_all(&self) -> Vec<(IpAddr, String)> {
-        let (reply_tx, reply_rx) = std::sync::mpsc::channel();
-        self.tx
-            .send(reply_tx)
-            .unwrap_or_else(|e| panic!("client: {e}"));
-        reply_rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|e| panic!("client: {e}"))
-    }
-}
-
-/// Whether the daemon logged `text` (waiting a little: standard error is read by its
-/// own thread, which may lag behind the "ready" line on standard output).
-fn logged(daemon: &Daemon, text: &str) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        if daemon.stderr().iter().any(|l| l.contains(text)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn kill_9_restarts_and_program_replacement_lose_no_flow() {
     let rig = DrRig::new(3);
-    let _servers: Vec<Server> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| tcp_line_server(ns, SocketAddr::new(VIP.into(), 80), &banner(i)))
-        .collect();
+    let _servers = rig.line_servers();
     let daemon = start(&rig, &config(&[(0, 1), (1, 1)]));
-    let sessions = Sessions::open(&rig, client_sources().into_iter().step_by(20).collect());
+    let sessions = Sessions::open(
+        &rig.client,
+        client_sources().into_iter().step_by(20).collect(),
+        SocketAddr::new(VIP.into(), 80),
+        TIMEOUT,
+    );
     let first = sessions.ask_all();
     for (s, a) in &first {
         assert!(a.starts_with("real "), "{s}: {a}");
@@ -189,7 +132,8 @@ fn kill_9_restarts_and_program_replacement_lose_no_flow() {
     // connection-table entries still name the right reals.
     let daemon = start(&rig, &config(&[(2, 1), (0, 1), (1, 1)]));
     assert!(
-        logged(&daemon, "adopting the data path") && logged(&daemon, "took over the pinned link"),
+        daemon.logged("adopting the data path", Duration::from_secs(3))
+            && daemon.logged("took over the pinned link", Duration::from_secs(3)),
         "{:#?}",
         daemon.stderr()
     );
@@ -331,7 +275,10 @@ fn a_start_that_cannot_adopt_is_refused_and_the_running_path_stays() {
     drop(flood);
     let daemon = start(&rig, &yaml);
     assert!(
-        logged(&daemon, "XDPVS_OLD_V0, a map of another build"),
+        daemon.logged(
+            "XDPVS_OLD_V0, a map of another build",
+            Duration::from_secs(3)
+        ),
         "{:#?}",
         daemon.stderr()
     );
@@ -343,9 +290,9 @@ fn a_start_that_cannot_adopt_is_refused_and_the_running_path_stays() {
     std::fs::remove_file(dir.join("XDPVS_FLOOD_V1")).unwrap_or_else(|e| panic!("{e}"));
     let daemon = start(&rig, &yaml);
     assert!(
-        logged(
-            &daemon,
-            "holds maps of another build (missing: XDPVS_FLOOD_V1)"
+        daemon.logged(
+            "holds maps of another build (missing: XDPVS_FLOOD_V1)",
+            Duration::from_secs(3)
         ),
         "{:#?}",
         daemon.stderr()
@@ -362,7 +309,10 @@ fn a_start_that_cannot_adopt_is_refused_and_the_running_path_stays() {
         &yaml.replace("director:\n", "director:\n  xdp_mode: generic\n"),
     );
     assert!(
-        logged(&daemon, "runs in driver mode, the file asks for Generic"),
+        daemon.logged(
+            "runs in driver mode, the file asks for Generic",
+            Duration::from_secs(3)
+        ),
         "{:#?}",
         daemon.stderr()
     );
@@ -394,14 +344,14 @@ fn a_start_that_cannot_adopt_is_refused_and_the_running_path_stays() {
 #[test]
 fn a_real_added_after_a_restart_never_inherits_a_removed_reals_flows() {
     let rig = DrRig::new(3);
-    let _servers: Vec<Server> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| tcp_line_server(ns, SocketAddr::new(VIP.into(), 80), &banner(i)))
-        .collect();
+    let _servers = rig.line_servers();
     let daemon = start(&rig, &config(&[(0, 1), (1, 1)]));
-    let sessions = Sessions::open(&rig, client_sources().into_iter().step_by(20).collect());
+    let sessions = Sessions::open(
+        &rig.client,
+        client_sources().into_iter().step_by(20).collect(),
+        SocketAddr::new(VIP.into(), 80),
+        TIMEOUT,
+    );
     let first = sessions.ask_all();
     assert!(
         first.iter().any(|(_, a)| *a == banner(1)),
