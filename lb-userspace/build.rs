@@ -2,6 +2,9 @@
 //! leaves the object in OUT_DIR for `include_bytes_aligned!`. Its own target directory
 //! (`target/bpf`) keeps the eBPF build incremental and separate from this stable build.
 
+#[path = "build/btf_names.rs"]
+mod btf_names;
+
 use std::{
     env,
     path::{Path, PathBuf},
@@ -14,7 +17,7 @@ fn main() {
         .parent()
         .expect("lb-userspace sits in the workspace root");
     let ebpf_dir = root.join("lb-ebpf");
-    for watched in ["src", "Cargo.toml", "Cargo.lock"] {
+    for watched in ["src", "Cargo.toml", "Cargo.lock", ".cargo/config.toml"] {
         println!(
             "cargo:rerun-if-changed={}",
             ebpf_dir.join(watched).display()
@@ -63,10 +66,19 @@ fn main() {
     }
     let objects = target_dir.join("bpfel-unknown-none/release");
     copy(&objects.join("xdpvs"), &out_dir.join("xdpvs.bpf.o"));
+    sanitize(&out_dir.join("xdpvs.bpf.o"));
     copy(
         &objects.join("xdpvs-bench"),
         &out_dir.join("xdpvs-bench.bpf.o"),
     );
+}
+
+/// Rewrites the BTF type names the kernel would refuse (see `btf_names`).
+fn sanitize(object: &Path) {
+    let mut bytes =
+        std::fs::read(object).unwrap_or_else(|e| panic!("reading {}: {e}", object.display()));
+    btf_names::sanitize(&mut bytes).unwrap_or_else(|e| panic!("{}: BTF: {e}", object.display()));
+    std::fs::write(object, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", object.display()));
 }
 
 fn copy(from: &Path, to: &Path) {
