@@ -15,10 +15,23 @@ pub fn addr_hash(addr: &AddrWords, seed: u32) -> u32 {
     fmix(h ^ 16)
 }
 
-/// The scheduling slot of a hash.
+/// Hashes an address and a port (the client's, for `sh-port` / `mh-port`): the same
+/// mix over a fifth word.
 #[inline(always)]
-pub fn slot_of(hash: u32) -> u32 {
-    hash & (crate::SCHED_SLOTS - 1)
+pub fn addr_port_hash(addr: &AddrWords, port: u16, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, addr[0]);
+    h = mix(h, addr[1]);
+    h = mix(h, addr[2]);
+    h = mix(h, addr[3]);
+    h = mix(h, u32::from(port));
+    fmix(h ^ 20)
+}
+
+/// The position a hash picks in a table of `len` positions (`len > 0`).
+#[inline(always)]
+pub fn position(hash: u32, len: u32) -> u32 {
+    hash % len
 }
 
 #[inline(always)]
@@ -76,6 +89,17 @@ mod tests {
     }
 
     #[test]
+    fn the_port_hash_is_murmur3_over_twenty_bytes() {
+        let mut bytes = [0u8; 20];
+        bytes[..4].copy_from_slice(&[192, 0, 2, 1]);
+        bytes[16..18].copy_from_slice(&8080u16.to_le_bytes());
+        assert_eq!(
+            addr_port_hash(&ipv4_words([192, 0, 2, 1]), 8080, 5),
+            murmur3_bytes(&bytes, 5)
+        );
+    }
+
+    #[test]
     fn seed_and_address_change_the_hash() {
         let a = ipv4_words([192, 0, 2, 1]);
         let b = ipv4_words([192, 0, 2, 2]);
@@ -87,12 +111,13 @@ mod tests {
     fn slots_spread_evenly_over_a_prefix() {
         // 65536 consecutive client addresses must fill every slot of the table about
         // equally: no slot gets more than twice its share.
-        let mut hits = [0u32; crate::SCHED_SLOTS as usize];
+        const LEN: u32 = 4093;
+        let mut hits = [0u32; LEN as usize];
         for i in 0..65536u32 {
             let o = (0xc633_6400u32 + i).to_be_bytes();
-            hits[slot_of(addr_hash(&ipv4_words(o), 7)) as usize] += 1;
+            hits[position(addr_hash(&ipv4_words(o), 7), LEN) as usize] += 1;
         }
-        let share = 65536 / crate::SCHED_SLOTS;
+        let share = 65536 / LEN;
         assert!(
             hits.iter().all(|&n| n > 0 && n <= 2 * share + 8),
             "{:?}",

@@ -27,6 +27,21 @@ pub const IPPROTO_UDP: u8 = 17;
 pub const SCHED_SH: u32 = 1;
 /// LVS `dh`: hash of the destination address.
 pub const SCHED_DH: u32 = 2;
+/// LVS `rr`: the service's reals in turn (a per-CPU cursor over the table).
+pub const SCHED_RR: u32 = 3;
+/// LVS `wrr`: IPVS's weighted interleaving, precomputed by the daemon (a per-CPU cursor
+/// over the table).
+pub const SCHED_WRR: u32 = 4;
+/// LVS `mh`: Maglev hashing of the client address.
+pub const SCHED_MH: u32 = 5;
+
+/// Slot 0 of every scheduling table holds the number of slots that follow it; slot
+/// `1 + n` holds the real index for position `n`. One map holds both, so a table swap
+/// never pairs one table's length with another's slots.
+pub const TABLE_LEN_SLOT: u32 = 0;
+/// Most positions in one scheduling table (Maglev's largest size is 131,071; a `wrr`
+/// sequence is the sum of the weights over their greatest common divisor).
+pub const MAX_TABLE_LEN: u32 = 1 << 20;
 
 /// LVS direct routing ("gatewaying", `ipvsadm -g`): only the MAC addresses are rewritten.
 pub const FWD_DR: u32 = 1;
@@ -56,11 +71,8 @@ pub const fn vip_filter_bit(addr_word: u32) -> u32 {
 /// Number of 64-bit words in `VIP_FILTER` (65,536 bits).
 pub const VIP_FILTER_WORDS: u32 = 1024;
 
-/// Number of scheduling slots per virtual service. Each slot holds a real-server index;
-/// the program picks `slot = hash & (SCHED_SLOTS - 1)`. A power of two so the index is a mask.
-pub const SCHED_SLOTS: u32 = 4096;
-
-/// A `SCHED_TABLE` slot with no real server (every real has weight 0).
+/// A real index that names no real server (in the daemon's tables; the program never
+/// finds one in a scheduling table, which holds only weighted reals).
 pub const REAL_NONE: u32 = u32::MAX;
 
 /// An address as four 32-bit words holding the address bytes in network order (word 0 is
@@ -100,9 +112,9 @@ pub struct ServiceKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
-    /// Row in `SCHED_TABLE` and index in `SERVICE_STATS`; below `MAX_SERVICES`.
+    /// Index in `SCHED_TABLES`, `RR_CURSORS` and `SERVICE_STATS`; below `MAX_SERVICES`.
     pub id: u32,
-    /// `SCHED_SH` or `SCHED_DH`.
+    /// `SCHED_*`.
     pub scheduler: u32,
     /// `FWD_DR`, `FWD_NAT` or `FWD_FULLNAT`.
     pub forwarding: u32,
@@ -123,6 +135,9 @@ pub struct ServiceValue {
 /// does with `expire_nodest_conn = 1`. Without it the entry's packets are dropped until
 /// the entry times out (`expire_nodest_conn = 0`).
 pub const SVC_F_EXPIRE_NODEST: u32 = 1;
+/// `ServiceValue::flags`: `sh` and `mh` hash the client's port with its address
+/// (IPVS `sh-port`, `mh-port`).
+pub const SVC_F_HASH_PORT: u32 = 2;
 
 /// Key of `VIPS`: a virtual address, whatever its ports.
 #[repr(C)]
@@ -210,7 +225,6 @@ const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<RealServer>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
 const _: () = assert!(core::mem::size_of::<SnatPool>() == 72);
-const _: () = assert!(SCHED_SLOTS.is_power_of_two());
 
 #[cfg(feature = "user")]
 mod pod {

@@ -13,8 +13,13 @@ pub const VIP_FILTER: &str = "XDPVS_VIPF_V1";
 /// `HashMap<u32, RealServer>`: the real servers of all services, by real index, with
 /// their next hops.
 pub const REALS: &str = "XDPVS_REAL_V3";
-/// `Array<u32>`: `MAX_SERVICES` rows of `SCHED_SLOTS` real indices, built by the daemon.
-pub const SCHED_TABLE: &str = "XDPVS_SCHED_V1";
+/// `ArrayOfMaps` by service id: each service's scheduling table, an `Array<u32>` of its
+/// own size (`BPF_F_INNER_MAP`) holding its length in slot `TABLE_LEN_SLOT` and real
+/// indices after it. The daemon fills a new table in one batch and swaps it in with one
+/// update; the kernel frees the old one when no program run holds it.
+pub const SCHED_TABLES: &str = "XDPVS_TABLES_V1";
+/// `PerCpuArray<u32>` by service id: each CPU's position in an `rr`/`wrr` table.
+pub const RR_CURSORS: &str = "XDPVS_RRCUR_V1";
 /// `LruHashMap<FlowKeyV4, Flow>` (`BPF_F_NO_COMMON_LRU`): the IPv4 connection table.
 pub const CONNTRACK_V4: &str = "XDPVS_CT4_V3";
 /// `Array<ServiceValue>` by service id: what a connection-table hit needs of its
@@ -50,7 +55,7 @@ pub const REASONS: &str = "XDPVS_REASON_V3";
 pub const EVENTS: &str = "XDPVS_EVENT_V2";
 
 /// Every map name, for checks that the object and the daemon agree.
-pub const ALL: [&str; 19] = [
+pub const ALL: [&str; 20] = [
     SERVICES,
     SNAT_POOLS,
     REPLY_FILTER,
@@ -60,7 +65,8 @@ pub const ALL: [&str; 19] = [
     VIPS,
     VIP_FILTER,
     REALS,
-    SCHED_TABLE,
+    SCHED_TABLES,
+    RR_CURSORS,
     CONNTRACK_V4,
     FRAGMENTS_V4,
     IFACES,
@@ -72,7 +78,7 @@ pub const ALL: [&str; 19] = [
     EVENTS,
 ];
 
-/// Default capacity of `SERVICES` and `SERVICE_STATS`, and rows of `SCHED_TABLE`.
+/// Default capacity of `SERVICES`, `SERVICE_STATS`, `SCHED_TABLES` and `RR_CURSORS`.
 /// The daemon may resize at load time (`limits` in the config).
 pub const MAX_SERVICES: u32 = 256;
 /// Default capacity of `VIPS`.

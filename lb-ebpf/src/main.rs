@@ -240,7 +240,7 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
                 Lookup::Miss => stats::count_event(Event::CtMiss),
                 _ => {}
             }
-            let index = schedule::pick(&service, &ip)?;
+            let index = schedule::pick(&service, &ip, l4.sport)?;
             stats::count_new_flow(service.id, index);
             let r = real(index).ok_or(Reason::DropInternal)?;
             let is_tcp = ip.proto == IPPROTO_TCP;

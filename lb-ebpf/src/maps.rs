@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_COMMON_LRU,
-    macros::map,
+    btf_maps,
+    macros::{btf_map, map},
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS,
-    VipKey,
+    Counters, RealServer, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS, VipKey,
     conntrack::{FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Settings, WINDOWS},
     event::EVENT_COUNT,
     maps::{
@@ -51,9 +51,22 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 #[map(name = "XDPVS_REAL_V3")]
 pub static REALS: HashMap<u32, RealServer> = HashMap::with_max_entries(MAX_REALS, 0);
 
-/// Per service, `SCHED_SLOTS` real indices; row = service id. Built by the daemon.
-#[map(name = "XDPVS_SCHED_V1")]
-pub static SCHED_TABLE: Array<u32> = Array::with_max_entries(MAX_SERVICES * SCHED_SLOTS, 0);
+/// `BPF_F_INNER_MAP`: inner maps of any size fit the outer map (the template's size is a
+/// placeholder); the verifier then bounds-checks each inner look-up at run time.
+const BPF_F_INNER_MAP: usize = 1 << 12;
+
+/// One scheduling table: its length in slot 0, real indices after it.
+pub type SchedTable = btf_maps::Array<u32, 1, BPF_F_INNER_MAP>;
+
+/// Each service's scheduling table, by service id (an inner map per service, sized to
+/// its scheduler's needs; swapped whole by the daemon).
+#[btf_map(name = "XDPVS_TABLES_V1")]
+pub static SCHED_TABLES: btf_maps::ArrayOfMaps<SchedTable, { MAX_SERVICES as usize }> =
+    btf_maps::ArrayOfMaps::new();
+
+/// Each CPU's position in each `rr`/`wrr` service's table, by service id.
+#[map(name = "XDPVS_RRCUR_V1")]
+pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 /// The IPv4 connection table. Per-CPU LRU lists (`BPF_F_NO_COMMON_LRU`) keep inserts
 /// from contending on one lock; each CPU evicts its own least recently used entries.

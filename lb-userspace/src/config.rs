@@ -14,6 +14,8 @@ use std::{
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
+use crate::scheduler::{DEFAULT_MAGLEV_SIZE, MAGLEV_SIZES, is_prime};
+
 /// Highest weight a real server may have, as in ipvsadm.
 pub const MAX_WEIGHT: u32 = 65_535;
 
@@ -85,17 +87,33 @@ impl fmt::Display for Protocol {
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
+    /// Round robin: the weighted reals in turn.
+    Rr,
+    /// Weighted round robin: IPVS's interleaving, each real in proportion to its weight.
+    Wrr,
     /// Source hashing: the client address picks the real.
     Sh,
     /// Destination hashing: the destination address picks the real.
     Dh,
+    /// Maglev hashing of the client address.
+    Mh,
+}
+
+impl Scheduler {
+    /// Whether a hash of the flow picks the real from a Maglev table (`table_size`).
+    pub fn hashes(self) -> bool {
+        matches!(self, Scheduler::Sh | Scheduler::Dh | Scheduler::Mh)
+    }
 }
 
 impl fmt::Display for Scheduler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
             Scheduler::Sh => "sh",
             Scheduler::Dh => "dh",
+            Scheduler::Mh => "mh",
         })
     }
 }
@@ -247,6 +265,10 @@ pub struct Service {
     pub port: u16,
     pub protocol: Protocol,
     pub scheduler: Scheduler,
+    /// `sh`, `dh`, `mh`: positions in the Maglev table (a prime).
+    pub table_size: u32,
+    /// `sh`, `mh`: the client's port is hashed with its address (IPVS `sh-port`, `mh-port`).
+    pub hash_port: bool,
     pub forwarding: Forwarding,
     /// The director's timeouts unless the service sets its own.
     pub timeouts: Timeouts,
@@ -389,6 +411,10 @@ struct RawService {
     port: Spanned<u16>,
     protocol: Protocol,
     scheduler: Scheduler,
+    #[serde(default)]
+    table_size: Option<Spanned<u32>>,
+    #[serde(default)]
+    hash_port: Option<Spanned<bool>>,
     #[serde(default)]
     forwarding: Forwarding,
     #[serde(default)]
@@ -753,7 +779,7 @@ impl Validator<'_> {
         let mut limits = Limits::default();
         let Some(raw) = raw else { return Ok(limits) };
         if let Some(v) = raw.max_services {
-            // The scheduling table holds max_services * SCHED_SLOTS u32 entries.
+            // Connection-table entries hold a service id in 16 bits.
             if v.value == 0 || v.value > 65_536 {
                 return Err(self.invalid(
                     origin(&v, "limits.max_services"),
@@ -870,6 +896,46 @@ impl Validator<'_> {
                 ));
             }
         }
+        let table_size = match s.table_size {
+            Some(v) if !s.scheduler.hashes() => {
+                return Err(self.invalid(
+                    origin(&v, format!("{field}.table_size")),
+                    format!(
+                        "table_size sizes the Maglev table of sh, dh and mh; {} has none",
+                        s.scheduler
+                    ),
+                ));
+            }
+            Some(v) => {
+                let (low, high) = (MAGLEV_SIZES[0], MAGLEV_SIZES[MAGLEV_SIZES.len() - 1]);
+                if !(low..=high).contains(&v.value) || !is_prime(v.value) {
+                    return Err(self.invalid(
+                        origin(&v, format!("{field}.table_size")),
+                        format!(
+                            "{} is not a prime from {low} to {high} (for example {})",
+                            v.value,
+                            MAGLEV_SIZES.map(|s| s.to_string()).join(", ")
+                        ),
+                    ));
+                }
+                v.value
+            }
+            None => DEFAULT_MAGLEV_SIZE,
+        };
+        let hash_port = match s.hash_port {
+            Some(v) if v.value && !matches!(s.scheduler, Scheduler::Sh | Scheduler::Mh) => {
+                return Err(self.invalid(
+                    origin(&v, format!("{field}.hash_port")),
+                    format!(
+                        "hash_port adds the client's port to the sh or mh hash; {} does not \
+                         hash the client",
+                        s.scheduler
+                    ),
+                ));
+            }
+            Some(v) => v.value,
+            None => false,
+        };
         let mut reals = Vec::with_capacity(s.reals.len());
         for (j, r) in s.reals.into_iter().enumerate() {
             let real = self.real(
@@ -902,6 +968,8 @@ impl Validator<'_> {
             port: s.port.value,
             protocol: s.protocol,
             scheduler: s.scheduler,
+            table_size,
+            hash_port,
             forwarding: s.forwarding,
             timeouts,
             expire_nodest_conn: s.expire_nodest_conn.unwrap_or(director.expire_nodest_conn),
@@ -1447,7 +1515,7 @@ services:
     #[test]
     fn schema_errors_name_the_line() {
         for (from, to, want) in [
-            ("scheduler: sh", "scheduler: rr", "rr"),
+            ("scheduler: sh", "scheduler: lc", "lc"),
             ("protocol: tcp", "protocol: sctp", "sctp"),
             ("weight: 2", "weight: -1", "weight"),
             ("weight: 2", "wieght: 2", "wieght"),

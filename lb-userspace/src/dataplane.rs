@@ -4,12 +4,13 @@
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, Xdp,
         links::{FdLink, PinnedLink},
@@ -18,8 +19,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Counters, FWD_DR, RealServer, SCHED_SLOTS, ServiceKey, ServiceValue, SnatPool,
-    VIP_FILTER_WORDS, VipKey,
+    Counters, FWD_DR, RealServer, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS, VipKey,
     conntrack::{Flow, FlowKeyV4, Iface, Settings},
     event::{EVENT_COUNT, Event},
     maps,
@@ -32,6 +32,7 @@ use crate::{
     nexthop::NextHop,
     pins,
     plan::{self, Ids, Plan},
+    tables,
 };
 
 /// The XDP object, built by build.rs from lb-ebpf.
@@ -170,7 +171,7 @@ pub struct Dataplane {
     links: Vec<(String, Attachment)>,
     /// `REALS` as written: plan values with their next hops.
     reals: StdHashMap<u32, RealServer>,
-    /// `SCHED_TABLE` rows as written, by service id.
+    /// Scheduling tables as written, by service id.
     tables: StdHashMap<u32, Vec<u32>>,
     /// `VIP_FILTER` as written.
     filter: Vec<u64>,
@@ -217,7 +218,7 @@ pub fn capacity(name: &str, limits: Limits) -> Option<u32> {
         maps::SERVICES | maps::SERVICE_PARAMS | maps::VIPS | maps::SERVICE_STATS => {
             limits.max_services
         }
-        maps::SCHED_TABLE => limits.max_services * SCHED_SLOTS,
+        maps::SCHED_TABLES | maps::RR_CURSORS => limits.max_services,
         maps::REALS | maps::REAL_STATS => limits.max_reals,
         maps::CONNTRACK_V4 => limits.max_flows,
         maps::FRAGMENTS_V4 => limits.max_fragments,
@@ -619,19 +620,9 @@ impl Dataplane {
             .collect();
         self.zero_counters(maps::SERVICE_STATS, &fresh_services)?;
         self.service_keys = plan.services.iter().map(|s| (s.value.id, s.key)).collect();
-        {
-            let e = map_err(maps::SCHED_TABLE);
-            let mut table: Array<_, u32> =
-                Array::try_from(map_in(&mut self.ebpf, maps::SCHED_TABLE)?).map_err(&e)?;
-            for s in &plan.services {
-                let row = s.value.id * SCHED_SLOTS;
-                let old = self.tables.get(&s.value.id);
-                for (slot, &real) in s.table.iter().enumerate() {
-                    if old.and_then(|t| t.get(slot)) != Some(&real) {
-                        table.set(row + slot as u32, real, 0).map_err(&e)?;
-                    }
-                }
-                self.tables.insert(s.value.id, s.table.clone());
+        for s in &plan.services {
+            if self.tables.get(&s.value.id) != Some(&s.table) {
+                self.write_table(s.value.id, &s.table)?;
             }
         }
         let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
@@ -693,7 +684,15 @@ impl Dataplane {
         sync_hash_map(self.map_mut(maps::VIPS)?, maps::VIPS, vips.collect())?;
         self.write_filter(&filter)?;
         let live: HashSet<u32> = plan.services.iter().map(|s| s.value.id).collect();
-        self.tables.retain(|id, _| live.contains(id));
+        let gone: Vec<u32> = self
+            .tables
+            .keys()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect();
+        for id in gone {
+            self.clear_table(id)?;
+        }
         let stale: Vec<u32> = self
             .reals
             .keys()
@@ -710,6 +709,30 @@ impl Dataplane {
             }
             self.reals.remove(&index);
         }
+        Ok(())
+    }
+
+    /// Swaps in a new scheduling table for service `id`: created at its size, filled in
+    /// one call, then put in the service's row (one update, so a packet sees the old
+    /// table or the new one, never a mix).
+    fn write_table(&mut self, id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        let e = map_err(maps::SCHED_TABLES);
+        let inner = tables::create(table).map_err(&e)?;
+        let mut outer: ArrayOfMaps<_, MapData> =
+            ArrayOfMaps::try_from(map_in(&mut self.ebpf, maps::SCHED_TABLES)?).map_err(&e)?;
+        outer.set(id, &inner, 0).map_err(&e)?;
+        self.tables.insert(id, table.to_vec());
+        Ok(())
+    }
+
+    /// Removes a removed service's table.
+    fn clear_table(&mut self, id: u32) -> Result<(), DataplaneError> {
+        let e = map_err(maps::SCHED_TABLES);
+        let aya::maps::Map::ArrayOfMaps(outer) = self.map(maps::SCHED_TABLES)? else {
+            return Err(DataplaneError::MissingMap(maps::SCHED_TABLES));
+        };
+        tables::clear(outer.fd().as_fd(), id).map_err(&e)?;
+        self.tables.remove(&id);
         Ok(())
     }
 

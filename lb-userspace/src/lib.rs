@@ -23,6 +23,7 @@ pub mod pins;
 pub mod plan;
 pub mod scheduler;
 pub mod stats;
+pub mod tables;
 
 /// The helper object built from lb-ebpf/src/bench.rs (baselines, restore wrapper,
 /// traffic generator, sink) for `cargo xtask bench` and the test rigs, which attach its

@@ -232,7 +232,8 @@ fn advice(name: &str) -> &'static str {
         | maps::SERVICE_PARAMS
         | maps::VIPS
         | maps::SERVICE_STATS
-        | maps::SCHED_TABLE => {
+        | maps::SCHED_TABLES
+        | maps::RR_CURSORS => {
             "limits.max_services changed: keep the old value, or run `xdpvs teardown` first \
              (that drops the connection table)"
         }

@@ -7,17 +7,18 @@ use std::net::IpAddr;
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, POOL_ADDRS, REAL_NONE, RealServer,
-    SCHED_DH, SCHED_SH, SVC_F_EXPIRE_NODEST, ServiceKey, ServiceValue, SnatPool,
+    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_TABLE_LEN, POOL_ADDRS, REAL_NONE,
+    RealServer, SCHED_DH, SCHED_MH, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_F_EXPIRE_NODEST,
+    SVC_F_HASH_PORT, ServiceKey, ServiceValue, SnatPool,
     conntrack::{DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP},
-    hash::{addr_hash, slot_of},
+    hash::{addr_hash, addr_port_hash, position},
     ipv4_words, ipv6_words,
 };
 
 use crate::{
     config::{self, Config, Forwarding, Origin, Protocol, Scheduler, Timeouts},
     nexthop::Route,
-    scheduler::{Member, build_table},
+    scheduler::{Member, maglev, rr_sequence, wrr_sequence},
 };
 
 /// A real server that cannot be used as configured.
@@ -53,7 +54,7 @@ pub struct ServicePlan {
     pub key: ServiceKey,
     pub value: ServiceValue,
     pub reals: Vec<RealPlan>,
-    /// `SCHED_SLOTS` real indices (or `REAL_NONE`).
+    /// The scheduling table: real indices (`SCHED_TABLES` holds its length before them).
     pub table: Vec<u32>,
 }
 
@@ -249,35 +250,10 @@ pub fn compile_keeping(
                 weight: r.weight,
             })
             .collect();
-        let table: Vec<u32> = build_table(&members, config.director.hash_seed)
+        let table = service_table(s, &members, config.director.hash_seed)?
             .into_iter()
             .map(|pos| reals.get(pos as usize).map_or(REAL_NONE, |r| r.index))
             .collect();
-        // A weighted real with no slot would never get a flow: refused, not silent.
-        let mut slotted = std::collections::HashSet::new();
-        slotted.extend(table.iter().copied());
-        let total: u64 = s
-            .reals
-            .iter()
-            .map(|r| u64::from(r.scheduling_weight()))
-            .sum();
-        for (plan_real, r) in reals.iter().zip(&s.reals) {
-            if r.scheduling_weight() > 0 && !slotted.contains(&plan_real.index) {
-                return Err(PlanError {
-                    origin: r.origin.clone(),
-                    subject: "real server",
-                    address: r.address,
-                    message: format!(
-                        "weight {} of {total} in all gets none of the service's {} \
-                         scheduling slots ({} reals with a weight above 0); raise its weight, \
-                         lower the others' or use fewer reals",
-                        r.weight,
-                        lb_common::SCHED_SLOTS,
-                        s.reals.iter().filter(|r| r.scheduling_weight() > 0).count()
-                    ),
-                });
-            }
-        }
         services.push(ServicePlan {
             name: s.name.clone(),
             address: s.address,
@@ -289,8 +265,11 @@ pub fn compile_keeping(
             value: ServiceValue {
                 id,
                 scheduler: match s.scheduler {
+                    Scheduler::Rr => SCHED_RR,
+                    Scheduler::Wrr => SCHED_WRR,
                     Scheduler::Sh => SCHED_SH,
                     Scheduler::Dh => SCHED_DH,
+                    Scheduler::Mh => SCHED_MH,
                 },
                 forwarding: match s.forwarding {
                     Forwarding::Dr => FWD_DR,
@@ -303,7 +282,7 @@ pub fn compile_keeping(
                     SVC_F_EXPIRE_NODEST
                 } else {
                     0
-                },
+                } | if s.hash_port { SVC_F_HASH_PORT } else { 0 },
                 timeouts: timeouts_by_state(s.timeouts),
             },
             reals,
@@ -315,6 +294,51 @@ pub fn compile_keeping(
         pools: pools.into_iter().map(|(_, p)| p).collect(),
         next_generation,
     })
+}
+
+/// The service's scheduling table as positions in `members` (docs/SCHEDULERS.md). A real
+/// with a weight above zero that would get no position is refused, never left out.
+fn service_table(
+    s: &config::Service,
+    members: &[Member],
+    seed: u32,
+) -> Result<Vec<u32>, PlanError> {
+    let total: u64 = members.iter().map(|m| u64::from(m.weight)).sum();
+    let weighted = members.iter().filter(|m| m.weight > 0).count();
+    let table = match s.scheduler {
+        Scheduler::Rr => rr_sequence(members),
+        Scheduler::Wrr => wrr_sequence(members).map_err(|length| PlanError {
+            origin: s.origin.clone(),
+            subject: "virtual service",
+            address: s.address,
+            message: format!(
+                "its wrr sequence would be {length} entries (the weights' sum over their \
+                 greatest common divisor); at most {MAX_TABLE_LEN}: use smaller weights \
+                 or mh"
+            ),
+        })?,
+        Scheduler::Sh | Scheduler::Dh | Scheduler::Mh => maglev(members, s.table_size, seed),
+    };
+    let mut placed = vec![false; members.len()];
+    for &pos in &table {
+        placed[pos as usize] = true;
+    }
+    for ((m, r), placed) in members.iter().zip(&s.reals).zip(placed) {
+        if m.weight > 0 && !placed {
+            return Err(PlanError {
+                origin: r.origin.clone(),
+                subject: "real server",
+                address: r.address,
+                message: format!(
+                    "weight {} of {total} in all gets none of the service's {} Maglev \
+                     positions ({weighted} reals with a weight above 0); raise table_size, \
+                     raise its weight or lower the others'",
+                    m.weight, s.table_size
+                ),
+            });
+        }
+    }
+    Ok(table)
 }
 
 /// The `SNAT_POOLS` row of a pool: services with equal pools share one. Every address
@@ -389,13 +413,30 @@ impl Plan {
 impl ServicePlan {
     /// The real the XDP program picks for a packet from `client` to `destination`,
     /// computed the way the program does it (same hash, same table).
+    /// `None` for `rr` and `wrr`, whose choice depends on what came before on that CPU.
+    /// For a service with `hash_port`, see [`ServicePlan::real_for_flow`].
     pub fn real_for(&self, client: IpAddr, destination: IpAddr) -> Option<&RealPlan> {
-        let hashed = match self.scheduler {
-            Scheduler::Sh => client,
-            Scheduler::Dh => destination,
+        self.real_for_flow(client, 0, destination)
+    }
+
+    /// [`ServicePlan::real_for`] for a client port (used with `hash_port`).
+    pub fn real_for_flow(
+        &self,
+        client: IpAddr,
+        client_port: u16,
+        destination: IpAddr,
+    ) -> Option<&RealPlan> {
+        let seed = self.value.hash_seed;
+        let hash = match self.scheduler {
+            Scheduler::Rr | Scheduler::Wrr => return None,
+            Scheduler::Dh => addr_hash(&words(destination).0, seed),
+            _ if self.value.flags & SVC_F_HASH_PORT != 0 => {
+                addr_port_hash(&words(client).0, client_port, seed)
+            }
+            _ => addr_hash(&words(client).0, seed),
         };
-        let slot = slot_of(addr_hash(&words(hashed).0, self.value.hash_seed));
-        let index = *self.table.get(slot as usize)?;
+        let len = u32::try_from(self.table.len()).ok().filter(|&l| l > 0)?;
+        let index = *self.table.get(position(hash, len) as usize)?;
         self.reals.iter().find(|r| r.index == index)
     }
 
@@ -490,7 +531,7 @@ services:
 
     #[test]
     fn a_weighted_real_without_a_slot_is_refused() {
-        // 4,200 reals cannot all have one of 4,096 slots.
+        // 4,200 reals cannot all have one of 4,093 positions...
         let mut yaml = String::from(
             "director: {interfaces: [eth0]}\nlimits: {max_reals: 8192}\nservices:\n  - \
              {address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh, reals: [",
@@ -505,7 +546,20 @@ services:
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("gets none of the service's 4096"), "{e}");
+        assert!(e.contains("gets none of the service's 4093"), "{e}");
+        // ...but they can with a larger table, and in an rr sequence.
+        for (from, to) in [
+            ("scheduler: sh,", "scheduler: sh, table_size: 16381,"),
+            ("scheduler: sh,", "scheduler: rr,"),
+        ] {
+            let config = Config::parse(&yaml.replace(from, to), Path::new("t.yaml"))
+                .unwrap_or_else(|e| panic!("{e}"));
+            let plan = compile(&config, on_link, None).unwrap_or_else(|e| panic!("{e}"));
+            let mut placed: Vec<u32> = plan.services[0].table.clone();
+            placed.sort_unstable();
+            placed.dedup();
+            assert_eq!(placed.len(), 4200, "{to}");
+        }
         // Nor can a weight of 1 beside 65,535.
         let config = Config::parse(
             &CONFIG

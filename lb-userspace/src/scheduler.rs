@@ -1,19 +1,21 @@
-//! Builds the per-service scheduling table that the XDP program indexes with the flow hash
-//! (`SCHED_TABLE`, `SCHED_SLOTS` slots per service).
+//! Builds each service's scheduling table, the `Array<u32>` the XDP program reads for a
+//! flow's first packet (`SCHED_TABLES`; docs/SCHEDULERS.md).
 //!
-//! Slots are given out by weighted rendezvous hashing: for each slot, every real server with
-//! a weight above zero draws a pseudo-random score from (its address, its port, the slot,
-//! the seed), scaled by its weight, and the best score takes the slot. That gives
-//! - shares in proportion to weight;
-//! - the same table for the same configuration on every director, whatever the order the
-//!   reals are listed in (the draw depends on what a real is, not where it is listed), and
-//!   whatever the machine (integer arithmetic only: no floating point, no libm);
-//! - minimal disruption: removing a real (or setting its weight to 0) moves only the slots
-//!   it held; adding a real moves slots only to it. LVS's own `sh` re-deals every bucket.
+//! - `sh`, `dh`, `mh`: a Maglev table of a prime size `M`. Every real with a weight above
+//!   zero takes positions in proportion to its weight: reals claim positions in the order
+//!   of a weighted fair queue (the real whose next claim is due earliest, `claims / weight`,
+//!   goes next), each the next free position of its own permutation of `0..M`
+//!   (`offset + j * skip mod M`). Offsets and skips come from a fixed, seeded 64-bit mix of
+//!   the real's address and port (SplitMix64's finaliser: integer arithmetic only), and
+//!   reals are taken in (address, port) order, so the same configuration gives the
+//!   byte-identical table on every director, build and machine, whatever the order the
+//!   reals are listed in. Removing a real moves little more than the positions it held.
+//! - `rr`, `wrr`: the sequence IPVS's `wrr` walks (`rr`: every weighted real once), in the
+//!   order the reals are listed; the program gives each CPU its own cursor over it.
 
-use std::net::IpAddr;
+use std::{cmp::Ordering, collections::BinaryHeap, net::IpAddr};
 
-use lb_common::{AddrWords, REAL_NONE, SCHED_SLOTS, ipv4_words, ipv6_words};
+use lb_common::{AddrWords, MAX_TABLE_LEN, REAL_NONE, ipv4_words, ipv6_words};
 
 /// A real server as the table builder sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -23,39 +25,153 @@ pub struct Member {
     pub weight: u32,
 }
 
-/// Builds a table of `SCHED_SLOTS` entries, each the position in `members` of the real that
-/// owns the slot, or `REAL_NONE` when no member has a weight above zero.
-pub fn build_table(members: &[Member], seed: u32) -> Vec<u32> {
+/// Maglev table sizes: IPVS `mh` offers these primes (`CONFIG_IP_VS_MH_TAB_INDEX`), and so
+/// does Cilium; 65,537 is Katran's. Any prime from the smallest to the largest is accepted.
+pub const MAGLEV_SIZES: [u32; 11] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 65537, 131071,
+];
+
+/// The default Maglev size: IPVS's default. 16 KiB per service; with up to 40 equally
+/// weighted reals every real is within 1% of its share (docs/SCHEDULERS.md).
+pub const DEFAULT_MAGLEV_SIZE: u32 = 4093;
+
+/// Whether `n` is prime (trial division; `n` is at most `MAX_TABLE_LEN`).
+pub fn is_prime(n: u32) -> bool {
+    if n < 2 {
+        return false;
+    }
+    let mut d = 2u32;
+    while d * d <= n {
+        if n.is_multiple_of(d) {
+            return false;
+        }
+        d += 1;
+    }
+    true
+}
+
+/// A Maglev table of `size` positions (a prime), each the position in `members` of the real
+/// that owns it. Empty when no member has a weight above zero.
+pub fn maglev(members: &[Member], size: u32, seed: u32) -> Vec<u32> {
     let seed_hash = mix64(u64::from(seed) ^ 0x9e37_79b9_7f4a_7c15);
-    let live: Vec<(u32, u64, &Member)> = members
+    let mut live: Vec<(usize, &Member)> = members
         .iter()
         .enumerate()
         .filter(|(_, m)| m.weight > 0)
-        .map(|(i, m)| (i as u32, member_hash(seed_hash, m), m))
         .collect();
-    (0..SCHED_SLOTS)
-        .map(|slot| {
-            let slot_key = u64::from(slot).wrapping_mul(0xd6e8_feb8_6659_fd93);
-            let mut best: Option<(u32, u64, &Member)> = None;
-            for &(pos, base, m) in &live {
-                let score = neg_log2_q32(mix64(base ^ slot_key));
-                best = match best {
-                    Some(b) if !beats((score, m), (b.1, b.2)) => Some(b),
-                    _ => Some((pos, score, m)),
-                };
-            }
-            best.map_or(REAL_NONE, |(pos, _, _)| pos)
+    if live.is_empty() || size == 0 {
+        return Vec::new();
+    }
+    live.sort_by_key(|(_, m)| (m.address, m.port));
+    let m = u64::from(size);
+    // Per real: where its permutation stands next, and its step.
+    let mut walk: Vec<(u64, u64)> = live
+        .iter()
+        .map(|(_, member)| {
+            let h = member_hash(seed_hash, member);
+            let offset = mix64(h ^ 0x5851_f42d_4c95_7f2d) % m;
+            let skip = if m > 1 {
+                mix64(h ^ 0x1405_7b7e_f767_814f) % (m - 1) + 1
+            } else {
+                1
+            };
+            (offset, skip)
         })
+        .collect();
+    let mut table = vec![REAL_NONE; size as usize];
+    let mut queue: BinaryHeap<Due> = live
+        .iter()
+        .enumerate()
+        .map(|(order, (_, member))| Due {
+            claims: 0,
+            weight: u64::from(member.weight),
+            order,
+        })
+        .collect();
+    let mut filled = 0;
+    while filled < table.len() {
+        let Some(mut due) = queue.pop() else { break };
+        let (next, skip) = &mut walk[due.order];
+        loop {
+            let at = *next as usize;
+            *next = (*next + *skip) % m;
+            if table[at] == REAL_NONE {
+                table[at] = live[due.order].0 as u32;
+                filled += 1;
+                break;
+            }
+        }
+        due.claims += 1;
+        queue.push(due);
+    }
+    table
+}
+
+/// A real's turn in the Maglev fill: the real whose next claim is due earliest
+/// (`(claims + 1) / weight`, compared exactly) goes first; ties go to the lower
+/// (address, port).
+#[derive(PartialEq, Eq)]
+struct Due {
+    claims: u64,
+    weight: u64,
+    order: usize,
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Due) -> Ordering {
+        // BinaryHeap pops the greatest: the earliest due compares greatest.
+        let a = u128::from(self.claims + 1) * u128::from(other.weight);
+        let b = u128::from(other.claims + 1) * u128::from(self.weight);
+        b.cmp(&a).then(other.order.cmp(&self.order))
+    }
+}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// IPVS's weighted round-robin sequence over the members with a weight above zero, in list
+/// order: pass after pass with the current weight stepping down from the largest weight by
+/// the weights' greatest common divisor, each pass taking every real whose weight reaches
+/// it. A real of weight `w` appears `w / gcd` times. `Err(length)` when the sequence would
+/// be longer than `MAX_TABLE_LEN`.
+pub fn wrr_sequence(members: &[Member]) -> Result<Vec<u32>, u64> {
+    let live: Vec<(u32, u32)> = members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.weight > 0)
+        .map(|(i, m)| (i as u32, m.weight))
+        .collect();
+    let Some(max) = live.iter().map(|&(_, w)| w).max() else {
+        return Ok(Vec::new());
+    };
+    let step = live.iter().fold(0, |g, &(_, w)| gcd(g, w));
+    let length: u64 = live.iter().map(|&(_, w)| u64::from(w / step)).sum();
+    if length > u64::from(MAX_TABLE_LEN) {
+        return Err(length);
+    }
+    let mut sequence = Vec::with_capacity(length as usize);
+    let mut current = max;
+    loop {
+        sequence.extend(live.iter().filter(|&&(_, w)| w >= current).map(|&(i, _)| i));
+        if current <= step {
+            return Ok(sequence);
+        }
+        current -= step;
+    }
+}
+
+/// The members with a weight above zero, once each, in list order (`rr`).
+pub fn rr_sequence(members: &[Member]) -> Vec<u32> {
+    (0..members.len() as u32)
+        .filter(|&i| members[i as usize].weight > 0)
         .collect()
 }
 
-/// Whether `a` takes the slot from `b`: the lower `score / weight` wins (an exponential
-/// race, the discrete form of weighted rendezvous), compared exactly by cross-multiplying.
-/// Exact ties fall to the lower (address, port), which keeps the result order-independent.
-fn beats(a: (u64, &Member), b: (u64, &Member)) -> bool {
-    let lhs = u128::from(a.0) * u128::from(b.1.weight);
-    let rhs = u128::from(b.0) * u128::from(a.1.weight);
-    lhs < rhs || (lhs == rhs && (a.1.address, a.1.port) < (b.1.address, b.1.port))
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 fn member_hash(seed_hash: u64, m: &Member) -> u64 {
@@ -78,26 +194,6 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `-log2(h / 2^64)` in 32.32 fixed point, for `h` taken as a uniform draw in (0, 1).
-/// Integer-only (repeated squaring for the fraction bits) so every machine agrees.
-fn neg_log2_q32(h: u64) -> u64 {
-    let h = h | 1;
-    let lz = h.leading_zeros();
-    let int_part = u64::from(63 - lz);
-    // Mantissa in [1, 2) as Q1.63.
-    let mut x = u128::from(h << lz);
-    let mut frac = 0u64;
-    for _ in 0..32 {
-        x = (x * x) >> 63;
-        frac <<= 1;
-        if x >= 1 << 64 {
-            frac |= 1;
-            x >>= 1;
-        }
-    }
-    (64u64 << 32) - ((int_part << 32) | frac)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,7 +206,7 @@ mod tests {
         }
     }
 
-    fn shares(table: &[u32], n: usize) -> Vec<usize> {
+    fn counts(table: &[u32], n: usize) -> Vec<usize> {
         let mut counts = vec![0; n];
         for &t in table {
             counts[t as usize] += 1;
@@ -119,106 +215,104 @@ mod tests {
     }
 
     #[test]
-    fn log2_is_accurate() {
-        assert_eq!(neg_log2_q32(1 << 63), 1 << 32); // -log2(1/2) = 1
-        assert_eq!(neg_log2_q32(1 << 62), 2 << 32); // -log2(1/4) = 2
-        // -log2(0.75) = 0.415037499...
-        let v = neg_log2_q32(3 << 62) as f64 / (1u64 << 32) as f64;
-        assert!((v - 0.415_037_499_278_843_8).abs() < 1e-8, "{v}");
+    fn sizes_are_prime() {
+        assert!(MAGLEV_SIZES.iter().all(|&s| is_prime(s)));
+        assert!(is_prime(DEFAULT_MAGLEV_SIZE));
+        assert!(!is_prime(1) && !is_prime(4095) && !is_prime(65535));
     }
 
     #[test]
-    fn shares_follow_weights() {
+    fn maglev_positions_follow_weights_to_one_position() {
         for seed in [0, 1, 0xdead_beef] {
-            let members = [member(11, 1), member(12, 2), member(13, 3)];
-            let counts = shares(&build_table(&members, seed), 3);
-            for (i, &c) in counts.iter().enumerate() {
-                let want = SCHED_SLOTS as f64 * (i + 1) as f64 / 6.0;
-                let off = (c as f64 - want).abs() / want;
-                assert!(
-                    off < 0.10,
-                    "seed {seed}: real {i} has {c} slots, want ~{want}"
-                );
+            let members = [member(11, 1), member(12, 2), member(13, 3), member(14, 0)];
+            let c = counts(&maglev(&members, 4093, seed), 4);
+            assert_eq!(c[3], 0, "a weight-0 real got positions");
+            for (i, &got) in c.iter().take(3).enumerate() {
+                let want = 4093.0 * (i + 1) as f64 / 6.0;
+                assert!((got as f64 - want).abs() <= 1.0, "seed {seed}: {c:?}");
             }
         }
     }
 
     #[test]
-    fn zero_weight_gets_nothing_and_all_zero_is_empty() {
-        let table = build_table(&[member(11, 0), member(12, 5)], 0);
-        assert!(table.iter().all(|&t| t == 1));
-        let table = build_table(&[member(11, 0), member(12, 0)], 0);
-        assert!(table.iter().all(|&t| t == REAL_NONE));
-        assert!(build_table(&[], 0).iter().all(|&t| t == REAL_NONE));
-        assert_eq!(build_table(&[], 0).len(), SCHED_SLOTS as usize);
+    fn maglev_without_weight_is_empty() {
+        assert!(maglev(&[member(11, 0)], 251, 0).is_empty());
+        assert!(maglev(&[], 251, 0).is_empty());
     }
 
     /// The table as addresses, so tables from differently ordered lists compare.
-    fn owners(members: &[Member], seed: u32) -> Vec<Option<IpAddr>> {
-        build_table(members, seed)
+    fn owners(members: &[Member], seed: u32) -> Vec<IpAddr> {
+        maglev(members, 4093, seed)
             .into_iter()
-            .map(|t| members.get(t as usize).map(|m| m.address))
+            .map(|t| members[t as usize].address)
             .collect()
     }
 
     #[test]
-    fn list_order_does_not_matter() {
+    fn maglev_list_order_does_not_matter() {
         let a = [member(11, 1), member(12, 2), member(13, 3), member(14, 1)];
         let b = [member(14, 1), member(13, 3), member(11, 1), member(12, 2)];
         assert_eq!(owners(&a, 9), owners(&b, 9));
     }
 
     #[test]
-    fn removing_a_real_moves_only_its_slots() {
-        let all = [member(11, 1), member(12, 1), member(13, 1), member(14, 2)];
+    fn removing_one_of_n_moves_little_else() {
+        let all: Vec<Member> = (1..=10).map(|i| member(i, 1)).collect();
         let before = owners(&all, 3);
-        let after = owners(&[all[0], all[1], all[3]], 3);
-        let gone = Some(all[2].address);
-        let mut moved = 0;
-        for (b, a) in before.iter().zip(&after) {
-            if *b == gone {
-                moved += 1;
-            } else {
-                assert_eq!(b, a, "a slot not held by the removed real moved");
-            }
-        }
-        assert!(moved > 0);
-    }
-
-    #[test]
-    fn adding_or_raising_a_real_moves_slots_only_to_it() {
-        let three = [member(11, 1), member(12, 1), member(13, 1)];
-        let before = owners(&three, 5);
-        let mut four = three.to_vec();
-        four.push(member(14, 1));
-        let after = owners(&four, 5);
-        let new = Some(member(14, 1).address);
-        assert!(before.iter().zip(&after).all(|(b, a)| a == b || *a == new));
-
-        let mut heavier = three;
-        heavier[1].weight = 3;
-        let after = owners(&heavier, 5);
-        let raised = Some(heavier[1].address);
+        let after = owners(&[&all[..4], &all[5..]].concat(), 3);
+        let gone = all[4].address;
+        let others = before.iter().filter(|&&b| b != gone).count();
+        let moved = before
+            .iter()
+            .zip(&after)
+            .filter(|(b, a)| **b != gone && b != a)
+            .count();
+        // Maglev moves a few positions that the removed real did not hold.
         assert!(
-            before
-                .iter()
-                .zip(&after)
-                .all(|(b, a)| a == b || *a == raised)
+            (moved as f64) / (others as f64) < 0.02,
+            "{moved} of {others} moved"
         );
     }
 
     #[test]
-    fn the_table_for_a_fixed_configuration_never_changes() {
-        // Directors running different xdpvs versions must agree: a change to the builder
-        // that moves slots is an incompatible change and must show up here.
-        let table = build_table(&[member(11, 1), member(12, 2), member(13, 3)], 42);
+    fn wrr_is_ipvs_interleaving() {
+        let seq = wrr_sequence(&[member(11, 4), member(12, 3), member(13, 2), member(14, 0)]);
+        assert_eq!(seq, Ok(vec![0, 0, 1, 0, 1, 2, 0, 1, 2]));
+        assert_eq!(
+            wrr_sequence(&[member(11, 2), member(12, 4)]),
+            Ok(vec![1, 0, 1])
+        );
+        assert_eq!(wrr_sequence(&[member(11, 0)]), Ok(vec![]));
+        assert_eq!(
+            wrr_sequence(&[member(11, 65_535), member(12, 65_534), member(13, 65_533)])
+                .map(|s| s.len()),
+            Ok(196_602)
+        );
+        let huge: Vec<Member> = (1..=40).map(|i| member(i, 65_000 + u32::from(i))).collect();
+        assert!(wrr_sequence(&huge).is_err());
+    }
+
+    #[test]
+    fn rr_takes_every_weighted_real_once() {
+        assert_eq!(
+            rr_sequence(&[member(11, 4), member(12, 0), member(13, 1)]),
+            vec![0, 2]
+        );
+    }
+
+    #[test]
+    fn the_maglev_table_for_a_fixed_configuration_never_changes() {
+        // Directors running different xdpvs builds must agree: a change to the builder
+        // that moves positions is an incompatible change and must show up here. The full
+        // golden table is in tests/golden (tests/tests/packet_sched.rs).
+        let table = maglev(&[member(11, 1), member(12, 2), member(13, 3)], 251, 42);
         let fingerprint = table.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| {
             (h ^ u64::from(t)).wrapping_mul(0x100_0000_01b3)
         });
-        assert_eq!(&table[..12], GOLDEN_HEAD, "first slots changed");
+        assert_eq!(&table[..12], GOLDEN_HEAD, "first positions changed");
         assert_eq!(fingerprint, GOLDEN_FNV, "table changed");
     }
 
-    const GOLDEN_HEAD: &[u32] = &[2, 2, 1, 1, 1, 2, 2, 2, 2, 0, 0, 2];
-    const GOLDEN_FNV: u64 = 14_131_025_510_351_129_354;
+    const GOLDEN_HEAD: &[u32] = &[0, 1, 2, 1, 1, 2, 2, 2, 2, 1, 2, 0];
+    const GOLDEN_FNV: u64 = 12_429_646_258_211_397_367;
 }

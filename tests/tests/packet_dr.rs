@@ -103,6 +103,7 @@ impl Director {
             ("192.0.2.11", "xa0"),
             ("192.0.2.12", "xa0"),
             ("192.0.2.13", "xa0"),
+            ("192.0.2.14", "xa0"),
             ("198.51.100.21", "xb0"),
             ("203.0.113.31", "xc0"),
             ("203.0.113.141", "xd0"),
@@ -916,7 +917,6 @@ fn established_flows_keep_their_real_through_drain_reweight_and_removal_of_real_
         let plan = director.plan_of(&web(&[(11, 1), (12, 1), (13, 1)]), None);
         let mut dp = loaded(&plan);
         let _registered = register_rx_queue(&director);
-        let hops = xdpvs_testbed::rig::resolve(&plan, &[]).0;
         // Eight clients connect; each is on the real the table names.
         let clients: Vec<String> = (1..=8).map(|i| format!("198.51.100.{i}")).collect();
         let mut placed = Vec::new();
@@ -974,6 +974,7 @@ fn established_flows_keep_their_real_through_drain_reweight_and_removal_of_real_
             .filter(|&(o, _)| IpAddr::from([192, 0, 2, o]) != victim)
             .collect();
         let next = director.plan_of(&web(&removed), Some(&current));
+        let hops = xdpvs_testbed::rig::resolve(&next, &[]).0;
         dp.apply(&next, &hops).unwrap_or_else(|e| panic!("{e}"));
         let before = dp.snapshot(&next).unwrap_or_else(|e| panic!("{e}"));
         let ack = tcp_frame(&clients[0], 40000, "192.0.2.100", 0x10);
