@@ -188,6 +188,32 @@ impl MethodArg {
     }
 }
 
+/// Scheduler options (docs/SCHEDULERS.md).
+#[derive(Args, Clone, Debug, Default)]
+pub struct SchedArg {
+    /// Scheduler flags, comma-separated, as ipvsadm's: `sh-port` / `mh-port` (hash the
+    /// client's port too), `sh-fallback` / `mh-fallback` (always so in xdpvs), `none`
+    /// (clear `-port`).
+    #[arg(short = 'b', long = "sched-flags", value_delimiter = ',', value_parser = [
+        "sh-port", "mh-port", "sh-fallback", "mh-fallback", "none"])]
+    flags: Vec<String>,
+    /// Maglev table size for sh, dh and mh: a prime from 251 to 131071 (default 4093).
+    #[arg(long)]
+    table_size: Option<u32>,
+}
+
+impl SchedArg {
+    fn hash_port(&self) -> Option<bool> {
+        if self.flags.iter().any(|f| f.ends_with("-port")) {
+            Some(true)
+        } else if self.flags.iter().any(|f| f == "none") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
 #[derive(Subcommand)]
 pub enum ServiceCommand {
     /// Add a service (no reals yet).
@@ -197,6 +223,8 @@ pub enum ServiceCommand {
         /// Scheduler (LVS name).
         #[arg(short = 's', long, default_value = "sh")]
         scheduler: String,
+        #[command(flatten)]
+        sched: SchedArg,
         #[command(flatten)]
         method: MethodArg,
         /// A name for reports.
@@ -209,6 +237,8 @@ pub enum ServiceCommand {
         service: ServiceArg,
         #[arg(short = 's', long)]
         scheduler: Option<String>,
+        #[command(flatten)]
+        sched: SchedArg,
         #[command(flatten)]
         method: MethodArg,
         #[arg(long)]
@@ -370,6 +400,7 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                 ServiceCommand::Add {
                     service,
                     scheduler,
+                    sched,
                     method,
                     name,
                 } => (
@@ -379,11 +410,14 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                         name,
                         scheduler: Some(scheduler),
                         forwarding: method.name(),
+                        hash_port: sched.hash_port(),
+                        table_size: sched.table_size,
                     }),
                 ),
                 ServiceCommand::Edit {
                     service,
                     scheduler,
+                    sched,
                     method,
                     name,
                 } => (
@@ -393,6 +427,8 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                         name,
                         scheduler,
                         forwarding: method.name(),
+                        hash_port: sched.hash_port(),
+                        table_size: sched.table_size,
                     }),
                 ),
                 ServiceCommand::Delete { service } => ("DELETE", service.id(), Vec::new()),
@@ -616,7 +652,19 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
                 number(s, "bytes")
             );
         } else {
-            let _ = writeln!(out, "{prot:<4} {local} {}", text(s, "scheduler"));
+            let flags: Vec<&str> = s
+                .get("sched_flags")
+                .and_then(Value::as_array)
+                .unwrap_or(&none)
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            let flags = if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", flags.join(","))
+            };
+            let _ = writeln!(out, "{prot:<4} {local} {}{flags}", text(s, "scheduler"));
         }
         for r in s.get("reals").and_then(Value::as_array).unwrap_or(&none) {
             let remote = endpoint(text(r, "address"), number(r, "port"));

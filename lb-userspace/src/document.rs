@@ -50,6 +50,10 @@ pub struct ServiceFields {
     pub name: Option<String>,
     pub scheduler: Option<String>,
     pub forwarding: Option<String>,
+    /// `sh`, `mh`: hash the client's port too.
+    pub hash_port: Option<bool>,
+    /// `sh`, `dh`, `mh`: the Maglev table's size.
+    pub table_size: Option<u32>,
 }
 
 /// A real server to add (`ipvsadm -a`) or change (`ipvsadm -e`, drain); absent fields
@@ -162,6 +166,12 @@ impl Document {
         if let Some(f) = &new.forwarding {
             s.insert("forwarding".into(), Value::from(f.clone()));
         }
+        if let Some(h) = new.hash_port {
+            s.insert("hash_port".into(), Value::from(h));
+        }
+        if let Some(n) = new.table_size {
+            s.insert("table_size".into(), Value::from(n));
+        }
         s.insert("reals".into(), Value::Array(Vec::new()));
         self.services()?.push(Value::Object(s));
         Ok(())
@@ -178,6 +188,12 @@ impl Document {
             if let Some(v) = value {
                 s.insert(key.into(), Value::from(v.clone()));
             }
+        }
+        if let Some(h) = change.hash_port {
+            s.insert("hash_port".into(), Value::from(h));
+        }
+        if let Some(n) = change.table_size {
+            s.insert("table_size".into(), Value::from(n));
         }
         Ok(())
     }

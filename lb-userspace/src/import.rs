@@ -10,7 +10,7 @@ use std::{
 use serde_json::{Map, Value, json};
 
 /// Schedulers the data path has.
-const SCHEDULERS: [&str; 2] = ["sh", "dh"];
+const SCHEDULERS: [&str; 5] = ["rr", "wrr", "sh", "dh", "mh"];
 
 /// The services read, and one message per line (or part of one) left out.
 #[derive(Debug, Default)]
@@ -48,6 +48,7 @@ pub fn ipvsadm(text: &str) -> Import {
         let mut command = None;
         let mut service: Option<(&str, &str)> = None;
         let mut scheduler = None;
+        let mut sched_flags = None;
         let mut real = None;
         let mut method = "dr";
         let mut weight = None;
@@ -107,9 +108,13 @@ pub fn ipvsadm(text: &str) -> Import {
                         i += 1;
                     }
                 }
-                "-M" | "--netmask" | "-b" | "--sched-flags" | "-x" | "--u-threshold" | "-y"
-                | "--l-threshold" | "--pe" | "-c" | "--tun-type" | "--tun-port"
-                | "--tun-nocsum" | "--tun-csum" | "--tun-remcsum" => {
+                "-b" | "--sched-flags" => {
+                    sched_flags = value;
+                    i += 1;
+                }
+                "-M" | "--netmask" | "-x" | "--u-threshold" | "-y" | "--l-threshold" | "--pe"
+                | "-c" | "--tun-type" | "--tun-port" | "--tun-nocsum" | "--tun-csum"
+                | "--tun-remcsum" => {
                     note(format!(
                         "{} {} is not expressed; ignored",
                         words[i],
@@ -171,6 +176,19 @@ pub fn ipvsadm(text: &str) -> Import {
                 s.insert("port".into(), json!(port));
                 s.insert("protocol".into(), json!(protocol));
                 s.insert("scheduler".into(), json!(scheduler));
+                for flag in sched_flags.into_iter().flat_map(|f| f.split(',')) {
+                    match (flag, scheduler) {
+                        ("sh-port", "sh") | ("mh-port", "mh") => {
+                            s.insert("hash_port".into(), json!(true));
+                        }
+                        // Reals that are down or at weight 0 hold no table position, so
+                        // a client whose real is out is always scheduled to another.
+                        ("sh-fallback", "sh") | ("mh-fallback", "mh") => {}
+                        _ => note(format!(
+                            "scheduler flag {flag:?} does not apply to {scheduler}; ignored"
+                        )),
+                    }
+                }
                 s.insert("reals".into(), json!([]));
                 order.push(key.clone());
                 services.insert(key, Some(s));
@@ -253,15 +271,20 @@ mod tests {
 -A -u 192.0.2.100:53 -s dh
 -a -u 192.0.2.100:53 -r 10.0.0.5:5353 -m -w 2
 -a -u 192.0.2.100:53 -r 10.0.0.6:53 -g -w 1
--A -t 192.0.2.101:443 -s wrr
+-A -t 192.0.2.101:443 -s wlc
 -a -t 192.0.2.101:443 -r 192.0.2.11:443 -g -w 1
 -A -f 7 -s rr
 -a -t 192.0.2.102:80 -r 192.0.2.11:80 -g -w 1
 -A -t 192.0.2.100:22 -s sh
 -a -t 192.0.2.100:22 -r 192.0.2.13:22 -i -w 1
+-A -t 192.0.2.100:443 -s mh -b mh-port,mh-fallback,sh-port
+-A -t 192.0.2.100:8080 -s wrr
 ";
         let import = ipvsadm(dump);
-        assert_eq!(import.services.len(), 3);
+        assert_eq!(import.services.len(), 5);
+        assert_eq!(import.services[3]["hash_port"], true);
+        assert_eq!(import.services[4]["scheduler"], "wrr");
+        assert!(import.services[4].get("hash_port").is_none());
         let web = &import.services[0];
         assert_eq!(web["scheduler"], "sh");
         assert_eq!(web["reals"][1]["weight"], 3);
@@ -278,15 +301,16 @@ mod tests {
         for expected in [
             "line 1: persistence (-p)",
             "line 6: real 10.0.0.6 is forwarded by dr but the service's earlier reals by nat",
-            "line 7: scheduler wrr is not available yet",
+            "line 7: scheduler wlc is not available yet",
             "line 9: firewall-mark services (-f 7)",
             "line 10: real for service tcp 192.0.2.102:80, which no earlier -A line adds",
             "line 12: real 192.0.2.13 uses IP-in-IP tunnelling (-i)",
+            "line 13: scheduler flag \"sh-port\" does not apply to mh; ignored",
         ] {
             assert!(notes.contains(expected), "{expected:?} not in:\n{notes}");
         }
-        // The real of the skipped wrr service is not reported twice.
+        // The real of the skipped wlc service is not reported twice.
         assert!(!notes.contains("line 8"), "{notes}");
-        assert_eq!(import.notes.len(), 6, "{notes}");
+        assert_eq!(import.notes.len(), 7, "{notes}");
     }
 }

@@ -170,6 +170,8 @@ pub fn listing(
                 "address": s.address.to_string(),
                 "port": s.port,
                 "scheduler": s.scheduler.to_string(),
+                "sched_flags": sched_flags(s),
+                "table_size": s.table.len(),
                 "forwarding": s.forwarding.to_string(),
                 "connections": counters.flows,
                 "packets": counters.packets,
@@ -179,6 +181,15 @@ pub fn listing(
         })
         .collect();
     json!({ "services": services })
+}
+
+/// The service's scheduler flags by ipvsadm's names (`sh-port`, `mh-port`).
+fn sched_flags(s: &ServicePlan) -> Vec<String> {
+    if s.value.flags & lb_common::SVC_F_HASH_PORT != 0 {
+        vec![format!("{}-port", s.scheduler)]
+    } else {
+        Vec::new()
+    }
 }
 
 /// The live connection-table entries, as `GET /v1/connections` returns them.

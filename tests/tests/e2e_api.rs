@@ -191,7 +191,11 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
             "-u",
             "192.0.2.100:53",
             "-s",
-            "sh",
+            "mh",
+            "-b",
+            "mh-port,mh-fallback",
+            "--table-size",
+            "251",
             "--name",
             "dns",
         ],
@@ -204,6 +208,8 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     assert_eq!(l["services"][0]["scheduler"], "dh", "{l}");
     assert_eq!(l["services"][0]["reals"][2]["weight"], 5, "{l}");
     assert_eq!(l["services"][1]["name"], "dns", "{l}");
+    assert_eq!(l["services"][1]["sched_flags"][0], "mh-port", "{l}");
+    assert_eq!(l["services"][1]["table_size"], 251, "{l}");
     assert_eq!(
         session.ask().ok(),
         Some(banner(0)),
@@ -356,7 +362,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     let dump = rig.write_scratch(
         "rules",
         "-A -t 192.0.2.100:80 -s sh\n-a -t 192.0.2.100:80 -r 192.0.2.12:80 -g -w 4\n\
-         -A -t 192.0.2.100:443 -s wrr\n-a -t 192.0.2.100:443 -r 192.0.2.11:443 -g -w 1\n",
+         -A -t 192.0.2.100:443 -s wlc\n-a -t 192.0.2.100:443 -r 192.0.2.11:443 -g -w 1\n",
     );
     let (code, out, err) = cli(
         &config,
@@ -364,7 +370,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        err.contains("line 3: scheduler wrr is not available yet"),
+        err.contains("line 3: scheduler wlc is not available yet"),
         "{err}"
     );
     let l = listing(&config);
