@@ -1,0 +1,368 @@
+//! The schedulers as the kernel runs them: flows' first packets through BPF_PROG_TEST_RUN,
+//! each forwarded frame's destination MAC naming the real the program chose.
+//!
+//! Clients come from 198.18.0.0/15 (RFC 2544's benchmarking range: 131,072 addresses, so
+//! 100,000 flows can each have their own); the frames never leave the test run.
+
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use aya::programs::{TestRun, TestRunOptions};
+use lb_common::conntrack::Settings;
+use lb_userspace::{
+    config::Config,
+    dataplane::Dataplane,
+    nexthop::Route,
+    plan::{self, Plan},
+};
+use xdpvs_testbed::{
+    bench::pin_to_cpu,
+    netns::{Netns, ifindex, unique_prefix},
+    packet::{self, Ipv4},
+};
+
+const XDP_TX: u32 = 3;
+const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0xa0];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xcc];
+/// Reals 192.0.2.11 to 192.0.2.30, each at MAC 02:00:00:00:02:<last octet>.
+const REALS: std::ops::RangeInclusive<u8> = 11..=30;
+/// Flows per share measurement.
+const FLOWS: u32 = 100_000;
+
+/// The director's namespace: `xa0` (192.0.2.1/24) with a permanent neighbour entry for
+/// every real.
+struct Director {
+    ns: Netns,
+    xa0: u32,
+}
+
+impl Director {
+    fn new() -> Director {
+        xdpvs_testbed::require_root();
+        let ns = Netns::create(&format!("{}-sched", unique_prefix()));
+        ns.veth("xa", MAC_A, "192.0.2.1/24");
+        for o in REALS {
+            ns.permanent_neighbour(&format!("192.0.2.{o}"), [0x02, 0, 0, 0, 2, o], "xa0");
+        }
+        let xa0 = ifindex(&ns, "xa0");
+        Director { ns, xa0 }
+    }
+
+    /// The plan of one TCP service on 192.0.2.100:80 with these reals (last octet,
+    /// weight) and extra service fields, keeping `previous`'s indices.
+    fn plan(&self, fields: &str, reals: &[(u8, u32)], previous: Option<&Plan>) -> Plan {
+        let list: Vec<String> = reals
+            .iter()
+            .map(|(o, w)| format!("{{address: 192.0.2.{o}, weight: {w}}}"))
+            .collect();
+        let yaml = format!(
+            "director: {{interfaces: [xa0], hash_seed: 7}}\nservices:\n  - {{address: \
+             192.0.2.100, port: 80, protocol: tcp, {fields}, reals: [{}]}}\n",
+            list.join(", ")
+        );
+        let config =
+            Config::parse(&yaml, Path::new("packet_sched.yaml")).unwrap_or_else(|e| panic!("{e}"));
+        let xa0 = self.xa0;
+        plan::compile(
+            &config,
+            |_| {
+                Ok(Route {
+                    ifindex: xa0,
+                    gateway: None,
+                    local: false,
+                })
+            },
+            previous,
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+/// A fresh data path (empty connection table, cursors at 0) with `plan` applied; call
+/// inside the director's namespace.
+fn loaded(plan: &Plan) -> Dataplane {
+    let mut dp = Dataplane::load(Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    let (hops, ifaces) = xdpvs_testbed::rig::resolve(plan, &["xa0"]);
+    dp.set_interfaces(&ifaces).unwrap_or_else(|e| panic!("{e}"));
+    dp.set_settings(Settings {
+        flood_rate: 0,
+        frag_timeout: 30,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    dp.apply(plan, &hops).unwrap_or_else(|e| panic!("{e}"));
+    dp
+}
+
+/// Client `i`'s address (in 198.18.0.0/15) and port.
+fn client(i: u32) -> ([u8; 4], u16) {
+    let a = 198u32 << 24 | 18 << 16 | (i & 0x1_ffff);
+    (
+        a.to_be_bytes(),
+        1024 + (i.wrapping_mul(7919) % 60_000) as u16,
+    )
+}
+
+fn syn(i: u32) -> Vec<u8> {
+    let (a, port) = client(i);
+    let ip = Ipv4::new(a.into(), [192, 0, 2, 100].into(), 6);
+    packet::ethernet(
+        MAC_A,
+        CLIENT_MAC,
+        packet::ETH_P_IPV4,
+        &ip.packet(&packet::tcp(port, 80, 0x02)),
+    )
+}
+
+/// The last octet of the real flow `i`'s first packet went to.
+fn real_of(dp: &Dataplane, ingress: u32, i: u32) -> u8 {
+    let frame = syn(i);
+    let mut out = vec![0u8; frame.len() + 256];
+    let ctx = packet::xdp_md(frame.len(), ingress);
+    let result = dp
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(&frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("test run failed: {e}"));
+    assert_eq!(result.return_value, XDP_TX, "flow {i}");
+    out[5]
+}
+
+/// Flows `range` through a fresh data path: the real each went to.
+fn placements(director: &Director, plan: &Plan, range: std::ops::Range<u32>) -> Vec<u8> {
+    let dp = loaded(plan);
+    let _registered = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
+    range.map(|i| real_of(&dp, director.xa0, i)).collect()
+}
+
+/// The service's scheduling table as the reals' last octets.
+fn table_octets(plan: &Plan) -> Vec<u8> {
+    let service = &plan.services[0];
+    service
+        .table
+        .iter()
+        .map(|&index| {
+            service
+                .reals
+                .iter()
+                .find(|r| r.index == index)
+                .map_or(0, |r| octet(r.address))
+        })
+        .collect()
+}
+
+fn octet(address: IpAddr) -> u8 {
+    match address {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15],
+    }
+}
+
+/// The real the daemon's copy of the hash and table names for flow `i`.
+fn predicted(plan: &Plan, i: u32) -> u8 {
+    let (a, port) = client(i);
+    plan.services[0]
+        .real_for_flow(a.into(), port, [192, 0, 2, 100].into())
+        .map_or(0, |r| octet(r.address))
+}
+
+fn tally(placed: &[u8]) -> BTreeMap<u8, u32> {
+    let mut counts = BTreeMap::new();
+    for &o in placed {
+        *counts.entry(o).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Every real's share of `placed` is within `points` percentage points of its weight's.
+fn assert_shares(what: &str, placed: &[u8], reals: &[(u8, u32)], points: f64) {
+    let counts = tally(placed);
+    let total_weight: u32 = reals.iter().map(|r| r.1).sum();
+    for &(o, w) in reals {
+        let got = 100.0 * f64::from(counts.get(&o).copied().unwrap_or(0)) / placed.len() as f64;
+        let want = 100.0 * f64::from(w) / f64::from(total_weight);
+        assert!(
+            (got - want).abs() <= points,
+            "{what}: real .{o} (weight {w}) has {got:.2}% of the flows, its weight \
+             {want:.2}%: {counts:?}"
+        );
+    }
+    assert!(
+        counts.keys().all(|o| reals.iter().any(|r| r.0 == *o)),
+        "{what}: a flow went to a real not in the service: {counts:?}"
+    );
+}
+
+const WEIGHTED: [(u8, u32); 5] = [(11, 1), (12, 2), (13, 3), (14, 4), (15, 0)];
+
+#[test]
+fn shares_follow_weights_for_wrr_mh_and_sh() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(0);
+        for fields in [
+            "scheduler: wrr",
+            "scheduler: mh",
+            "scheduler: mh, hash_port: true",
+            "scheduler: sh",
+            "scheduler: sh, table_size: 251",
+            "scheduler: sh, table_size: 65537",
+        ] {
+            let plan = director.plan(fields, &WEIGHTED, None);
+            let placed = placements(&director, &plan, 0..FLOWS);
+            assert_shares(fields, &placed, &WEIGHTED, 3.0);
+            if !fields.contains("wrr") {
+                // The kernel's hash and table lookup are the daemon's, flow for flow.
+                for (i, &o) in (0..FLOWS).zip(&placed) {
+                    assert_eq!(o, predicted(&plan, i), "{fields}: flow {i}");
+                }
+            }
+        }
+        // rr ignores weights above zero, as in IPVS.
+        let plan = director.plan("scheduler: rr", &WEIGHTED, None);
+        let placed = placements(&director, &plan, 0..10_000);
+        let even: Vec<(u8, u32)> = WEIGHTED
+            .iter()
+            .map(|&(o, w)| (o, u32::from(w > 0)))
+            .collect();
+        assert_shares("rr", &placed, &even, 0.0);
+    });
+}
+
+#[test]
+fn one_cpu_walks_the_ipvs_wrr_sequence_exactly() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(0);
+        let plan = director.plan("scheduler: wrr", &WEIGHTED, None);
+        let sequence = table_octets(&plan);
+        // IPVS's interleaving for weights 1, 2, 3, 4 (gcd 1): pass at weight 4, 3, 2, 1.
+        assert_eq!(sequence, [14, 13, 14, 12, 13, 14, 11, 12, 13, 14]);
+        let placed = placements(&director, &plan, 0..25);
+        let want: Vec<u8> = sequence.iter().cycle().take(25).copied().collect();
+        assert_eq!(placed, want);
+    });
+}
+
+/// Each CPU keeps its own cursor, so over `n` flows a real's count differs from its share
+/// by less than its appearances in one sequence, per CPU used (docs/SCHEDULERS.md).
+#[test]
+fn wrr_over_several_cpus_stays_within_one_sequence_per_cpu() {
+    let director = Director::new();
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let plan = director.plan("scheduler: wrr", &WEIGHTED, None);
+    let counts = director.ns.enter(|| {
+        let dp = loaded(&plan);
+        let _registered = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
+        // Uneven flow counts per CPU, so no CPU ends on a whole sequence.
+        let runs: Vec<(usize, std::ops::Range<u32>)> = (0..cpus)
+            .map(|cpu| {
+                let start = cpu as u32 * 20_000;
+                (cpu, start..start + 7_003 + 1_009 * cpu as u32)
+            })
+            .collect();
+        let placed: Vec<u8> = std::thread::scope(|s| {
+            let handles: Vec<_> = runs
+                .iter()
+                .map(|(cpu, range)| {
+                    let (dp, director) = (&dp, &director);
+                    s.spawn(move || {
+                        director.ns.enter(|| {
+                            pin_to_cpu(*cpu);
+                            range
+                                .clone()
+                                .map(|i| real_of(dp, director.xa0, i))
+                                .collect::<Vec<u8>>()
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        (tally(&placed), placed.len())
+    });
+    let (counts, n) = counts;
+    let total_weight: u32 = WEIGHTED.iter().map(|r| r.1).sum();
+    for &(o, w) in &WEIGHTED {
+        let got = f64::from(counts.get(&o).copied().unwrap_or(0));
+        let want = n as f64 * f64::from(w) / f64::from(total_weight);
+        assert!(
+            (got - want).abs() < f64::from(w) * cpus as f64 + 1e-9 || w == 0 && got == 0.0,
+            "real .{o} (weight {w}): {got} flows of {n}, its share {want:.1}, over {cpus} \
+             CPUs: {counts:?}"
+        );
+    }
+}
+
+#[test]
+fn mh_removing_one_of_ten_reals_moves_few_other_flows() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(0);
+        let ten: Vec<(u8, u32)> = (11..=20).map(|o| (o, 1)).collect();
+        let before_plan = director.plan("scheduler: mh", &ten, None);
+        let before = placements(&director, &before_plan, 0..FLOWS);
+        assert_shares("mh, ten reals", &before, &ten, 3.0);
+        let nine: Vec<(u8, u32)> = ten.iter().copied().filter(|r| r.0 != 15).collect();
+        let after_plan = director.plan("scheduler: mh", &nine, Some(&before_plan));
+        let after = placements(&director, &after_plan, 0..FLOWS);
+        let (mut stayed_on_others, mut moved) = (0u32, 0u32);
+        for (&b, &a) in before.iter().zip(&after) {
+            assert_ne!(a, 15, "a flow went to the removed real");
+            if b != 15 {
+                stayed_on_others += 1;
+                if a != b {
+                    moved += 1;
+                }
+            }
+        }
+        let share = f64::from(moved) / f64::from(stayed_on_others);
+        assert!(
+            share <= 1.0 / 10.0 + 0.02,
+            "{moved} of {stayed_on_others} flows not on the removed real moved ({:.2}%)",
+            100.0 * share
+        );
+    });
+}
+
+/// The Maglev table of a fixed configuration, checked in: any change to the hash, the
+/// fill order or the weights' treatment shows here (and would move clients between
+/// directors running different builds). `XDPVS_BLESS=1` rewrites the files after an
+/// intended change.
+#[test]
+fn maglev_tables_are_the_golden_ones() {
+    let director = Director::new();
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("golden");
+    for (size, file) in [(251, "maglev-251.txt"), (4093, "maglev-4093.txt")] {
+        let fields = format!("scheduler: mh, table_size: {size}");
+        let plan = director.plan(&fields, &WEIGHTED, None);
+        let table = table_octets(&plan);
+        let mut text = format!(
+            "# Maglev table, size {size}: director hash_seed 7; reals 192.0.2.11-15 with \
+             weights 1, 2, 3, 4, 0.\n# Each number is the last octet of the real owning \
+             the position, 32 positions per line.\n"
+        );
+        for row in table.chunks(32) {
+            let row: Vec<String> = row.iter().map(u8::to_string).collect();
+            text.push_str(&row.join(" "));
+            text.push('\n');
+        }
+        let path = golden.join(file);
+        if std::env::var_os("XDPVS_BLESS").is_some() {
+            std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        let want =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(
+            text == want,
+            "the Maglev table of size {size} differs from {}",
+            path.display()
+        );
+    }
+}
