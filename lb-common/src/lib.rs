@@ -35,9 +35,11 @@ pub const SCHED_WRR: u32 = 4;
 /// LVS `mh`: Maglev hashing of the client address.
 pub const SCHED_MH: u32 = 5;
 
-/// Slot 0 of every scheduling table holds the number of slots that follow it; slot
-/// `1 + n` holds the real index for position `n`. One map holds both, so a table swap
-/// never pairs one table's length with another's slots.
+/// A scheduling table is an array of `[u32; 2]` elements (an array map rounds every value
+/// up to 8 bytes, so two positions per element halve its memory). Element 0 holds the
+/// number of positions (word 0); position `n` is word `n % 2` of element `1 + n / 2`.
+/// One map holds both, so a table swap never pairs one table's length with another's
+/// positions.
 pub const TABLE_LEN_SLOT: u32 = 0;
 /// Most positions in one scheduling table (Maglev's largest size is 131,071; a `wrr`
 /// sequence is the sum of the weights over their greatest common divisor).

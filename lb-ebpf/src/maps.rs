@@ -55,8 +55,9 @@ pub static REALS: HashMap<u32, RealServer> = HashMap::with_max_entries(MAX_REALS
 /// placeholder); the verifier then bounds-checks each inner look-up at run time.
 const BPF_F_INNER_MAP: usize = 1 << 12;
 
-/// One scheduling table: its length in slot 0, real indices after it.
-pub type SchedTable = btf_maps::Array<u32, 1, BPF_F_INNER_MAP>;
+/// One scheduling table: its length in element 0, real indices two per element after it
+/// (`lb_common::TABLE_LEN_SLOT`).
+pub type SchedTable = btf_maps::Array<[u32; 2], 1, BPF_F_INNER_MAP>;
 
 /// Each service's scheduling table, by service id (an inner map per service, sized to
 /// its scheduler's needs; swapped whole by the daemon).

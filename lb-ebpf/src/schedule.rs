@@ -24,7 +24,7 @@ use crate::{
 #[inline(always)]
 pub fn pick(service: &ServiceValue, ip: &Ipv4Meta, sport: u16) -> Result<u32, Reason> {
     let table = SCHED_TABLES.get(service.id).ok_or(Reason::DropNoReal)?;
-    let len = *table.get(TABLE_LEN_SLOT).ok_or(Reason::DropInternal)?;
+    let len = table.get(TABLE_LEN_SLOT).ok_or(Reason::DropInternal)?[0];
     if len == 0 {
         return Err(Reason::DropNoReal);
     }
@@ -47,8 +47,6 @@ pub fn pick(service: &ServiceValue, ip: &Ipv4Meta, sport: u16) -> Result<u32, Re
         ),
         _ => position(addr_hash(&ip.src, service.hash_seed), len),
     };
-    table
-        .get(at.wrapping_add(1))
-        .copied()
-        .ok_or(Reason::DropInternal)
+    let pair = table.get((at >> 1) + 1).ok_or(Reason::DropInternal)?;
+    Ok(if at & 1 == 0 { pair[0] } else { pair[1] })
 }

@@ -63,16 +63,21 @@ fn syscall_error(call: &'static str, io_error: std::io::Error) -> MapError {
     MapError::SyscallError(aya::sys::SyscallError { call, io_error })
 }
 
-/// A new table map holding `table` (real indices) after its length, written in one call.
+/// A new table map holding `table` (real indices, two per element) after its length,
+/// written in one call (`lb_common::TABLE_LEN_SLOT`).
 pub fn create(table: &[u32]) -> Result<MapData, MapError> {
-    let mut values = Vec::with_capacity(table.len() + 1);
-    values.push(table.len() as u32);
-    values.extend_from_slice(table);
+    let mut values: Vec<[u32; 2]> = Vec::with_capacity(table.len().div_ceil(2) + 1);
+    values.push([table.len() as u32, 0]);
+    values.extend(
+        table
+            .chunks(2)
+            .map(|c| [c[0], c.get(1).copied().unwrap_or(0)]),
+    );
     let keys: Vec<u32> = (TABLE_LEN_SLOT..).take(values.len()).collect();
     let def = aya_obj::Map::new_from_params(
         BPF_MAP_TYPE_ARRAY as u32,
         size_of::<u32>() as u32,
-        size_of::<u32>() as u32,
+        size_of::<[u32; 2]>() as u32,
         values.len() as u32,
         BPF_F_INNER_MAP,
     );
