@@ -108,6 +108,50 @@ pub const FLOW_F_NAT: u8 = 2;
 pub const FLOW_F_REPLY: u8 = 4;
 /// `Flow::flags`: a full-NAT flow (the client's source is rewritten to a pool address).
 pub const FLOW_F_SNAT: u8 = 8;
+/// `Flow::flags`: the flow's service is persistent; while the flow carries packets it
+/// keeps its client's template alive.
+pub const FLOW_F_PERSIST: u8 = 16;
+
+/// Key of `PERSIST_V4`: a persistent service's client (address under the service's
+/// persistence mask), as LVS's persistence template names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PersistKeyV4 {
+    /// Service id.
+    pub service: u32,
+    /// Client address under `ServiceValue::persist_mask`, network order.
+    pub client: u32,
+}
+
+/// Value of `SCRATCH` (per CPU, one entry): the program's working space beside its stack,
+/// which the forwarding path fills. The daemon never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scratch {
+    /// A persistence template's key and value, as they are looked up or written.
+    pub persist_key: PersistKeyV4,
+    pub template: Persist,
+    /// A new flow's client address, virtual address (network order) and client port
+    /// (network order), from the packet's first pass to the scheduler.
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub _pad: [u8; 6],
+}
+
+/// Value of `PERSIST_V4`: the real a persistent client is kept on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Persist {
+    /// Real index.
+    pub real: u32,
+    /// The real's generation when the template was made (another: the real was removed).
+    pub real_gen: u32,
+    /// Last new connection or packet of one of the client's flows, in seconds as
+    /// `Flow::last_seen` (refreshed at most once a second per flow).
+    pub last_seen: u32,
+    pub _pad: u32,
+}
 
 /// Full-NAT sources tried for a new flow before it is refused (`drop_snat_exhausted`),
 /// each on the next pool address: the first from the flow's hash, try `i` from the hash
@@ -314,6 +358,9 @@ const _: () = assert!(core::mem::size_of::<FragValue>() == 44);
 const _: () = assert!(core::mem::size_of::<Settings>() == 24);
 const _: () = assert!(core::mem::size_of::<FloodWindow>() == 8);
 const _: () = assert!(core::mem::size_of::<Iface>() == 8);
+const _: () = assert!(core::mem::size_of::<PersistKeyV4>() == 8);
+const _: () = assert!(core::mem::size_of::<Persist>() == 16);
+const _: () = assert!(core::mem::size_of::<Scratch>() == 40);
 const _: () = assert!(STATES.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -334,6 +381,12 @@ mod pod {
     unsafe impl aya::Pod for super::FloodWindow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Iface {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PersistKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Persist {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Scratch {}
 }
 
 #[cfg(test)]

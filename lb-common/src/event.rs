@@ -69,9 +69,14 @@ events! {
     /// A NAT flow's other entry's key was held by another flow (after this flow's entry
     /// expired or was evicted): the entry ended and the packet was scheduled afresh.
     CtTwinTaken = 20, "ct_twin_taken";
+    /// A persistent service's new flow went to the real its client's template names.
+    PersistHit = 21, "persist_hit";
+    /// A persistent service's new flow was scheduled and its client's template made (no
+    /// template, or one expired, for a removed real, or for a real taking no new clients).
+    PersistNew = 22, "persist_new";
 }
 
 /// Number of event codes: the size of the `EVENTS` array.
-pub const EVENT_COUNT: u32 = 21;
+pub const EVENT_COUNT: u32 = 23;
 
 const _: () = assert!(Event::ALL.len() == EVENT_COUNT as usize);

@@ -132,6 +132,18 @@ pub struct ServiceValue {
     pub timeouts: [u32; conntrack::STATES],
 }
 
+/// Value of `PERSIST_PARAMS`, by service id: a persistent service's persistence (LVS
+/// `-p`, `-M`). Read only for services with `SVC_F_PERSIST`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PersistParams {
+    /// Seconds a client's template keeps it on its real after the last packet of its
+    /// flows.
+    pub timeout: u32,
+    /// The mask, network order, client addresses are reduced to for their template.
+    pub mask: u32,
+}
+
 /// `ServiceValue::flags`: an entry whose real server was removed is deleted when its next
 /// packet arrives (that packet is dropped; the one after is scheduled afresh), as LVS
 /// does with `expire_nodest_conn = 1`. Without it the entry's packets are dropped until
@@ -140,6 +152,8 @@ pub const SVC_F_EXPIRE_NODEST: u32 = 1;
 /// `ServiceValue::flags`: `sh` and `mh` hash the client's port with its address
 /// (IPVS `sh-port`, `mh-port`).
 pub const SVC_F_HASH_PORT: u32 = 2;
+/// `ServiceValue::flags`: the service is persistent (`PERSIST_PARAMS` has its row).
+pub const SVC_F_PERSIST: u32 = 4;
 
 /// Key of `VIPS`: a virtual address, whatever its ports.
 #[repr(C)]
@@ -188,8 +202,16 @@ pub struct RealServer {
     pub mtu: u32,
     /// Id of the service this real belongs to. The program does not read it; a daemon
     /// that adopts pinned maps after a restart reads it to keep every real's index.
-    pub service: u32,
+    /// Service ids are below 65,536 (`limits.max_services`).
+    pub service: u16,
+    /// `REAL_F_*` bits.
+    pub flags: u16,
 }
+
+/// `RealServer::flags`: the real takes no new clients (weight 0: drained, or its health
+/// check failed). Its persistence templates are not followed (LVS with
+/// `expire_quiescent_template = 1`); its established flows continue.
+pub const REAL_F_QUIESCENT: u16 = 1;
 
 /// Most addresses in one SNAT pool.
 pub const POOL_ADDRS: usize = 16;
@@ -223,6 +245,7 @@ pub struct Counters {
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 56);
+const _: () = assert!(core::mem::size_of::<PersistParams>() == 8);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<RealServer>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
@@ -243,4 +266,6 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SnatPool {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PersistParams {}
 }

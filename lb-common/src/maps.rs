@@ -12,7 +12,7 @@ pub const VIPS: &str = "XDPVS_VIP_V1";
 pub const VIP_FILTER: &str = "XDPVS_VIPF_V1";
 /// `HashMap<u32, RealServer>`: the real servers of all services, by real index, with
 /// their next hops.
-pub const REALS: &str = "XDPVS_REAL_V3";
+pub const REALS: &str = "XDPVS_REAL_V4";
 /// `ArrayOfMaps` by service id: each service's scheduling table, an `Array<u32>` of its
 /// own size (`BPF_F_INNER_MAP`) holding its length in slot `TABLE_LEN_SLOT` and real
 /// indices after it. The daemon fills a new table in one batch and swaps it in with one
@@ -25,6 +25,15 @@ pub const CONNTRACK_V4: &str = "XDPVS_CT4_V3";
 /// `Array<ServiceValue>` by service id: what a connection-table hit needs of its
 /// service (timeouts, flags), read without a hash look-up. Written before `SERVICES`.
 pub const SERVICE_PARAMS: &str = "XDPVS_SVCP_V2";
+/// `LruHashMap<PersistKeyV4, Persist>`: persistent services' client templates (LVS
+/// `-p`): which real each client (under the service's mask) is kept on.
+pub const PERSIST_V4: &str = "XDPVS_PERS4_V1";
+/// `Array<PersistParams>` by service id: persistent services' timeout and netmask.
+pub const PERSIST_PARAMS: &str = "XDPVS_PERSP_V1";
+/// `PerCpuArray<conntrack::Scratch>`, one entry: the program's working space beside its
+/// stack (which is full): a new flow's addresses between its two passes, persistence
+/// keys and values.
+pub const SCRATCH: &str = "XDPVS_SCRATCH_V1";
 /// `LruHashMap<FragKeyV4, FragValue>`: where each fragmented datagram's first fragment went.
 pub const FRAGMENTS_V4: &str = "XDPVS_FRAG4_V2";
 /// `Array<SnatPool>` by pool id: the source addresses and ports of full-NAT services.
@@ -52,10 +61,10 @@ pub const REAL_STATS: &str = "XDPVS_REALST_V2";
 /// `PerCpuArray<u64>` indexed by `reason::Reason` code: every packet's outcome.
 pub const REASONS: &str = "XDPVS_REASON_V3";
 /// `PerCpuArray<u64>` indexed by `event::Event` code.
-pub const EVENTS: &str = "XDPVS_EVENT_V2";
+pub const EVENTS: &str = "XDPVS_EVENT_V3";
 
 /// Every map name, for checks that the object and the daemon agree.
-pub const ALL: [&str; 20] = [
+pub const ALL: [&str; 23] = [
     SERVICES,
     SNAT_POOLS,
     REPLY_FILTER,
@@ -68,6 +77,9 @@ pub const ALL: [&str; 20] = [
     SCHED_TABLES,
     RR_CURSORS,
     CONNTRACK_V4,
+    PERSIST_V4,
+    PERSIST_PARAMS,
+    SCRATCH,
     FRAGMENTS_V4,
     IFACES,
     SETTINGS,
@@ -78,7 +90,8 @@ pub const ALL: [&str; 20] = [
     EVENTS,
 ];
 
-/// Default capacity of `SERVICES`, `SERVICE_STATS`, `SCHED_TABLES` and `RR_CURSORS`.
+/// Default capacity of `SERVICES`, `SERVICE_STATS`, `SCHED_TABLES`, `RR_CURSORS` and
+/// `PERSIST_PARAMS`.
 /// The daemon may resize at load time (`limits` in the config).
 pub const MAX_SERVICES: u32 = 256;
 /// Default capacity of `VIPS`.
@@ -88,6 +101,9 @@ pub const MAX_REALS: u32 = 4096;
 /// Default capacity of `CONNTRACK_V4`: a million entries (128 MiB of kernel memory with
 /// the LRU's per-element overhead; a NAT flow takes two; see docs/CONFIG.md).
 pub const MAX_FLOWS: u32 = 1 << 20;
+/// Default capacity of `PERSIST_V4`: persistence templates (16 bytes each, 96 with the
+/// LRU's overhead).
+pub const MAX_PERSISTENT: u32 = 1 << 18;
 /// Default capacity of `FRAGMENTS_V4`.
 pub const MAX_FRAGMENTED: u32 = 16_384;
 /// Capacity of `SNAT_POOLS` (the director's pool is row 0; services with their own

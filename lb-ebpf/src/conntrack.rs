@@ -5,10 +5,10 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
-    SVC_F_EXPIRE_NODEST, ServiceValue,
+    SVC_F_EXPIRE_NODEST, SVC_F_PERSIST, ServiceValue,
     conntrack::{
-        self, DEFAULT_TIMEOUTS, FLOW_F_EXPIRE_NODEST, FLOW_F_REPLY, Flow, FlowKeyV4, STATES,
-        WINDOW_INSERTS,
+        self, DEFAULT_TIMEOUTS, FLOW_F_EXPIRE_NODEST, FLOW_F_PERSIST, FLOW_F_REPLY, Flow,
+        FlowKeyV4, STATES, WINDOW_INSERTS,
     },
     event::Event,
     reason::Reason,
@@ -62,12 +62,15 @@ pub fn is_expired(flow: &Flow, now: u32) -> bool {
 /// `SERVICE_PARAMS` by the id the entry holds, an array read. A hit updates the entry's
 /// state by the client's flags and, once a second, its last-seen time.
 #[inline(always)]
-pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
+/// `count`: whether to count what it finds (a packet's second pass does not).
+pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32, count: bool) -> Lookup {
     let Some((entry, flow)) = find(key) else {
         return Lookup::Miss;
     };
     if is_expired(&flow, now) {
-        stats::count_event(Event::CtExpired);
+        if count {
+            stats::count_event(Event::CtExpired);
+        }
         return Lookup::Stale(flow);
     }
     // A reply entry under a client's key is the caller's to refuse; its state stays.
@@ -77,7 +80,9 @@ pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
         match conntrack::next_state(flow.state, tcp_flags) {
             Some(state) => state,
             None => {
-                stats::count_event(Event::CtReused);
+                if count {
+                    stats::count_event(Event::CtReused);
+                }
                 return Lookup::Stale(flow);
             }
         }
@@ -133,6 +138,10 @@ pub fn entry(service: &ServiceValue, real: u32, real_gen: u32, state: u8, now: u
         state,
         flags: if service.flags & SVC_F_EXPIRE_NODEST != 0 {
             FLOW_F_EXPIRE_NODEST
+        } else {
+            0
+        } | if service.flags & SVC_F_PERSIST != 0 {
+            FLOW_F_PERSIST
         } else {
             0
         },

@@ -18,6 +18,7 @@ mod lookup;
 mod maps;
 mod nat;
 mod parse;
+mod persist;
 mod rewrite;
 mod runtime;
 mod schedule;
@@ -29,8 +30,8 @@ use aya_ebpf::{bindings::xdp_md, macros::xdp, programs::XdpContext};
 use lb_common::{
     FWD_DR, IPPROTO_TCP, IPPROTO_UDP, RealServer,
     conntrack::{
-        FLOW_F_EXPIRE_NODEST, FLOW_F_NAT, FLOW_F_REPLY, FRAG_F_REPLY, FragValue, first_state,
-        flow_key_v4, next_state_reply,
+        FLOW_F_EXPIRE_NODEST, FLOW_F_NAT, FLOW_F_PERSIST, FLOW_F_REPLY, FRAG_F_REPLY, FragValue,
+        first_state, flow_key_v4, next_state_reply,
     },
     event::Event,
     reason::{Action, Reason},
@@ -49,7 +50,13 @@ pub enum Verdict {
     Tx,
     /// Out of the interface with this index.
     Redirect(u32),
+    /// Not yet: a new flow of this service id, for `schedule::choose`.
+    Schedule(u32),
 }
+
+/// An outcome of `to_vip` that asks for a real for a new flow of the service id in its
+/// low bits.
+const NEED_SCHEDULE: u64 = 1 << 63;
 
 #[xdp]
 pub fn xdpvs(ctx: XdpContext) -> u32 {
@@ -92,7 +99,15 @@ fn dispatch(ctx: &XdpContext) -> Result<u64, Reason> {
     // Only when both filters say yes does the exact VIP look-up decide: a real's answer
     // to a client whose address shares a VIP's filter bit is still an answer.
     if vip && (!nat_real || lookup::is_vip(&dst)) {
-        return Ok(to_vip(ctx.ctx, l3));
+        // A new flow takes a second pass: `to_vip` finds the service, `choose` (a
+        // function beside it, not inside it: the path's stack is full) picks the real,
+        // and `to_vip` runs again with it.
+        let outcome = to_vip(ctx.ctx, l3, schedule::UNCHOSEN);
+        if outcome & NEED_SCHEDULE == 0 {
+            return Ok(outcome);
+        }
+        let chosen = schedule::choose(outcome as u32);
+        return Ok(to_vip(ctx.ctx, l3, chosen));
     }
     if nat_real {
         return Ok(from_real(ctx.ctx, l3));
@@ -109,13 +124,15 @@ fn encode(outcome: Result<Verdict, Reason>) -> u64 {
         Ok(Verdict::Redirect(ifindex)) => {
             (u64::from(ifindex) << 32) | Reason::ForwardRedirect as u64
         }
+        Ok(Verdict::Schedule(service)) => NEED_SCHEDULE | u64::from(service),
         Err(reason) => reason as u64,
     }
 }
 
+/// `chosen`: `schedule::UNCHOSEN` on a packet's first pass, else `choose`'s result.
 #[inline(never)]
-fn to_vip(ctx: *mut xdp_md, l3: usize) -> u64 {
-    encode(try_forward(&XdpContext::new(ctx), l3))
+fn to_vip(ctx: *mut xdp_md, l3: usize, chosen: u64) -> u64 {
+    encode(try_forward(&XdpContext::new(ctx), l3, chosen))
 }
 
 #[inline(never)]
@@ -153,7 +170,7 @@ fn real(index: u32) -> Option<RealServer> {
 }
 
 #[inline(always)]
-fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
+fn try_forward(ctx: &XdpContext, l3: usize, chosen: u64) -> Result<Verdict, Reason> {
     let dst = parse::ipv4_destination(ctx, l3)?;
     let ip = parse::ipv4(ctx, l3).map_err(|r| {
         if lookup::is_vip(&dst) {
@@ -184,7 +201,8 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     // the real and the service, so the hit path needs no SERVICES look-up.
     let now = conntrack::now();
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
-    let mut found = conntrack::lookup(&key, l4.flags, now);
+    let first_pass = chosen == schedule::UNCHOSEN;
+    let mut found = conntrack::lookup(&key, l4.flags, now, first_pass);
     // Once a second (or on a state change) a NAT flow checks its other entry: made again
     // if evicted; if another flow holds its key by now, this entry ends and the packet is
     // scheduled afresh (two flows must never share a translation).
@@ -205,8 +223,11 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
         }
     }
     let (real, flow) = match found {
-        Lookup::Hit { flow, .. } if flow.flags & FLOW_F_REPLY == 0 => {
+        Lookup::Hit { flow, touched } if flow.flags & FLOW_F_REPLY == 0 => {
             stats::count_event(Event::CtHit);
+            if touched && flow.flags & FLOW_F_PERSIST != 0 {
+                persist::refresh(flow.service, key.src, flow.real, now);
+            }
             match real(flow.real) {
                 Some(r) if r.generation == flow.real_gen => {
                     if flow.flags & FLOW_F_NAT != 0 {
@@ -235,14 +256,18 @@ fn try_forward(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
             let Some(service) = lookup::service(&ip.dst, l4.dport, ip.proto) else {
                 return Err(vip_or_not(&ip, Reason::PassVipNoService));
             };
-            match &found {
-                Lookup::Stale(old) if old.flags & FLOW_F_NAT != 0 => nat::close(&key, old),
-                Lookup::Miss => stats::count_event(Event::CtMiss),
-                _ => {}
+            if first_pass {
+                match &found {
+                    Lookup::Stale(old) if old.flags & FLOW_F_NAT != 0 => nat::close(&key, old),
+                    Lookup::Miss => stats::count_event(Event::CtMiss),
+                    _ => {}
+                }
+                schedule::remember_flow(ip.src[0], ip.dst[0], l4.sport)?;
+                return Ok(Verdict::Schedule(service.id));
             }
-            let index = schedule::pick(&service, &ip, l4.sport)?;
-            stats::count_new_flow(service.id, index);
+            let index = schedule::decode(chosen)?;
             let r = real(index).ok_or(Reason::DropInternal)?;
+            stats::count_new_flow(service.id, index);
             let is_tcp = ip.proto == IPPROTO_TCP;
             if is_tcp && l4.flags & 0x12 != 0x02 {
                 stats::count_event(Event::CtMidstreamMiss);

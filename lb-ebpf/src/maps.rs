@@ -8,12 +8,16 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, RealServer, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS, VipKey,
-    conntrack::{FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Settings, WINDOWS},
+    Counters, PersistParams, RealServer, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS,
+    VipKey,
+    conntrack::{
+        FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Persist, PersistKeyV4, Scratch,
+        Settings, WINDOWS,
+    },
     event::EVENT_COUNT,
     maps::{
-        IFACE_SLOTS, MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_POOLS, MAX_REALS, MAX_SERVICES,
-        MAX_VIPS,
+        IFACE_SLOTS, MAX_FLOWS, MAX_FRAGMENTED, MAX_IFACES, MAX_PERSISTENT, MAX_POOLS, MAX_REALS,
+        MAX_SERVICES, MAX_VIPS,
     },
     reason::REASON_COUNT,
 };
@@ -48,7 +52,7 @@ pub static SNAT_POOLS: Array<SnatPool> = Array::with_max_entries(MAX_POOLS, 0);
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_IFACES, 0);
 
 /// Real servers and their next hops, by real index.
-#[map(name = "XDPVS_REAL_V3")]
+#[map(name = "XDPVS_REAL_V4")]
 pub static REALS: HashMap<u32, RealServer> = HashMap::with_max_entries(MAX_REALS, 0);
 
 /// `BPF_F_INNER_MAP`: inner maps of any size fit the outer map (the template's size is a
@@ -74,6 +78,19 @@ pub static RR_CURSORS: PerCpuArray<u32> = PerCpuArray::with_max_entries(MAX_SERV
 #[map(name = "XDPVS_CT4_V3")]
 pub static CONNTRACK_V4: LruHashMap<FlowKeyV4, Flow> =
     LruHashMap::with_max_entries(MAX_FLOWS, BPF_F_NO_COMMON_LRU);
+
+/// Persistent services' client templates: the real each client is kept on.
+#[map(name = "XDPVS_PERS4_V1")]
+pub static PERSIST_V4: LruHashMap<PersistKeyV4, Persist> =
+    LruHashMap::with_max_entries(MAX_PERSISTENT, 0);
+
+/// Persistent services' timeout and netmask, by service id.
+#[map(name = "XDPVS_PERSP_V1")]
+pub static PERSIST_PARAMS: Array<PersistParams> = Array::with_max_entries(MAX_SERVICES, 0);
+
+/// Each CPU's working space beside the stack (`lb_common::conntrack::Scratch`).
+#[map(name = "XDPVS_SCRATCH_V1")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 /// Where each fragmented datagram's first fragment went.
 #[map(name = "XDPVS_FRAG4_V2")]
@@ -109,5 +126,5 @@ pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
 /// Events per kind (`lb_common::event::Event`).
-#[map(name = "XDPVS_EVENT_V2")]
+#[map(name = "XDPVS_EVENT_V3")]
 pub static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_COUNT, 0);

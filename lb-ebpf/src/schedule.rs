@@ -10,19 +10,91 @@
 //! the daemon swaps in meanwhile is never half seen.
 
 use lb_common::{
-    SCHED_DH, SCHED_RR, SCHED_WRR, SVC_F_HASH_PORT, ServiceValue, TABLE_LEN_SLOT,
+    AddrWords, SCHED_DH, SCHED_RR, SCHED_WRR, SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceValue,
+    TABLE_LEN_SLOT,
     hash::{addr_hash, addr_port_hash, position},
     reason::Reason,
 };
 
 use crate::{
-    maps::{RR_CURSORS, SCHED_TABLES},
-    parse::Ipv4Meta,
+    conntrack,
+    maps::{RR_CURSORS, SCHED_TABLES, SCRATCH, SERVICE_PARAMS},
+    persist,
 };
 
-/// The real index for this packet (`sport`: the client's port, network order).
+/// `to_vip`'s `chosen` on a packet's first pass: no real chosen yet.
+pub const UNCHOSEN: u64 = u64::MAX;
+
+/// The real for the new flow of service id `service` whose addresses and port
+/// `remember_flow` left in this CPU's scratch space: its client's persistence
+/// template's, if it has a live one, else the scheduler's (and the template made). The
+/// real index, or `NO_REAL | reason`.
+///
+/// A BPF function beside the forwarding path, not inside it: inlined there, its live
+/// values would be spilled to a stack that has no room left. Its argument is a plain
+/// number, so the compiler cannot rewrite its signature into one the verifier refuses.
+#[inline(never)]
+pub fn choose(service: u32) -> u64 {
+    match try_choose(service) {
+        Ok(index) => u64::from(index),
+        Err(reason) => NO_REAL | reason as u64,
+    }
+}
+
+/// Leaves a new flow's client address, virtual address and client port (network order)
+/// for `choose`.
 #[inline(always)]
-pub fn pick(service: &ServiceValue, ip: &Ipv4Meta, sport: u16) -> Result<u32, Reason> {
+pub fn remember_flow(src: u32, dst: u32, sport: u16) -> Result<(), Reason> {
+    let at = SCRATCH.get_ptr_mut(0).ok_or(Reason::DropInternal)?;
+    // SAFETY: this CPU's own element, valid for this program run.
+    unsafe {
+        (*at).src = src;
+        (*at).dst = dst;
+        (*at).sport = sport;
+    }
+    Ok(())
+}
+
+/// `choose`'s flag for "no real; the reason is in the low bits".
+pub const NO_REAL: u64 = 1 << 32;
+
+/// `choose`'s result as a `Result`.
+#[inline(always)]
+pub fn decode(chosen: u64) -> Result<u32, Reason> {
+    if chosen & NO_REAL == 0 {
+        Ok(chosen as u32)
+    } else {
+        Err(Reason::from_code(chosen as u32).unwrap_or(Reason::DropInternal))
+    }
+}
+
+#[inline(always)]
+fn try_choose(service: u32) -> Result<u32, Reason> {
+    let at = SCRATCH.get_ptr_mut(0).ok_or(Reason::DropInternal)?;
+    // SAFETY: this CPU's own element, valid for this program run; copied out before
+    // `persist` reuses the element's other fields.
+    let (src, dst, sport) = unsafe { ((*at).src, (*at).dst, (*at).sport) };
+    let params = SERVICE_PARAMS.get(service).ok_or(Reason::DropInternal)?;
+    let now = conntrack::now();
+    let persistent = params.flags & SVC_F_PERSIST != 0;
+    if persistent && let Some(index) = persist::kept(service, src, now) {
+        return Ok(index);
+    }
+    let index = pick(params, &[src, 0, 0, 0], &[dst, 0, 0, 0], sport)?;
+    if persistent {
+        persist::remember(service, src, index, now);
+    }
+    Ok(index)
+}
+
+/// The real index from the service's table.
+#[inline(always)]
+fn pick(
+    service: &ServiceValue,
+    src: &AddrWords,
+    dst: &AddrWords,
+    sport: u16,
+) -> Result<u32, Reason> {
     let table = SCHED_TABLES.get(service.id).ok_or(Reason::DropNoReal)?;
     let len = table.get(TABLE_LEN_SLOT).ok_or(Reason::DropInternal)?[0];
     if len == 0 {
@@ -40,12 +112,12 @@ pub fn pick(service: &ServiceValue, ip: &Ipv4Meta, sport: u16) -> Result<u32, Re
                 at
             }
         }
-        SCHED_DH => position(addr_hash(&ip.dst, service.hash_seed), len),
+        SCHED_DH => position(addr_hash(dst, service.hash_seed), len),
         _ if service.flags & SVC_F_HASH_PORT != 0 => position(
-            addr_port_hash(&ip.src, u16::from_be(sport), service.hash_seed),
+            addr_port_hash(src, u16::from_be(sport), service.hash_seed),
             len,
         ),
-        _ => position(addr_hash(&ip.src, service.hash_seed), len),
+        _ => position(addr_hash(src, service.hash_seed), len),
     };
     let pair = table.get((at >> 1) + 1).ok_or(Reason::DropInternal)?;
     Ok(if at & 1 == 0 { pair[0] } else { pair[1] })

@@ -200,6 +200,15 @@ pub struct SchedArg {
     /// Maglev table size for sh, dh and mh: a prime from 251 to 131071 (default 4093).
     #[arg(long)]
     table_size: Option<u32>,
+    /// Persistence: keep each client on one real for TIMEOUT seconds after its last
+    /// packet (default 300; 0 with `service edit` removes persistence).
+    #[arg(short = 'p', long = "persistent", value_name = "TIMEOUT", num_args = 0..=1,
+        default_missing_value = "300")]
+    persistent: Option<u32>,
+    /// Persistence granularity: clients whose addresses agree under this netmask share
+    /// a real (e.g. 255.255.255.0).
+    #[arg(short = 'M', long = "netmask")]
+    netmask: Option<std::net::Ipv4Addr>,
 }
 
 impl SchedArg {
@@ -412,6 +421,8 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                         forwarding: method.name(),
                         hash_port: sched.hash_port(),
                         table_size: sched.table_size,
+                        persistent: sched.persistent,
+                        netmask: sched.netmask.map(|m| m.to_string()),
                     }),
                 ),
                 ServiceCommand::Edit {
@@ -429,6 +440,8 @@ pub async fn run(socket: &Path, command: Command) -> Result<String, Failure> {
                         forwarding: method.name(),
                         hash_port: sched.hash_port(),
                         table_size: sched.table_size,
+                        persistent: sched.persistent,
+                        netmask: sched.netmask.map(|m| m.to_string()),
                     }),
                 ),
                 ServiceCommand::Delete { service } => ("DELETE", service.id(), Vec::new()),
@@ -664,7 +677,23 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
             } else {
                 format!(" ({})", flags.join(","))
             };
-            let _ = writeln!(out, "{prot:<4} {local} {}{flags}", text(s, "scheduler"));
+            let persistent = match s.get("persistence").filter(|p| p.is_object()) {
+                Some(p) => {
+                    let mask = text(p, "netmask");
+                    let mask = if mask == "255.255.255.255" {
+                        String::new()
+                    } else {
+                        format!(" mask {mask}")
+                    };
+                    format!(" persistent {}{mask}", number(p, "timeout"))
+                }
+                None => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "{prot:<4} {local} {}{flags}{persistent}",
+                text(s, "scheduler")
+            );
         }
         for r in s.get("reals").and_then(Value::as_array).unwrap_or(&none) {
             let remote = endpoint(text(r, "address"), number(r, "port"));

@@ -227,7 +227,13 @@ pub struct Limits {
     pub max_flows: u32,
     /// Fragmented datagrams tracked at once (first fragment seen, later ones to come).
     pub max_fragments: u32,
+    /// Persistence templates (clients of persistent services) kept at once.
+    pub max_persistent: u32,
 }
+
+/// Kernel memory of one persistence template (`memlock`, LRU hash, 8-byte key, 16-byte
+/// value), measured on 6.18.
+const PERSIST_BYTES: u64 = 88;
 
 impl Limits {
     /// Kernel memory the maps of these limits pin, in bytes, on a host with `cpus`
@@ -237,12 +243,13 @@ impl Limits {
     pub fn kernel_bytes(&self, cpus: u64) -> u64 {
         let per_cpu = 8 + 24 * cpus;
         let rr_cursor = 8 + 8 * cpus;
-        let service = 8 + 148 + 100 + 56 + per_cpu + rr_cursor;
+        let service = 8 + 148 + 100 + 56 + per_cpu + rr_cursor + 8;
         let real = 120 + per_cpu;
         u64::from(self.max_services) * service
             + u64::from(self.max_reals) * real
             + 128 * u64::from(self.max_flows)
             + 128 * u64::from(self.max_fragments)
+            + PERSIST_BYTES * u64::from(self.max_persistent)
             + 256 * 1024
     }
 }
@@ -254,6 +261,7 @@ impl Default for Limits {
             max_reals: lb_common::maps::MAX_REALS,
             max_flows: lb_common::maps::MAX_FLOWS,
             max_fragments: lb_common::maps::MAX_FRAGMENTED,
+            max_persistent: lb_common::maps::MAX_PERSISTENT,
         }
     }
 }
@@ -270,6 +278,8 @@ pub struct Service {
     pub table_size: u32,
     /// `sh`, `mh`: the client's port is hashed with its address (IPVS `sh-port`, `mh-port`).
     pub hash_port: bool,
+    /// LVS persistence (`-p`, `-M`).
+    pub persistence: Option<Persistence>,
     pub forwarding: Forwarding,
     /// The director's timeouts unless the service sets its own.
     pub timeouts: Timeouts,
@@ -283,6 +293,19 @@ pub struct Service {
     pub reals: Vec<Real>,
     pub origin: Origin,
 }
+
+/// Persistence: each client (its address under `netmask`) stays on one real while it has
+/// flows and for `timeout` seconds after their last packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Persistence {
+    pub timeout: u32,
+    pub netmask: std::net::Ipv4Addr,
+}
+
+/// ipvsadm's default persistence timeout, in seconds.
+pub const DEFAULT_PERSISTENCE_TIMEOUT: u32 = 300;
+/// The longest persistence timeout accepted: a year.
+pub const MAX_PERSISTENCE_TIMEOUT: u32 = 366 * 86_400;
 
 impl fmt::Display for Service {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -388,6 +411,15 @@ struct RawSnatPool {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawPersistence {
+    #[serde(default)]
+    timeout: Option<Spanned<u32>>,
+    #[serde(default)]
+    netmask: Option<Spanned<std::net::Ipv4Addr>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTimeouts {
     tcp: Option<Spanned<u32>>,
     tcpfin: Option<Spanned<u32>>,
@@ -401,6 +433,7 @@ struct RawLimits {
     max_reals: Option<Spanned<u32>>,
     max_flows: Option<Spanned<u32>>,
     max_fragments: Option<Spanned<u32>>,
+    max_persistent: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -416,6 +449,8 @@ struct RawService {
     table_size: Option<Spanned<u32>>,
     #[serde(default)]
     hash_port: Option<Spanned<bool>>,
+    #[serde(default)]
+    persistence: Option<Spanned<RawPersistence>>,
     #[serde(default)]
     forwarding: Forwarding,
     #[serde(default)]
@@ -817,6 +852,15 @@ impl Validator<'_> {
             }
             limits.max_fragments = v.value;
         }
+        if let Some(v) = raw.max_persistent {
+            if v.value < 1024 || v.value > 1 << 24 {
+                return Err(self.invalid(
+                    origin(&v, "limits.max_persistent"),
+                    format!("{} is outside 1024..=16777216", v.value),
+                ));
+            }
+            limits.max_persistent = v.value;
+        }
         Ok(limits)
     }
 
@@ -937,6 +981,10 @@ impl Validator<'_> {
             Some(v) => v.value,
             None => false,
         };
+        let persistence = match s.persistence {
+            Some(p) => Some(self.persistence(p.value, &format!("{field}.persistence"))?),
+            None => None,
+        };
         let mut reals = Vec::with_capacity(s.reals.len());
         for (j, r) in s.reals.into_iter().enumerate() {
             let real = self.real(
@@ -971,6 +1019,7 @@ impl Validator<'_> {
             scheduler: s.scheduler,
             table_size,
             hash_port,
+            persistence,
             forwarding: s.forwarding,
             timeouts,
             expire_nodest_conn: s.expire_nodest_conn.unwrap_or(director.expire_nodest_conn),
@@ -979,6 +1028,37 @@ impl Validator<'_> {
             reals,
             origin: at,
         })
+    }
+
+    fn persistence(&self, raw: RawPersistence, field: &str) -> Result<Persistence, ConfigError> {
+        let timeout = match raw.timeout {
+            Some(v) if v.value == 0 || v.value > MAX_PERSISTENCE_TIMEOUT => {
+                return Err(self.invalid(
+                    origin(&v, format!("{field}.timeout")),
+                    format!(
+                        "{} is outside 1..={MAX_PERSISTENCE_TIMEOUT} seconds (leave \
+                         persistence out for none)",
+                        v.value
+                    ),
+                ));
+            }
+            Some(v) => v.value,
+            None => DEFAULT_PERSISTENCE_TIMEOUT,
+        };
+        let netmask = match raw.netmask {
+            Some(v) => {
+                let bits = u32::from(v.value);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    return Err(self.invalid(
+                        origin(&v, format!("{field}.netmask")),
+                        format!("{} is not a netmask (ones, then zeros)", v.value),
+                    ));
+                }
+                v.value
+            }
+            None => std::net::Ipv4Addr::BROADCAST,
+        };
+        Ok(Persistence { timeout, netmask })
     }
 
     fn check(&self, raw: Spanned<RawCheck>, field: &str) -> Result<Check, ConfigError> {
@@ -1433,21 +1513,69 @@ services:
     #[test]
     fn kernel_memory_follows_the_measured_per_entry_sizes() {
         let d = Limits::default();
-        // 256 services, 4096 reals, 1M flows, 16k fragments on 2 CPUs: the connection
-        // table's 128 MiB dominates.
+        // 256 services, 4096 reals, 1M flows, 16k fragments, 256k persistence templates
+        // on 2 CPUs: the connection table's 128 MiB dominates.
         let mib = d.kernel_bytes(2) >> 20;
-        assert!((128..=135).contains(&mib), "{mib} MiB");
+        assert!((150..=157).contains(&mib), "{mib} MiB");
         let services = Limits {
             max_services: 65_536,
             ..d
         };
         let per_service = (services.kernel_bytes(2) - d.kernel_bytes(2)) / (65_536 - 256);
-        assert_eq!(per_service, 8 + 148 + 100 + 56 + 56 + 24);
+        assert_eq!(per_service, 8 + 148 + 100 + 56 + 56 + 24 + 8);
         let flows = Limits {
             max_flows: 16 << 20,
             ..d
         };
         assert!(flows.kernel_bytes(2) > 2 << 30, "16M flows pin over 2 GiB");
+    }
+
+    #[test]
+    fn persistence_takes_ipvsadm_defaults_and_refuses_what_it_cannot_mean() {
+        let with = |p: &str| {
+            GOOD.replace(
+                "    scheduler: sh\n",
+                &format!("    scheduler: sh\n    persistence: {p}\n"),
+            )
+        };
+        let c = parse(&with("{}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.services[0].persistence,
+            Some(Persistence {
+                timeout: DEFAULT_PERSISTENCE_TIMEOUT,
+                netmask: std::net::Ipv4Addr::BROADCAST
+            })
+        );
+        let c =
+            parse(&with("{timeout: 60, netmask: 255.255.0.0}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.services[0]
+                .persistence
+                .map(|p| (p.timeout, p.netmask.to_string())),
+            Some((60, "255.255.0.0".into()))
+        );
+        assert!(c.services[1].persistence.is_none());
+        for (bad, words) in [
+            (
+                "{timeout: 0}",
+                ["services[0].persistence.timeout", "outside 1..="],
+            ),
+            (
+                "{timeout: 40000000}",
+                ["services[0].persistence.timeout", "outside 1..="],
+            ),
+            (
+                "{netmask: 255.0.255.0}",
+                ["services[0].persistence.netmask", "not a netmask"],
+            ),
+            ("{netmask: 2001:db8::}", ["test.yaml", "IPv4"]),
+            ("{timout: 5}", ["timout", "persistence"]),
+        ] {
+            let e = error(&with(bad));
+            for w in words {
+                assert!(e.contains(w), "{bad}: {w:?} not in {e}");
+            }
+        }
     }
 
     #[test]

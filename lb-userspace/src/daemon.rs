@@ -85,7 +85,7 @@ pub enum DaemonError {
     Pins(#[from] pins::PinError),
     /// The limits would pin more kernel memory than the host has.
     #[error(
-        "{path}: limits (max_services, max_reals, max_flows, max_fragments) would pin about \
+        "{path}: limits (max_services, max_reals, max_flows, max_fragments, max_persistent) would pin about \
          {need_mib} MiB of kernel memory; {available_mib} MiB is available (docs/CONFIG.md, \
          \"limits\")"
     )]

@@ -19,8 +19,9 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Counters, FWD_DR, RealServer, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS, VipKey,
-    conntrack::{Flow, FlowKeyV4, Iface, Settings},
+    Counters, FWD_DR, PersistParams, RealServer, ServiceKey, ServiceValue, SnatPool,
+    VIP_FILTER_WORDS, VipKey,
+    conntrack::{Flow, FlowKeyV4, Iface, Persist, PersistKeyV4, Settings},
     event::{EVENT_COUNT, Event},
     maps,
     reason::{REASON_COUNT, Reason},
@@ -183,6 +184,8 @@ pub struct Dataplane {
     tx_ports: Vec<u32>,
     /// `SERVICE_PARAMS` rows as written, by service id.
     params: StdHashMap<u32, ServiceValue>,
+    /// `PERSIST_PARAMS` rows as written, by service id.
+    persist_params: StdHashMap<u32, PersistParams>,
     /// Interface indices written into `IFACE_INDEX`.
     iface_slots: Vec<u32>,
     /// The service each id was last given to.
@@ -218,10 +221,11 @@ pub fn capacity(name: &str, limits: Limits) -> Option<u32> {
         maps::SERVICES | maps::SERVICE_PARAMS | maps::VIPS | maps::SERVICE_STATS => {
             limits.max_services
         }
-        maps::SCHED_TABLES | maps::RR_CURSORS => limits.max_services,
+        maps::SCHED_TABLES | maps::RR_CURSORS | maps::PERSIST_PARAMS => limits.max_services,
         maps::REALS | maps::REAL_STATS => limits.max_reals,
         maps::CONNTRACK_V4 => limits.max_flows,
         maps::FRAGMENTS_V4 => limits.max_fragments,
+        maps::PERSIST_V4 => limits.max_persistent,
         _ => return None,
     })
 }
@@ -305,6 +309,7 @@ impl Dataplane {
             pools: Vec::new(),
             tx_ports: Vec::new(),
             params: StdHashMap::new(),
+            persist_params: StdHashMap::new(),
             iface_slots: Vec::new(),
             service_keys: StdHashMap::new(),
         })
@@ -341,7 +346,7 @@ impl Dataplane {
         let mut next_generation = 1u32;
         for (index, value) in reals {
             next_generation = next_generation.max(value.generation.wrapping_add(1).max(1));
-            if let Some(&key) = keys.get(&value.service) {
+            if let Some(&key) = keys.get(&u32::from(value.service)) {
                 let address = plan::address(value.addr, value.family);
                 ids.reals.insert(
                     (key, address, u16::from_be(value.port)),
@@ -668,6 +673,15 @@ impl Dataplane {
                     self.params.insert(s.value.id, s.value);
                 }
             }
+            let e = map_err(maps::PERSIST_PARAMS);
+            let mut persist: Array<_, PersistParams> =
+                Array::try_from(map_in(&mut self.ebpf, maps::PERSIST_PARAMS)?).map_err(&e)?;
+            for s in &plan.services {
+                if self.persist_params.get(&s.value.id) != Some(&s.persist) {
+                    persist.set(s.value.id, s.persist, 0).map_err(&e)?;
+                    self.persist_params.insert(s.value.id, s.persist);
+                }
+            }
         }
         sync_hash_map(
             self.map_mut(maps::SERVICES)?,
@@ -844,6 +858,26 @@ impl Dataplane {
         let map: HashMap<_, FlowKeyV4, Flow> =
             HashMap::try_from(self.map(maps::CONNTRACK_V4)?).map_err(&e)?;
         Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Every persistence template (a walk over the whole map: for tests and listings).
+    pub fn templates(&self) -> Result<Vec<(PersistKeyV4, Persist)>, DataplaneError> {
+        let e = map_err(maps::PERSIST_V4);
+        let map: HashMap<_, PersistKeyV4, Persist> =
+            HashMap::try_from(self.map(maps::PERSIST_V4)?).map_err(&e)?;
+        Ok(map.iter().filter_map(Result::ok).collect())
+    }
+
+    /// Writes a persistence template (tests use it to age one).
+    pub fn set_template(
+        &mut self,
+        key: &PersistKeyV4,
+        template: Persist,
+    ) -> Result<(), DataplaneError> {
+        let e = map_err(maps::PERSIST_V4);
+        let mut map: HashMap<_, PersistKeyV4, Persist> =
+            HashMap::try_from(self.map_mut(maps::PERSIST_V4)?).map_err(&e)?;
+        map.insert(key, template, 0).map_err(&e)
     }
 
     /// Reads every counter the plan refers to.

@@ -54,6 +54,42 @@ pub struct ServiceFields {
     pub hash_port: Option<bool>,
     /// `sh`, `dh`, `mh`: the Maglev table's size.
     pub table_size: Option<u32>,
+    /// Persistence timeout in seconds (`ipvsadm -p`); 0 removes persistence.
+    pub persistent: Option<u32>,
+    /// Persistence granularity (`ipvsadm -M`), with persistence.
+    pub netmask: Option<String>,
+}
+
+impl ServiceFields {
+    /// Writes the persistence fields into service `s` (absent ones stay).
+    fn set_persistence(&self, s: &mut Map<String, Value>) -> Result<(), EditError> {
+        match self.persistent {
+            Some(0) => {
+                s.remove("persistence");
+            }
+            Some(timeout) => {
+                let p = s
+                    .entry("persistence")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !p.is_object() {
+                    *p = Value::Object(Map::new());
+                }
+                p["timeout"] = Value::from(timeout);
+            }
+            None => {}
+        }
+        if let Some(mask) = &self.netmask {
+            match s.get_mut("persistence").filter(|p| p.is_object()) {
+                Some(p) => p["netmask"] = Value::from(mask.clone()),
+                None => {
+                    return Err(EditError::Invalid(
+                        "a netmask (-M) needs persistence (-p)".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A real server to add (`ipvsadm -a`) or change (`ipvsadm -e`, drain); absent fields
@@ -172,6 +208,7 @@ impl Document {
         if let Some(n) = new.table_size {
             s.insert("table_size".into(), Value::from(n));
         }
+        new.set_persistence(&mut s)?;
         s.insert("reals".into(), Value::Array(Vec::new()));
         self.services()?.push(Value::Object(s));
         Ok(())
@@ -195,7 +232,7 @@ impl Document {
         if let Some(n) = change.table_size {
             s.insert("table_size".into(), Value::from(n));
         }
-        Ok(())
+        change.set_persistence(s)
     }
 
     /// Removes a virtual service and its reals.

@@ -32,6 +32,17 @@ fn address(text: &str) -> Option<(IpAddr, u16)> {
     text.parse::<IpAddr>().ok().map(|a| (a, 0))
 }
 
+/// An IPv4 netmask as ipvsadm writes it (`255.255.255.0`, or a prefix length).
+fn netmask_of(text: &str) -> Option<String> {
+    let bits = match text.parse::<u32>() {
+        Ok(len @ 0..=32) => u32::MAX.checked_shl(32 - len).unwrap_or(0),
+        Ok(_) => return None,
+        Err(_) => u32::from(text.parse::<std::net::Ipv4Addr>().ok()?),
+    };
+    (bits.leading_ones() + bits.trailing_zeros() == 32)
+        .then(|| std::net::Ipv4Addr::from(bits).to_string())
+}
+
 /// Reads an `ipvsadm -S` dump.
 pub fn ipvsadm(text: &str) -> Import {
     let mut import = Import::default();
@@ -49,6 +60,8 @@ pub fn ipvsadm(text: &str) -> Import {
         let mut service: Option<(&str, &str)> = None;
         let mut scheduler = None;
         let mut sched_flags = None;
+        let mut persistent = None;
+        let mut netmask = None;
         let mut real = None;
         let mut method = "dr";
         let mut weight = None;
@@ -98,23 +111,22 @@ pub fn ipvsadm(text: &str) -> Import {
                 "-m" | "--masquerading" => method = "nat",
                 "-i" | "--ipip" => method = "tunnel",
                 "-p" | "--persistent" => {
-                    note(
-                        "persistence (-p) is not expressed yet; the service is imported \
-                         without it (sh already keeps a client on one real)"
-                            .into(),
-                    );
                     // `-p` takes an optional timeout.
-                    if value.is_some_and(|v| v.parse::<u32>().is_ok()) {
+                    persistent = Some(value.and_then(|v| v.parse::<u32>().ok()));
+                    if persistent.flatten().is_some() {
                         i += 1;
                     }
+                }
+                "-M" | "--netmask" => {
+                    netmask = value;
+                    i += 1;
                 }
                 "-b" | "--sched-flags" => {
                     sched_flags = value;
                     i += 1;
                 }
-                "-M" | "--netmask" | "-x" | "--u-threshold" | "-y" | "--l-threshold" | "--pe"
-                | "-c" | "--tun-type" | "--tun-port" | "--tun-nocsum" | "--tun-csum"
-                | "--tun-remcsum" => {
+                "-x" | "--u-threshold" | "-y" | "--l-threshold" | "--pe" | "-c" | "--tun-type"
+                | "--tun-port" | "--tun-nocsum" | "--tun-csum" | "--tun-remcsum" => {
                     note(format!(
                         "{} {} is not expressed; ignored",
                         words[i],
@@ -176,6 +188,25 @@ pub fn ipvsadm(text: &str) -> Import {
                 s.insert("port".into(), json!(port));
                 s.insert("protocol".into(), json!(protocol));
                 s.insert("scheduler".into(), json!(scheduler));
+                if let Some(timeout) = persistent {
+                    let mut p = Map::new();
+                    if let Some(t) = timeout {
+                        p.insert("timeout".into(), json!(t));
+                    }
+                    match netmask.map(netmask_of) {
+                        Some(Some(m)) => {
+                            p.insert("netmask".into(), json!(m));
+                        }
+                        Some(None) => note(format!(
+                            "-M {:?} is not a netmask; persistence is per client address",
+                            netmask.unwrap_or("")
+                        )),
+                        None => {}
+                    }
+                    s.insert("persistence".into(), Value::Object(p));
+                } else if netmask.is_some() {
+                    note("-M without -p has no effect; ignored".into());
+                }
                 for flag in sched_flags.into_iter().flat_map(|f| f.split(',')) {
                     match (flag, scheduler) {
                         ("sh-port", "sh") | ("mh-port", "mh") => {
@@ -265,7 +296,7 @@ mod tests {
     #[test]
     fn a_dump_becomes_services_and_every_loss_is_named() {
         let dump = "\
--A -t 192.0.2.100:80 -s sh -p 300
+-A -t 192.0.2.100:80 -s sh -p 600 -M 255.255.255.0
 -a -t 192.0.2.100:80 -r 192.0.2.11:80 -g -w 1
 -a -t 192.0.2.100:80 -r 192.0.2.12:80 -g -w 3
 -A -u 192.0.2.100:53 -s dh
@@ -278,15 +309,22 @@ mod tests {
 -A -t 192.0.2.100:22 -s sh
 -a -t 192.0.2.100:22 -r 192.0.2.13:22 -i -w 1
 -A -t 192.0.2.100:443 -s mh -b mh-port,mh-fallback,sh-port
--A -t 192.0.2.100:8080 -s wrr
+-A -t 192.0.2.100:8080 -s wrr -p -M 24
 ";
         let import = ipvsadm(dump);
         assert_eq!(import.services.len(), 5);
         assert_eq!(import.services[3]["hash_port"], true);
         assert_eq!(import.services[4]["scheduler"], "wrr");
         assert!(import.services[4].get("hash_port").is_none());
+        assert!(import.services[4]["persistence"].get("timeout").is_none());
+        assert_eq!(
+            import.services[4]["persistence"]["netmask"],
+            "255.255.255.0"
+        );
         let web = &import.services[0];
         assert_eq!(web["scheduler"], "sh");
+        assert_eq!(web["persistence"]["timeout"], 600);
+        assert_eq!(web["persistence"]["netmask"], "255.255.255.0");
         assert_eq!(web["reals"][1]["weight"], 3);
         assert!(web.get("forwarding").is_none());
         let dns = &import.services[1];
@@ -299,7 +337,6 @@ mod tests {
         );
         let notes = import.notes.join("\n");
         for expected in [
-            "line 1: persistence (-p)",
             "line 6: real 10.0.0.6 is forwarded by dr but the service's earlier reals by nat",
             "line 7: scheduler wlc is not available yet",
             "line 9: firewall-mark services (-f 7)",
@@ -311,6 +348,6 @@ mod tests {
         }
         // The real of the skipped wlc service is not reported twice.
         assert!(!notes.contains("line 8"), "{notes}");
-        assert_eq!(import.notes.len(), 7, "{notes}");
+        assert_eq!(import.notes.len(), 6, "{notes}");
     }
 }

@@ -224,6 +224,10 @@ fn advice(name: &str) -> &'static str {
         maps::FRAGMENTS_V4 => {
             "limits.max_fragments changed: keep the old value, or run `xdpvs teardown` first"
         }
+        maps::PERSIST_V4 => {
+            "limits.max_persistent changed: keep the old value, or run `xdpvs teardown` first \
+             (that forgets which real each persistent client is on)"
+        }
         maps::REALS | maps::REAL_STATS => {
             "limits.max_reals changed: keep the old value, or run `xdpvs teardown` first \
              (that drops the connection table)"

@@ -7,9 +7,10 @@ use std::net::IpAddr;
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_TABLE_LEN, POOL_ADDRS, REAL_NONE,
-    RealServer, SCHED_DH, SCHED_MH, SCHED_RR, SCHED_SH, SCHED_WRR, SVC_F_EXPIRE_NODEST,
-    SVC_F_HASH_PORT, ServiceKey, ServiceValue, SnatPool,
+    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_TABLE_LEN, POOL_ADDRS,
+    PersistParams, REAL_F_QUIESCENT, REAL_NONE, RealServer, SCHED_DH, SCHED_MH, SCHED_RR, SCHED_SH,
+    SCHED_WRR, SVC_F_EXPIRE_NODEST, SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceKey, ServiceValue,
+    SnatPool,
     conntrack::{DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP},
     hash::{addr_hash, addr_port_hash, position},
     ipv4_words, ipv6_words,
@@ -56,6 +57,8 @@ pub struct ServicePlan {
     pub reals: Vec<RealPlan>,
     /// The scheduling table: real indices (`SCHED_TABLES` holds its length before them).
     pub table: Vec<u32>,
+    /// Persistence (`PERSIST_PARAMS`; all zero and unread without `SVC_F_PERSIST`).
+    pub persist: PersistParams,
 }
 
 /// One real server of one service as programmed.
@@ -237,7 +240,12 @@ pub fn compile_keeping(
                     ifindex: to.ifindex,
                     port: r.port.to_be(),
                     family,
-                    service: id,
+                    service: id as u16,
+                    flags: if r.scheduling_weight() == 0 {
+                        REAL_F_QUIESCENT
+                    } else {
+                        0
+                    },
                     ..RealServer::default()
                 },
             });
@@ -282,11 +290,22 @@ pub fn compile_keeping(
                     SVC_F_EXPIRE_NODEST
                 } else {
                     0
-                } | if s.hash_port { SVC_F_HASH_PORT } else { 0 },
+                } | if s.hash_port { SVC_F_HASH_PORT } else { 0 }
+                    | if s.persistence.is_some() {
+                        SVC_F_PERSIST
+                    } else {
+                        0
+                    },
                 timeouts: timeouts_by_state(s.timeouts),
             },
             reals,
             table,
+            persist: s
+                .persistence
+                .map_or(PersistParams::default(), |p| PersistParams {
+                    timeout: p.timeout,
+                    mask: u32::from_ne_bytes(p.netmask.octets()),
+                }),
         });
     }
     Ok(Plan {

@@ -63,7 +63,7 @@ pub fn report(plan: &Plan, snapshot: &Snapshot) -> String {
 }
 
 /// Seconds of CLOCK_MONOTONIC_COARSE, the clock of `Flow::last_seen`.
-fn coarse_now() -> u32 {
+pub fn coarse_now() -> u32 {
     // SAFETY: clock_gettime writes into a zeroed, owned timespec.
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -172,6 +172,10 @@ pub fn listing(
                 "scheduler": s.scheduler.to_string(),
                 "sched_flags": sched_flags(s),
                 "table_size": s.table.len(),
+                "persistence": (s.persist.timeout != 0).then(|| json!({
+                    "timeout": s.persist.timeout,
+                    "netmask": Ipv4Addr::from(s.persist.mask.to_ne_bytes()).to_string(),
+                })),
                 "forwarding": s.forwarding.to_string(),
                 "connections": counters.flows,
                 "packets": counters.packets,

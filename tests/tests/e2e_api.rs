@@ -196,6 +196,10 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
             "mh-port,mh-fallback",
             "--table-size",
             "251",
+            "-p",
+            "600",
+            "-M",
+            "255.255.255.0",
             "--name",
             "dns",
         ],
@@ -210,6 +214,11 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     assert_eq!(l["services"][1]["name"], "dns", "{l}");
     assert_eq!(l["services"][1]["sched_flags"][0], "mh-port", "{l}");
     assert_eq!(l["services"][1]["table_size"], 251, "{l}");
+    assert_eq!(l["services"][1]["persistence"]["timeout"], 600, "{l}");
+    assert_eq!(
+        l["services"][1]["persistence"]["netmask"], "255.255.255.0",
+        "{l}"
+    );
     assert_eq!(
         session.ask().ok(),
         Some(banner(0)),

@@ -1186,6 +1186,7 @@ fn the_object_has_every_map_the_abi_names_and_loads_at_other_sizes() {
         max_reals: 16,
         max_flows: 4096,
         max_fragments: 1024,
+        max_persistent: 1024,
     };
     let dp = Dataplane::load(limits).unwrap_or_else(|e| panic!("{e}"));
     let plan = Plan::default();

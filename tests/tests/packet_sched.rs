@@ -366,3 +366,154 @@ fn maglev_tables_are_the_golden_ones() {
         );
     }
 }
+
+/// The frame of a TCP packet from `client`:`port` to the web service.
+fn tcp_from(client: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
+    let ip = Ipv4::new(client.into(), [192, 0, 2, 100].into(), 6);
+    packet::ethernet(
+        MAC_A,
+        CLIENT_MAC,
+        packet::ETH_P_IPV4,
+        &ip.packet(&packet::tcp(port, 80, flags)),
+    )
+}
+
+/// The action and, when forwarded, the last octet of the real.
+fn send(dp: &Dataplane, ingress: u32, frame: &[u8]) -> (u32, u8) {
+    let mut out = vec![0u8; frame.len() + 256];
+    let ctx = packet::xdp_md(frame.len(), ingress);
+    let result = dp
+        .program()
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("test run failed: {e}"));
+    (result.return_value, out[5])
+}
+
+fn events(dp: &Dataplane, plan: &Plan) -> (u64, u64) {
+    let snap = dp.snapshot(plan).unwrap_or_else(|e| panic!("{e}"));
+    (
+        snap.event(lb_common::event::Event::PersistHit),
+        snap.event(lb_common::event::Event::PersistNew),
+    )
+}
+
+/// LVS `-p 300 -M 255.255.255.0` over `rr`, which on its own sends each new flow to the
+/// next real: a client's flows from any port, and its /24 neighbours', stay on its real;
+/// the template expires after its timeout, is kept alive by its flows' packets, and is
+/// not followed to a drained or removed real.
+#[test]
+fn persistence_holds_a_client_across_ports_and_expires() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(0);
+        let three = [(11, 1), (12, 1), (13, 1)];
+        let fields = "scheduler: rr, persistence: {timeout: 300, netmask: 255.255.255.0}";
+        let plan = director.plan(fields, &three, None);
+        let mut dp = loaded(&plan);
+        let _registered = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
+        let ingress = director.xa0;
+        let a = [198, 18, 0, 1];
+        let (action, kept) = send(&dp, ingress, &tcp_from(a, 1000, 0x02));
+        assert_eq!(action, XDP_TX);
+        for port in 1001..1020 {
+            assert_eq!(send(&dp, ingress, &tcp_from(a, port, 0x02)), (XDP_TX, kept));
+        }
+        // A neighbour under the mask shares the template; another /24 does not, and rr
+        // gives it the next real.
+        assert_eq!(
+            send(&dp, ingress, &tcp_from([198, 18, 0, 77], 1000, 0x02)).1,
+            kept
+        );
+        let other = send(&dp, ingress, &tcp_from([198, 18, 1, 1], 1000, 0x02)).1;
+        assert_ne!(other, kept);
+        assert_eq!(events(&dp, &plan), (20, 2));
+        let templates = dp.templates().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(templates.len(), 2, "{templates:?}");
+
+        // Aged past its timeout, the template is not followed: rr moves the client on.
+        let key = lb_common::conntrack::PersistKeyV4 {
+            service: plan.services[0].value.id,
+            client: u32::from_ne_bytes([198, 18, 0, 0]),
+        };
+        let (_, mut template) = *templates
+            .iter()
+            .find(|(k, _)| *k == key)
+            .unwrap_or_else(|| panic!("no template for 198.18.0.0/24: {templates:?}"));
+        let now = lb_userspace::stats::coarse_now();
+        template.last_seen = now - 301;
+        dp.set_template(&key, template)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let moved = send(&dp, ingress, &tcp_from(a, 2000, 0x02)).1;
+        assert_ne!(moved, kept, "an expired template was followed");
+        assert_eq!(events(&dp, &plan), (20, 3));
+        // An established flow's packets keep the new template alive.
+        let fresh = |dp: &Dataplane| {
+            dp.templates()
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, t)| t)
+                .unwrap_or_else(|| panic!("template gone"))
+        };
+        let mut t = fresh(&dp);
+        t.last_seen = now - 200;
+        dp.set_template(&key, t).unwrap_or_else(|e| panic!("{e}"));
+        let flow_key = lb_common::conntrack::flow_key_v4(
+            &[u32::from_ne_bytes(a), 0, 0, 0],
+            &[u32::from_ne_bytes([192, 0, 2, 100]), 0, 0, 0],
+            2000u16.to_be(),
+            80u16.to_be(),
+            6,
+        );
+        let mut flow = dp
+            .flow(&flow_key)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no entry for the flow"));
+        flow.last_seen = now - 10;
+        dp.set_flow(&flow_key, flow)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            send(&dp, ingress, &tcp_from(a, 2000, 0x10)),
+            (XDP_TX, moved)
+        );
+        assert!(
+            fresh(&dp).last_seen >= now,
+            "a flow's packet did not refresh it"
+        );
+
+        // Drained, its real keeps the established flow but the template is not followed.
+        let drained: Vec<(u8, u32)> = three
+            .iter()
+            .map(|&(o, w)| (o, if o == moved { 0 } else { w }))
+            .collect();
+        let next = director.plan(fields, &drained, Some(&plan));
+        let (hops, _) = xdpvs_testbed::rig::resolve(&next, &["xa0"]);
+        dp.apply(&next, &hops).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            send(&dp, ingress, &tcp_from(a, 2000, 0x10)),
+            (XDP_TX, moved)
+        );
+        let elsewhere = send(&dp, ingress, &tcp_from(a, 3000, 0x02)).1;
+        assert_ne!(elsewhere, moved, "a drained real's template was followed");
+        // The new template holds again; removing its real ends it too.
+        assert_eq!(send(&dp, ingress, &tcp_from(a, 3001, 0x02)).1, elsewhere);
+        let removed: Vec<(u8, u32)> = drained
+            .iter()
+            .copied()
+            .filter(|&(o, _)| o != elsewhere)
+            .collect();
+        let last = director.plan(fields, &removed, Some(&next));
+        let (hops, _) = xdpvs_testbed::rig::resolve(&last, &["xa0"]);
+        dp.apply(&last, &hops).unwrap_or_else(|e| panic!("{e}"));
+        let after = send(&dp, ingress, &tcp_from(a, 4000, 0x02)).1;
+        assert!(
+            after != elsewhere && after != moved,
+            "went to .{after}: removed .{elsewhere}, drained .{moved}"
+        );
+    });
+}

@@ -1,0 +1,72 @@
+//! End to end, scheduling: the `xdpvs` daemon on the director's veth, three real TCP
+//! servers, and a client making real connections.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use xdpvs_testbed::{
+    rig::{CLIENT, DrRig, VIP, event, real_address},
+    traffic::{tcp_ask, tcp_server},
+};
+
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `rr` alone sends a client's successive connections to successive reals; with
+/// persistence (`ipvsadm -p 2`) every connection from any source port goes to one real
+/// while the client keeps coming back, and once the client has been away longer than the
+/// timeout its next connection is scheduled afresh (a new template).
+#[test]
+fn persistence_holds_a_client_across_ports_and_expires() {
+    let rig = DrRig::new(3);
+    let _servers: Vec<_> = rig
+        .reals
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| {
+            tcp_server(
+                ns,
+                SocketAddr::new(VIP.into(), 80),
+                &format!("real {}", real_address(i)),
+            )
+        })
+        .collect();
+    let config = rig.write_config(
+        "director: {interfaces: [eth0], xdp_mode: driver}\nservices:\n  - {address: \
+         192.0.2.100, port: 80, protocol: tcp, scheduler: rr, persistence: {timeout: 2},\n     \
+         reals: [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}\n",
+    );
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let vip80 = SocketAddr::new(VIP.into(), 80);
+    let round = || -> BTreeSet<String> {
+        rig.client.enter(|| {
+            (0..8)
+                .map(|_| {
+                    tcp_ask(CLIENT.into(), vip80, TIMEOUT)
+                        .unwrap_or_else(|e| panic!("tcp to {vip80}: {e}"))
+                })
+                .collect()
+        })
+    };
+    let first = round();
+    assert_eq!(
+        first.len(),
+        1,
+        "one client went to several reals: {first:?}"
+    );
+    // Away for longer than the timeout (its connections closed, so no packet refreshes
+    // the template): scheduled afresh, then held again.
+    std::thread::sleep(Duration::from_millis(4_500));
+    let second = round();
+    assert_eq!(
+        second.len(),
+        1,
+        "one client went to several reals: {second:?}"
+    );
+    let (status, stdout, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+    assert_eq!(
+        (event(&stdout, "persist_new"), event(&stdout, "persist_hit")),
+        (2, 14),
+        "{stdout:#?}"
+    );
+}
