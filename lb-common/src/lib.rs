@@ -34,6 +34,17 @@ pub const SCHED_RR: u32 = 3;
 pub const SCHED_WRR: u32 = 4;
 /// LVS `mh`: Maglev hashing of the client address.
 pub const SCHED_MH: u32 = 5;
+/// LVS `lc`: the fewest connections (active × 256 + inactive).
+pub const SCHED_LC: u32 = 6;
+/// LVS `wlc`: the fewest connections per unit of weight.
+pub const SCHED_WLC: u32 = 7;
+/// LVS `sed`: the shortest expected delay, (active + 1) / weight.
+pub const SCHED_SED: u32 = 8;
+/// LVS `nq`: an idle real (no active connection) if there is one, else as `sed`.
+pub const SCHED_NQ: u32 = 9;
+/// Most reals in the table of an `lc`-family service (the program compares them all for
+/// each new flow).
+pub const MAX_LEAST_REALS: u32 = 256;
 
 /// A scheduling table is an array of `[u32; 2]` elements (an array map rounds every value
 /// up to 8 bytes, so two positions per element halve its memory). Element 0 holds the
@@ -208,6 +219,19 @@ pub struct RealServer {
     pub flags: u16,
 }
 
+/// Value of `REAL_CONNS`, by real index: the real's live connections as the
+/// least-connection schedulers count them (LVS ActiveConn / InActConn). The daemon
+/// recounts them from the connection table every second; the program adds each new flow
+/// it schedules to `inactive` at once.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RealConns {
+    /// TCP connections in the established state.
+    pub active: u32,
+    /// Other TCP states and UDP flows.
+    pub inactive: u32,
+}
+
 /// `RealServer::flags`: the real takes no new clients (weight 0: drained, or its health
 /// check failed). Its persistence templates are not followed (LVS with
 /// `expire_quiescent_template = 1`); its established flows continue.
@@ -246,6 +270,7 @@ pub struct Counters {
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 56);
 const _: () = assert!(core::mem::size_of::<PersistParams>() == 8);
+const _: () = assert!(core::mem::size_of::<RealConns>() == 8);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<RealServer>() == 48);
 const _: () = assert!(core::mem::size_of::<Counters>() == 24);
@@ -268,4 +293,6 @@ mod pod {
     unsafe impl aya::Pod for super::SnatPool {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PersistParams {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::RealConns {}
 }

@@ -18,6 +18,9 @@ pub const REALS: &str = "XDPVS_REAL_V4";
 /// indices after it. The daemon fills a new table in one batch and swaps it in with one
 /// update; the kernel frees the old one when no program run holds it.
 pub const SCHED_TABLES: &str = "XDPVS_TABLES_V1";
+/// `Array<RealConns>` by real index: live connections per real for `lc`, `wlc`, `sed`
+/// and `nq` (recounted by the daemon, new flows added by the program).
+pub const REAL_CONNS: &str = "XDPVS_CONNS_V1";
 /// `PerCpuArray<u32>` by service id: each CPU's position in an `rr`/`wrr` table.
 pub const RR_CURSORS: &str = "XDPVS_RRCUR_V1";
 /// `LruHashMap<FlowKeyV4, Flow>` (`BPF_F_NO_COMMON_LRU`): the IPv4 connection table.
@@ -64,7 +67,7 @@ pub const REASONS: &str = "XDPVS_REASON_V3";
 pub const EVENTS: &str = "XDPVS_EVENT_V3";
 
 /// Every map name, for checks that the object and the daemon agree.
-pub const ALL: [&str; 23] = [
+pub const ALL: [&str; 24] = [
     SERVICES,
     SNAT_POOLS,
     REPLY_FILTER,
@@ -76,6 +79,7 @@ pub const ALL: [&str; 23] = [
     REALS,
     SCHED_TABLES,
     RR_CURSORS,
+    REAL_CONNS,
     CONNTRACK_V4,
     PERSIST_V4,
     PERSIST_PARAMS,
@@ -96,7 +100,7 @@ pub const ALL: [&str; 23] = [
 pub const MAX_SERVICES: u32 = 256;
 /// Default capacity of `VIPS`.
 pub const MAX_VIPS: u32 = 256;
-/// Default capacity of `REALS` and `REAL_STATS`.
+/// Default capacity of `REALS`, `REAL_STATS` and `REAL_CONNS`.
 pub const MAX_REALS: u32 = 4096;
 /// Default capacity of `CONNTRACK_V4`: a million entries (128 MiB of kernel memory with
 /// the LRU's per-element overhead; a NAT flow takes two; see docs/CONFIG.md).

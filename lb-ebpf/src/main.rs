@@ -9,6 +9,9 @@
 //! [`Reason`]; only [`xdpvs`] turns the outcome into an XDP action.
 #![no_std]
 #![no_main]
+// Atomic adds: core::sync::atomic has no read-modify-write operations for the BPF target.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod conntrack;
 mod fragment;

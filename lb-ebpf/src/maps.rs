@@ -8,8 +8,8 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Counters, PersistParams, RealServer, ServiceKey, ServiceValue, SnatPool, VIP_FILTER_WORDS,
-    VipKey,
+    Counters, PersistParams, RealConns, RealServer, ServiceKey, ServiceValue, SnatPool,
+    VIP_FILTER_WORDS, VipKey,
     conntrack::{
         FloodWindow, Flow, FlowKeyV4, FragKeyV4, FragValue, Iface, Persist, PersistKeyV4, Scratch,
         Settings, WINDOWS,
@@ -58,16 +58,23 @@ pub static REALS: HashMap<u32, RealServer> = HashMap::with_max_entries(MAX_REALS
 /// `BPF_F_INNER_MAP`: inner maps of any size fit the outer map (the template's size is a
 /// placeholder); the verifier then bounds-checks each inner look-up at run time.
 const BPF_F_INNER_MAP: usize = 1 << 12;
+/// `BPF_F_MMAPABLE`: the daemon writes a new table through a memory mapping, one copy
+/// rather than one update per element.
+const BPF_F_MMAPABLE: usize = 1 << 10;
 
 /// One scheduling table: its length in element 0, real indices two per element after it
 /// (`lb_common::TABLE_LEN_SLOT`).
-pub type SchedTable = btf_maps::Array<[u32; 2], 1, BPF_F_INNER_MAP>;
+pub type SchedTable = btf_maps::Array<[u32; 2], 1, { BPF_F_INNER_MAP | BPF_F_MMAPABLE }>;
 
 /// Each service's scheduling table, by service id (an inner map per service, sized to
 /// its scheduler's needs; swapped whole by the daemon).
 #[btf_map(name = "XDPVS_TABLES_V1")]
 pub static SCHED_TABLES: btf_maps::ArrayOfMaps<SchedTable, { MAX_SERVICES as usize }> =
     btf_maps::ArrayOfMaps::new();
+
+/// Live connections per real, by real index, for the least-connection schedulers.
+#[map(name = "XDPVS_CONNS_V1")]
+pub static REAL_CONNS: Array<RealConns> = Array::with_max_entries(MAX_REALS, 0);
 
 /// Each CPU's position in each `rr`/`wrr` service's table, by service id.
 #[map(name = "XDPVS_RRCUR_V1")]

@@ -5,20 +5,22 @@
 //!   The hash is `lb_common::hash`, so the daemon can predict every choice.
 //! - `rr`, `wrr`: a sequence of reals (IPVS's weighted interleaving); each CPU walks it
 //!   with its own cursor.
+//! - `lc`, `wlc`, `sed`, `nq`: (real, weight) pairs; every real's live connections
+//!   (`REAL_CONNS`) are compared.
 //!
 //! The table's length and its slots are read through one inner-map pointer, so a table
 //! the daemon swaps in meanwhile is never half seen.
 
 use lb_common::{
-    AddrWords, SCHED_DH, SCHED_RR, SCHED_WRR, SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceValue,
-    TABLE_LEN_SLOT,
+    AddrWords, MAX_LEAST_REALS, REAL_NONE, SCHED_DH, SCHED_LC, SCHED_NQ, SCHED_RR, SCHED_SED,
+    SCHED_WLC, SCHED_WRR, SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceValue, TABLE_LEN_SLOT,
     hash::{addr_hash, addr_port_hash, position},
     reason::Reason,
 };
 
 use crate::{
     conntrack,
-    maps::{RR_CURSORS, SCHED_TABLES, SCRATCH, SERVICE_PARAMS},
+    maps::{REAL_CONNS, RR_CURSORS, SCHED_TABLES, SCRATCH, SERVICE_PARAMS, SchedTable},
     persist,
 };
 
@@ -101,6 +103,9 @@ fn pick(
         return Err(Reason::DropNoReal);
     }
     let at = match service.scheduler {
+        SCHED_LC | SCHED_WLC | SCHED_SED | SCHED_NQ => {
+            return least(table, len, service.scheduler);
+        }
         SCHED_RR | SCHED_WRR => {
             let cursor = RR_CURSORS
                 .get_ptr_mut(service.id)
@@ -121,4 +126,57 @@ fn pick(
     };
     let pair = table.get((at >> 1) + 1).ok_or(Reason::DropInternal)?;
     Ok(if at & 1 == 0 { pair[0] } else { pair[1] })
+}
+
+/// `lc`, `wlc`, `sed`, `nq`: the real whose live connections weigh least for its weight
+/// (IPVS's overheads: `lc`, `wlc` active × 256 + inactive; `sed`, `nq` active + 1; `nq`
+/// takes the first real with no active connection at once), comparing every (real,
+/// weight) pair of the table; ties go to the earlier real, as in IPVS. The new flow is
+/// added to the chosen real's inactive count at once, so the next new flow sees it.
+#[inline(always)]
+fn least(table: &SchedTable, len: u32, scheduler: u32) -> Result<u32, Reason> {
+    let reals = len / 2;
+    let mut best = REAL_NONE;
+    let (mut best_load, mut best_weight) = (0u64, 1u64);
+    for i in 0..MAX_LEAST_REALS {
+        if i >= reals {
+            break;
+        }
+        let Some(&[real, weight]) = table.get(i + 1) else {
+            break;
+        };
+        let (active, inactive) = REAL_CONNS
+            .get(real)
+            .map_or((0, 0), |c| (u64::from(c.active), u64::from(c.inactive)));
+        if scheduler == SCHED_NQ && active == 0 {
+            best = real;
+            break;
+        }
+        let (load, weight) = match scheduler {
+            SCHED_LC => ((active << 8) + inactive, 1),
+            SCHED_WLC => ((active << 8) + inactive, u64::from(weight)),
+            _ => (active + 1, u64::from(weight)),
+        };
+        if best == REAL_NONE || load * best_weight < best_load * weight {
+            best = real;
+            best_load = load;
+            best_weight = weight;
+        }
+    }
+    if best == REAL_NONE {
+        return Err(Reason::DropNoReal);
+    }
+    if let Some(conns) = REAL_CONNS.get_ptr_mut(best) {
+        // SAFETY: a valid map value for this program run, 8-byte aligned (array values
+        // are); other CPUs add to it too, so the add is atomic. The program has 64-bit
+        // atomics only: `inactive` is the upper half of the value read as a u64
+        // (little-endian).
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                conns.cast::<u64>(),
+                1 << 32,
+            )
+        };
+    }
+    Ok(best)
 }

@@ -97,12 +97,28 @@ pub enum Scheduler {
     Dh,
     /// Maglev hashing of the client address.
     Mh,
+    /// Least connections.
+    Lc,
+    /// Weighted least connections.
+    Wlc,
+    /// Shortest expected delay.
+    Sed,
+    /// Never queue.
+    Nq,
 }
 
 impl Scheduler {
     /// Whether a hash of the flow picks the real from a Maglev table (`table_size`).
     pub fn hashes(self) -> bool {
         matches!(self, Scheduler::Sh | Scheduler::Dh | Scheduler::Mh)
+    }
+
+    /// Whether the real's live connection counts pick it (`lc`, `wlc`, `sed`, `nq`).
+    pub fn counts_connections(self) -> bool {
+        matches!(
+            self,
+            Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq
+        )
     }
 }
 
@@ -114,6 +130,10 @@ impl fmt::Display for Scheduler {
             Scheduler::Sh => "sh",
             Scheduler::Dh => "dh",
             Scheduler::Mh => "mh",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
         })
     }
 }
@@ -1647,7 +1667,7 @@ services:
     #[test]
     fn schema_errors_name_the_line() {
         for (from, to, want) in [
-            ("scheduler: sh", "scheduler: lc", "lc"),
+            ("scheduler: sh", "scheduler: lblc", "lblc"),
             ("protocol: tcp", "protocol: sctp", "sctp"),
             ("weight: 2", "weight: -1", "weight"),
             ("weight: 2", "wieght: 2", "wieght"),

@@ -36,6 +36,9 @@ use crate::{
 const NEIGHBOUR_WAIT: Duration = Duration::from_secs(3);
 /// Every next hop is re-read this often, whatever the events said.
 const RESYNC_PERIOD: Duration = Duration::from_secs(5);
+/// Live connections are recounted from the connection table this often, while a service
+/// uses `lc`, `wlc`, `sed` or `nq`.
+const RECOUNT_PERIOD: Duration = Duration::from_secs(1);
 /// After an event, wait this long for more before re-reading next hops.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -754,6 +757,26 @@ impl Director {
         }
     }
 
+    /// Whether a service schedules by live connection counts (`lc`, `wlc`, `sed`, `nq`).
+    fn counts_connections(&self) -> bool {
+        self.plan
+            .services
+            .iter()
+            .any(|s| s.scheduler.counts_connections())
+    }
+
+    /// Recounts every real's live connections from the connection table for the
+    /// least-connection schedulers (docs/SCHEDULERS.md).
+    fn recount(&mut self) {
+        let counted = self.dataplane.flows().and_then(|flows| {
+            let counts = crate::stats::connection_counts(&self.plan, &flows);
+            self.dataplane.write_connection_counts(&self.plan, &counts)
+        });
+        if let Err(e) = counted {
+            log::warn!("counting connections for lc/wlc/sed/nq: {e}");
+        }
+    }
+
     fn print_report(&self) {
         match self.dataplane.snapshot(&self.plan) {
             Ok(snapshot) => say(&stats::report(&self.plan, &snapshot)),
@@ -942,6 +965,8 @@ async fn serve(
     );
     let watching = sd_notify::watchdog_enabled().is_some();
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    let mut recount = tokio::time::interval(RECOUNT_PERIOD);
+    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty: Option<Instant> = None;
     loop {
         let debounce = dirty.unwrap_or_else(|| Instant::now() + RESYNC_PERIOD);
@@ -981,6 +1006,7 @@ async fn serve(
                 director.follow_interfaces().await;
                 director.read_next_hops(neighbours).await;
             }
+            _ = recount.tick(), if director.counts_connections() => director.recount(),
             _ = watchdog.tick(), if watching => notify(&[NotifyState::Watchdog]),
         }
     }

@@ -4,13 +4,13 @@
 
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, ArrayOfMaps, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{
         ProgramError, Xdp,
         links::{FdLink, PinnedLink},
@@ -19,7 +19,7 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    Counters, FWD_DR, PersistParams, RealServer, ServiceKey, ServiceValue, SnatPool,
+    Counters, FWD_DR, PersistParams, RealConns, RealServer, ServiceKey, ServiceValue, SnatPool,
     VIP_FILTER_WORDS, VipKey,
     conntrack::{Flow, FlowKeyV4, Iface, Persist, PersistKeyV4, Settings},
     event::{EVENT_COUNT, Event},
@@ -39,6 +39,11 @@ use crate::{
 /// The XDP object, built by build.rs from lb-ebpf.
 pub static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs.bpf.o"));
+
+/// Scheduling tables made and swapped in per batch update of `SCHED_TABLES`: each holds a
+/// descriptor until its batch is written (`Dataplane::load` raises the descriptor limit),
+/// and each batch costs an RCU grace period.
+const TABLES_PER_BATCH: usize = 1024;
 
 /// Name of the XDP program in the object.
 pub const PROGRAM: &str = "xdpvs";
@@ -172,8 +177,8 @@ pub struct Dataplane {
     links: Vec<(String, Attachment)>,
     /// `REALS` as written: plan values with their next hops.
     reals: StdHashMap<u32, RealServer>,
-    /// Scheduling tables as written, by service id.
-    tables: StdHashMap<u32, Vec<u32>>,
+    /// Fingerprints of the scheduling tables as written, by service id.
+    tables: StdHashMap<u32, u64>,
     /// `VIP_FILTER` as written.
     filter: Vec<u64>,
     /// `REPLY_FILTER` as written.
@@ -222,12 +227,38 @@ pub fn capacity(name: &str, limits: Limits) -> Option<u32> {
             limits.max_services
         }
         maps::SCHED_TABLES | maps::RR_CURSORS | maps::PERSIST_PARAMS => limits.max_services,
-        maps::REALS | maps::REAL_STATS => limits.max_reals,
+        maps::REALS | maps::REAL_STATS | maps::REAL_CONNS => limits.max_reals,
         maps::CONNTRACK_V4 => limits.max_flows,
         maps::FRAGMENTS_V4 => limits.max_fragments,
         maps::PERSIST_V4 => limits.max_persistent,
         _ => return None,
     })
+}
+
+/// A table's fingerprint, to tell whether it changed without keeping a copy (10,000
+/// default-size tables are 160 MiB).
+fn fingerprint(table: &[u32]) -> u64 {
+    // FxHash's step over the words, then the length: fast, and a changed table (positions
+    // moved between reals) changes it.
+    let h = table.iter().fold(0u64, |h, &w| {
+        (h.rotate_left(5) ^ u64::from(w)).wrapping_mul(0x517c_c1b7_2722_0a95)
+    });
+    (h.rotate_left(5) ^ table.len() as u64).wrapping_mul(0x517c_c1b7_2722_0a95)
+}
+
+/// Raises this process's soft limit on open descriptors to its hard limit: a batch of new
+/// scheduling tables holds up to `TABLES_PER_BATCH` of them (a soft limit of 1024 is
+/// common; systemd's default hard limit is 524288).
+fn raise_open_files() {
+    // SAFETY: getrlimit and setrlimit on a zeroed, owned rlimit.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// Writes the words of a bit filter that differ from what was written (`written`).
@@ -273,6 +304,7 @@ impl Dataplane {
         dir: Option<&Path>,
         trace: bool,
     ) -> Result<Dataplane, DataplaneError> {
+        raise_open_files();
         let mut loader = EbpfLoader::new();
         // aya-log's level, read-only data of the program: 0 turns every log statement off
         // (the verifier sees the constant and drops them); 4 is `debug`.
@@ -625,11 +657,13 @@ impl Dataplane {
             .collect();
         self.zero_counters(maps::SERVICE_STATS, &fresh_services)?;
         self.service_keys = plan.services.iter().map(|s| (s.value.id, s.key)).collect();
-        for s in &plan.services {
-            if self.tables.get(&s.value.id) != Some(&s.table) {
-                self.write_table(s.value.id, &s.table)?;
-            }
-        }
+        let changed: Vec<(u32, &[u32])> = plan
+            .services
+            .iter()
+            .filter(|s| self.tables.get(&s.value.id) != Some(&fingerprint(&s.table)))
+            .map(|s| (s.value.id, s.table.as_slice()))
+            .collect();
+        self.write_tables(&changed)?;
         let mut filter = vec![0u64; VIP_FILTER_WORDS as usize];
         for s in &plan.services {
             let bit = vip_filter_bit(s.key.addr[0]);
@@ -704,9 +738,7 @@ impl Dataplane {
             .filter(|id| !live.contains(id))
             .copied()
             .collect();
-        for id in gone {
-            self.clear_table(id)?;
-        }
+        self.clear_tables(&gone)?;
         let stale: Vec<u32> = self
             .reals
             .keys()
@@ -726,28 +758,60 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Swaps in a new scheduling table for service `id`: created at its size, filled in
-    /// one call, then put in the service's row (one update, so a packet sees the old
-    /// table or the new one, never a mix).
-    fn write_table(&mut self, id: u32, table: &[u32]) -> Result<(), DataplaneError> {
+    /// Swaps in new scheduling tables, by service id: each created at its size and
+    /// filled in one call, then put in its service's row (one update per row, so a packet
+    /// sees the old table or the new one, never a mix). The rows are written in batches:
+    /// the kernel waits for running programs (an RCU grace period, milliseconds) after
+    /// every update of a map of maps, once per batch rather than once per row.
+    fn write_tables(&mut self, tables: &[(u32, &[u32])]) -> Result<(), DataplaneError> {
         let e = map_err(maps::SCHED_TABLES);
-        let inner = tables::create(table).map_err(&e)?;
-        let mut outer: ArrayOfMaps<_, MapData> =
-            ArrayOfMaps::try_from(map_in(&mut self.ebpf, maps::SCHED_TABLES)?).map_err(&e)?;
-        outer.set(id, &inner, 0).map_err(&e)?;
-        self.tables.insert(id, table.to_vec());
+        for chunk in tables.chunks(TABLES_PER_BATCH) {
+            let inner = chunk
+                .iter()
+                .map(|(_, table)| tables::create(table))
+                .collect::<Result<Vec<MapData>, _>>()
+                .map_err(&e)?;
+            let ids: Vec<u32> = chunk.iter().map(|(id, _)| *id).collect();
+            self.set_table_rows(&ids, &inner)?;
+            for (id, table) in chunk {
+                self.tables.insert(*id, fingerprint(table));
+            }
+        }
         Ok(())
     }
 
-    /// Removes a removed service's table.
-    fn clear_table(&mut self, id: u32) -> Result<(), DataplaneError> {
+    /// Points the rows of removed services at one empty table, in one batch: their old
+    /// tables are freed (a row cannot be deleted in a batch).
+    fn clear_tables(&mut self, ids: &[u32]) -> Result<(), DataplaneError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let empty = tables::create(&[]).map_err(map_err(maps::SCHED_TABLES))?;
+        for chunk in ids.chunks(TABLES_PER_BATCH) {
+            let same: Vec<&MapData> = chunk.iter().map(|_| &empty).collect();
+            self.set_table_rows(chunk, &same)?;
+        }
+        for id in ids {
+            self.tables.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Rows `ids` of `SCHED_TABLES` take the tables `inner`, in one batch update.
+    fn set_table_rows<M: std::borrow::Borrow<MapData>>(
+        &mut self,
+        ids: &[u32],
+        inner: &[M],
+    ) -> Result<(), DataplaneError> {
         let e = map_err(maps::SCHED_TABLES);
         let aya::maps::Map::ArrayOfMaps(outer) = self.map(maps::SCHED_TABLES)? else {
             return Err(DataplaneError::MissingMap(maps::SCHED_TABLES));
         };
-        tables::clear(outer.fd().as_fd(), id).map_err(&e)?;
-        self.tables.remove(&id);
-        Ok(())
+        let fds: Vec<u32> = inner
+            .iter()
+            .map(|m| m.borrow().fd().as_fd().as_raw_fd() as u32)
+            .collect();
+        crate::batch::update(outer.fd().as_fd(), ids, &fds).map_err(&e)
     }
 
     /// Updates one real's next hop, if it changed. Only the real of that generation is
@@ -852,12 +916,50 @@ impl Dataplane {
         }
     }
 
-    /// Every connection-table entry (a walk over the whole map: for tests and listings).
+    /// Every connection-table entry (a walk over the whole map in batches: for listings,
+    /// the least-connection counts and tests).
     pub fn flows(&self) -> Result<Vec<(FlowKeyV4, Flow)>, DataplaneError> {
         let e = map_err(maps::CONNTRACK_V4);
-        let map: HashMap<_, FlowKeyV4, Flow> =
-            HashMap::try_from(self.map(maps::CONNTRACK_V4)?).map_err(&e)?;
-        Ok(map.iter().filter_map(Result::ok).collect())
+        let aya::maps::Map::LruHashMap(map) = self.map(maps::CONNTRACK_V4)? else {
+            return Err(DataplaneError::MissingMap(maps::CONNTRACK_V4));
+        };
+        crate::batch::lookup_all(map.fd().as_fd()).map_err(&e)
+    }
+
+    /// Writes the live connections of every real of the plan's `lc`, `wlc`, `sed` and
+    /// `nq` services (`counts` by real index: active, inactive; absent is none), as
+    /// `stats::connection_counts` made them from a walk of the connection table. Each
+    /// real is written every time: the program adds new flows in between.
+    pub fn write_connection_counts(
+        &mut self,
+        plan: &Plan,
+        counts: &StdHashMap<u32, (u64, u64)>,
+    ) -> Result<(), DataplaneError> {
+        let e = map_err(maps::REAL_CONNS);
+        let mut conns: Array<_, RealConns> =
+            Array::try_from(map_in(&mut self.ebpf, maps::REAL_CONNS)?).map_err(&e)?;
+        let counted = plan
+            .services
+            .iter()
+            .filter(|s| s.scheduler.counts_connections())
+            .flat_map(|s| &s.reals);
+        for r in counted {
+            let (active, inactive) = counts.get(&r.index).copied().unwrap_or_default();
+            let value = RealConns {
+                active: u32::try_from(active).unwrap_or(u32::MAX),
+                inactive: u32::try_from(inactive).unwrap_or(u32::MAX),
+            };
+            conns.set(r.index, value, 0).map_err(&e)?;
+        }
+        Ok(())
+    }
+
+    /// The live connection counts the program holds for real `index`.
+    pub fn connection_count(&self, index: u32) -> Result<RealConns, DataplaneError> {
+        let e = map_err(maps::REAL_CONNS);
+        let conns: Array<_, RealConns> =
+            Array::try_from(self.map(maps::REAL_CONNS)?).map_err(&e)?;
+        conns.get(&index, 0).map_err(&e)
     }
 
     /// Every persistence template (a walk over the whole map: for tests and listings).

@@ -10,7 +10,7 @@ use std::{
 use serde_json::{Map, Value, json};
 
 /// Schedulers the data path has.
-const SCHEDULERS: [&str; 5] = ["rr", "wrr", "sh", "dh", "mh"];
+const SCHEDULERS: [&str; 9] = ["rr", "wrr", "lc", "wlc", "sed", "nq", "sh", "dh", "mh"];
 
 /// The services read, and one message per line (or part of one) left out.
 #[derive(Debug, Default)]
@@ -302,7 +302,7 @@ mod tests {
 -A -u 192.0.2.100:53 -s dh
 -a -u 192.0.2.100:53 -r 10.0.0.5:5353 -m -w 2
 -a -u 192.0.2.100:53 -r 10.0.0.6:53 -g -w 1
--A -t 192.0.2.101:443 -s wlc
+-A -t 192.0.2.101:443 -s lblc
 -a -t 192.0.2.101:443 -r 192.0.2.11:443 -g -w 1
 -A -f 7 -s rr
 -a -t 192.0.2.102:80 -r 192.0.2.11:80 -g -w 1
@@ -338,7 +338,7 @@ mod tests {
         let notes = import.notes.join("\n");
         for expected in [
             "line 6: real 10.0.0.6 is forwarded by dr but the service's earlier reals by nat",
-            "line 7: scheduler wlc is not available yet",
+            "line 7: scheduler lblc is not available yet",
             "line 9: firewall-mark services (-f 7)",
             "line 10: real for service tcp 192.0.2.102:80, which no earlier -A line adds",
             "line 12: real 192.0.2.13 uses IP-in-IP tunnelling (-i)",
@@ -346,7 +346,7 @@ mod tests {
         ] {
             assert!(notes.contains(expected), "{expected:?} not in:\n{notes}");
         }
-        // The real of the skipped wlc service is not reported twice.
+        // The real of the skipped lblc service is not reported twice.
         assert!(!notes.contains("line 8"), "{notes}");
         assert_eq!(import.notes.len(), 6, "{notes}");
     }

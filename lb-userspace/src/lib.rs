@@ -9,6 +9,7 @@
 //! director).
 
 pub mod api;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod daemon;

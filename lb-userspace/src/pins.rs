@@ -228,7 +228,7 @@ fn advice(name: &str) -> &'static str {
             "limits.max_persistent changed: keep the old value, or run `xdpvs teardown` first \
              (that forgets which real each persistent client is on)"
         }
-        maps::REALS | maps::REAL_STATS => {
+        maps::REALS | maps::REAL_STATS | maps::REAL_CONNS => {
             "limits.max_reals changed: keep the old value, or run `xdpvs teardown` first \
              (that drops the connection table)"
         }

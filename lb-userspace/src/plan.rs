@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_TABLE_LEN, POOL_ADDRS,
-    PersistParams, REAL_F_QUIESCENT, REAL_NONE, RealServer, SCHED_DH, SCHED_MH, SCHED_RR, SCHED_SH,
-    SCHED_WRR, SVC_F_EXPIRE_NODEST, SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceKey, ServiceValue,
-    SnatPool,
+    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_LEAST_REALS, MAX_TABLE_LEN,
+    POOL_ADDRS, PersistParams, REAL_F_QUIESCENT, REAL_NONE, RealServer, SCHED_DH, SCHED_LC,
+    SCHED_MH, SCHED_NQ, SCHED_RR, SCHED_SED, SCHED_SH, SCHED_WLC, SCHED_WRR, SVC_F_EXPIRE_NODEST,
+    SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceKey, ServiceValue, SnatPool,
     conntrack::{DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP},
     hash::{addr_hash, addr_port_hash, position},
     ipv4_words, ipv6_words,
@@ -182,6 +182,8 @@ pub fn compile_keeping(
     let mut new_service_ids = free_numbers(&kept_services);
     let mut new_real_indices = free_numbers(&kept_reals);
 
+    // The tables first, on every CPU: a Maglev table is most of a service's compile time.
+    let mut tables = all_tables(config).into_iter();
     let mut pools: Vec<(config::SnatPool, SnatPool)> = Vec::new();
     let mut services = Vec::with_capacity(config.services.len());
     for (s, key) in config.services.iter().zip(keys) {
@@ -258,10 +260,19 @@ pub fn compile_keeping(
                 weight: r.weight,
             })
             .collect();
-        let table = service_table(s, &members, config.director.hash_seed)?
-            .into_iter()
-            .map(|pos| reals.get(pos as usize).map_or(REAL_NONE, |r| r.index))
-            .collect();
+        let index_of = |pos: u32| reals.get(pos as usize).map_or(REAL_NONE, |r| r.index);
+        let table = tables
+            .next()
+            .unwrap_or_else(|| service_table(s, &members, config.director.hash_seed))?;
+        let table = if s.scheduler.counts_connections() {
+            // (position, weight) pairs: only the positions become real indices.
+            table
+                .chunks(2)
+                .flat_map(|pair| [index_of(pair[0]), pair.get(1).copied().unwrap_or(0)])
+                .collect()
+        } else {
+            table.into_iter().map(index_of).collect()
+        };
         services.push(ServicePlan {
             name: s.name.clone(),
             address: s.address,
@@ -278,6 +289,10 @@ pub fn compile_keeping(
                     Scheduler::Sh => SCHED_SH,
                     Scheduler::Dh => SCHED_DH,
                     Scheduler::Mh => SCHED_MH,
+                    Scheduler::Lc => SCHED_LC,
+                    Scheduler::Wlc => SCHED_WLC,
+                    Scheduler::Sed => SCHED_SED,
+                    Scheduler::Nq => SCHED_NQ,
                 },
                 forwarding: match s.forwarding {
                     Forwarding::Dr => FWD_DR,
@@ -315,8 +330,43 @@ pub fn compile_keeping(
     })
 }
 
-/// The service's scheduling table as positions in `members` (docs/SCHEDULERS.md). A real
-/// with a weight above zero that would get no position is refused, never left out.
+/// Every service's [`service_table`], in order, built on as many threads as there are
+/// CPUs (a table depends only on its service).
+fn all_tables(config: &Config) -> Vec<Result<Vec<u32>, PlanError>> {
+    let seed = config.director.hash_seed;
+    let one = |s: &config::Service| {
+        let members: Vec<Member> = s
+            .reals
+            .iter()
+            .map(|r| Member {
+                address: r.address,
+                port: r.port,
+                weight: r.scheduling_weight(),
+            })
+            .collect();
+        service_table(s, &members, seed)
+    };
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    if threads < 2 || config.services.len() < 64 {
+        return config.services.iter().map(one).collect();
+    }
+    let chunk = config.services.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = config
+            .services
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    })
+}
+
+/// The service's scheduling table as positions in `members` (docs/SCHEDULERS.md); for the
+/// `lc` family, (position, weight) pairs. A real with a weight above zero that would get
+/// no position is refused, never left out.
 fn service_table(
     s: &config::Service,
     members: &[Member],
@@ -337,6 +387,9 @@ fn service_table(
             ),
         })?,
         Scheduler::Sh | Scheduler::Dh | Scheduler::Mh => maglev(members, s.table_size, seed),
+        Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq => {
+            return least_table(s, members);
+        }
     };
     let mut placed = vec![false; members.len()];
     for &pos in &table {
@@ -356,6 +409,31 @@ fn service_table(
                 ),
             });
         }
+    }
+    Ok(table)
+}
+
+/// The table of an `lc`-family service: (position in `members`, weight) for each member
+/// with a weight above zero, in list order (ties go to the earlier, as in IPVS).
+fn least_table(s: &config::Service, members: &[Member]) -> Result<Vec<u32>, PlanError> {
+    let table: Vec<u32> = members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.weight > 0)
+        .flat_map(|(pos, m)| [pos as u32, m.weight])
+        .collect();
+    if table.len() / 2 > MAX_LEAST_REALS as usize {
+        return Err(PlanError {
+            origin: s.origin.clone(),
+            subject: "virtual service",
+            address: s.address,
+            message: format!(
+                "{} compares every real for each new flow; at most {MAX_LEAST_REALS} reals \
+                 with a weight above 0 ({} here): use wrr or mh",
+                s.scheduler,
+                table.len() / 2
+            ),
+        });
     }
     Ok(table)
 }
@@ -447,7 +525,12 @@ impl ServicePlan {
     ) -> Option<&RealPlan> {
         let seed = self.value.hash_seed;
         let hash = match self.scheduler {
-            Scheduler::Rr | Scheduler::Wrr => return None,
+            Scheduler::Rr
+            | Scheduler::Wrr
+            | Scheduler::Lc
+            | Scheduler::Wlc
+            | Scheduler::Sed
+            | Scheduler::Nq => return None,
             Scheduler::Dh => addr_hash(&words(destination).0, seed),
             _ if self.value.flags & SVC_F_HASH_PORT != 0 => {
                 addr_port_hash(&words(client).0, client_port, seed)

@@ -2,10 +2,9 @@
 //! flow's first packet (`SCHED_TABLES`; docs/SCHEDULERS.md).
 //!
 //! - `sh`, `dh`, `mh`: a Maglev table of a prime size `M`. Every real with a weight above
-//!   zero takes positions in proportion to its weight: reals claim positions in the order
-//!   of a weighted fair queue (the real whose next claim is due earliest, `claims / weight`,
-//!   goes next), each the next free position of its own permutation of `0..M`
-//!   (`offset + j * skip mod M`). Offsets and skips come from a fixed, seeded 64-bit mix of
+//!   zero gets a quota of positions, its weight's share of `M` (to within one), and the
+//!   reals take turns, each claiming the next free position of its own permutation of
+//!   `0..M` (`offset + j * skip mod M`) until its quota is met (Katran's weighted fill). Offsets and skips come from a fixed, seeded 64-bit mix of
 //!   the real's address and port (SplitMix64's finaliser: integer arithmetic only), and
 //!   reals are taken in (address, port) order, so the same configuration gives the
 //!   byte-identical table on every director, build and machine, whatever the order the
@@ -13,7 +12,7 @@
 //! - `rr`, `wrr`: the sequence IPVS's `wrr` walks (`rr`: every weighted real once), in the
 //!   order the reals are listed; the program gives each CPU its own cursor over it.
 
-use std::{cmp::Ordering, collections::BinaryHeap, net::IpAddr};
+use std::net::IpAddr;
 
 use lb_common::{AddrWords, MAX_TABLE_LEN, REAL_NONE, ipv4_words, ipv6_words};
 
@@ -64,10 +63,12 @@ pub fn maglev(members: &[Member], size: u32, seed: u32) -> Vec<u32> {
     }
     live.sort_by_key(|(_, m)| (m.address, m.port));
     let m = u64::from(size);
-    // Per real: where its permutation stands next, and its step.
-    let mut walk: Vec<(u64, u64)> = live
+    let quotas = quotas(&live, m);
+    // Per real: where its permutation stands next, its step, and its claims left.
+    let mut walk: Vec<(u64, u64, u64)> = live
         .iter()
-        .map(|(_, member)| {
+        .zip(&quotas)
+        .map(|((_, member), &quota)| {
             let h = member_hash(seed_hash, member);
             let offset = mix64(h ^ 0x5851_f42d_4c95_7f2d) % m;
             let skip = if m > 1 {
@@ -75,61 +76,53 @@ pub fn maglev(members: &[Member], size: u32, seed: u32) -> Vec<u32> {
             } else {
                 1
             };
-            (offset, skip)
+            (offset, skip, quota)
         })
         .collect();
     let mut table = vec![REAL_NONE; size as usize];
-    let mut queue: BinaryHeap<Due> = live
-        .iter()
-        .enumerate()
-        .map(|(order, (_, member))| Due {
-            claims: 0,
-            weight: u64::from(member.weight),
-            order,
-        })
-        .collect();
-    let mut filled = 0;
-    while filled < table.len() {
-        let Some(mut due) = queue.pop() else { break };
-        let (next, skip) = &mut walk[due.order];
-        loop {
-            let at = *next as usize;
-            *next = (*next + *skip) % m;
-            if table[at] == REAL_NONE {
-                table[at] = live[due.order].0 as u32;
-                filled += 1;
-                break;
+    let mut turns: Vec<usize> = (0..live.len()).filter(|&i| quotas[i] > 0).collect();
+    while !turns.is_empty() {
+        for &i in &turns {
+            let (next, skip, left) = &mut walk[i];
+            loop {
+                let at = *next as usize;
+                *next += *skip;
+                if *next >= m {
+                    *next -= m;
+                }
+                if table[at] == REAL_NONE {
+                    table[at] = live[i].0 as u32;
+                    *left -= 1;
+                    break;
+                }
             }
         }
-        due.claims += 1;
-        queue.push(due);
+        turns.retain(|&i| walk[i].2 > 0);
     }
     table
 }
 
-/// A real's turn in the Maglev fill: the real whose next claim is due earliest
-/// (`(claims + 1) / weight`, compared exactly) goes first; ties go to the lower
-/// (address, port).
-#[derive(PartialEq, Eq)]
-struct Due {
-    claims: u64,
-    weight: u64,
-    order: usize,
-}
-
-impl Ord for Due {
-    fn cmp(&self, other: &Due) -> Ordering {
-        // BinaryHeap pops the greatest: the earliest due compares greatest.
-        let a = u128::from(self.claims + 1) * u128::from(other.weight);
-        let b = u128::from(other.claims + 1) * u128::from(self.weight);
-        b.cmp(&a).then(other.order.cmp(&self.order))
+/// Each real's number of positions: its weight's share of `m`, rounded down, and the
+/// positions left over one each to the reals with the largest remainders (ties to the
+/// earlier), so the quotas add up to `m` and each is within one of its exact share.
+fn quotas(live: &[(usize, &Member)], m: u64) -> Vec<u64> {
+    let total: u64 = live.iter().map(|(_, r)| u64::from(r.weight)).sum();
+    let exact: Vec<(u64, u64)> = live
+        .iter()
+        .map(|(_, r)| {
+            let scaled = u128::from(m) * u128::from(r.weight);
+            let total = u128::from(total);
+            ((scaled / total) as u64, (scaled % total) as u64)
+        })
+        .collect();
+    let mut quotas: Vec<u64> = exact.iter().map(|&(q, _)| q).collect();
+    let left = m - quotas.iter().sum::<u64>();
+    let mut by_remainder: Vec<usize> = (0..live.len()).collect();
+    by_remainder.sort_by(|&a, &b| exact[b].1.cmp(&exact[a].1).then(a.cmp(&b)));
+    for &i in by_remainder.iter().take(left as usize) {
+        quotas[i] += 1;
     }
-}
-
-impl PartialOrd for Due {
-    fn partial_cmp(&self, other: &Due) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
+    quotas
 }
 
 /// IPVS's weighted round-robin sequence over the members with a weight above zero, in list
@@ -314,5 +307,5 @@ mod tests {
     }
 
     const GOLDEN_HEAD: &[u32] = &[0, 1, 2, 1, 1, 2, 2, 2, 2, 1, 2, 0];
-    const GOLDEN_FNV: u64 = 12_429_646_258_211_397_367;
+    const GOLDEN_FNV: u64 = 4_658_971_156_300_060_827;
 }

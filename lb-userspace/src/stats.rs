@@ -92,12 +92,15 @@ fn live<'a>(
 /// Live connections per real index: (active, inactive). Active while the TCP state is
 /// established, inactive otherwise (other TCP states, UDP), as in `ipvsadm -L`.
 pub fn connection_counts(plan: &Plan, flows: &[(FlowKeyV4, Flow)]) -> HashMap<u32, (u64, u64)> {
+    let generations: HashMap<u32, u32> = plan
+        .services
+        .iter()
+        .flat_map(|s| &s.reals)
+        .map(|r| (r.index, r.value.generation))
+        .collect();
     let mut conns: HashMap<u32, (u64, u64)> = HashMap::new();
-    for (_, f, s) in live(plan, flows) {
-        let Some(r) = s.reals.iter().find(|r| r.index == f.real) else {
-            continue;
-        };
-        if r.value.generation != f.real_gen {
+    for (_, f, _) in live(plan, flows) {
+        if generations.get(&f.real) != Some(&f.real_gen) {
             continue;
         }
         let c = conns.entry(f.real).or_default();

@@ -257,8 +257,8 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     );
     refused(
         &config,
-        &["service", "add", "-t", "192.0.2.100:81", "-s", "lc"],
-        "lc",
+        &["service", "add", "-t", "192.0.2.100:81", "-s", "lblc"],
+        "lblc",
     );
     refused(
         &config,
@@ -371,7 +371,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     let dump = rig.write_scratch(
         "rules",
         "-A -t 192.0.2.100:80 -s sh\n-a -t 192.0.2.100:80 -r 192.0.2.12:80 -g -w 4\n\
-         -A -t 192.0.2.100:443 -s wlc\n-a -t 192.0.2.100:443 -r 192.0.2.11:443 -g -w 1\n",
+         -A -t 192.0.2.100:443 -s lblc\n-a -t 192.0.2.100:443 -r 192.0.2.11:443 -g -w 1\n",
     );
     let (code, out, err) = cli(
         &config,
@@ -379,7 +379,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     );
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        err.contains("line 3: scheduler wlc is not available yet"),
+        err.contains("line 3: scheduler lblc is not available yet"),
         "{err}"
     );
     let l = listing(&config);

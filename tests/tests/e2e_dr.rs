@@ -265,9 +265,9 @@ fn bad_configurations_attach_nothing_and_say_why() {
         "{err}"
     );
 
-    let (code, err) = refused(&rig, &DR_CONFIG.replace("scheduler: sh", "scheduler: lc"));
+    let (code, err) = refused(&rig, &DR_CONFIG.replace("scheduler: sh", "scheduler: lblc"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("line 10") && err.contains("lc"), "{err}");
+    assert!(err.contains("line 10") && err.contains("lblc"), "{err}");
 
     // A real the director can only reach through a gateway cannot be used for DR.
     rig.director.ip("route add 198.51.100.0/24 via 192.0.2.254");

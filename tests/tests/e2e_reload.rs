@@ -99,7 +99,7 @@ fn long_lived_connections_survive_drain_reweight_add_and_remove_by_sighup() {
     assert!(!reload(
         &rig,
         &daemon,
-        "director: {interfaces: [eth0]}\nservices: [{address: 192.0.2.100, port: 80, protocol: tcp, scheduler: lc}]\n"
+        "director: {interfaces: [eth0]}\nservices: [{address: 192.0.2.100, port: 80, protocol: tcp, scheduler: lblc}]\n"
     ));
     let refusal = daemon.stderr().join("\n");
     assert!(

@@ -1,11 +1,15 @@
 //! End to end, scheduling: the `xdpvs` daemon on the director's veth, three real TCP
 //! servers, and a client making real connections.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
 use xdpvs_testbed::{
-    rig::{CLIENT, DrRig, VIP, event, real_address},
-    traffic::{tcp_ask, tcp_server},
+    rig::{CLIENT, DrRig, VIP, cli, client_sources, event, real_address, real_banner},
+    traffic::{Sessions, ask_each, tcp_ask, tcp_server},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -69,4 +73,55 @@ fn persistence_holds_a_client_across_ports_and_expires() {
         (2, 14),
         "{stdout:#?}"
     );
+}
+
+/// `wlc` through the daemon: 20 long sessions on one real (the other has weight 0);
+/// once the other real joins and the daemon's one-second recount has seen the sessions
+/// established, every new connection goes to it. Without the recount the sessions would
+/// count as 20 inactive connections only, and some new connections would still go to the
+/// loaded real.
+#[test]
+fn wlc_sends_new_connections_away_from_a_real_holding_long_sessions() {
+    let rig = DrRig::new(2);
+    let _servers = rig.line_servers();
+    let config = rig.write_config(
+        "director: {interfaces: [eth0], xdp_mode: driver}\nservices:\n  - {address: \
+         192.0.2.100, port: 80, protocol: tcp, scheduler: wlc,\n     reals: [{address: \
+         192.0.2.11}, {address: 192.0.2.12, weight: 0}]}\n",
+    );
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let vip80 = SocketAddr::new(VIP.into(), 80);
+    let sources = client_sources();
+    let sessions = Sessions::open(&rig.client, sources[..20].to_vec(), vip80, TIMEOUT);
+    for (src, answer) in sessions.ask_all() {
+        assert_eq!(answer, real_banner(0), "session from {src}");
+    }
+    let (code, out, err) = cli(
+        &config,
+        &[
+            "real",
+            "edit",
+            "-t",
+            "192.0.2.100:80",
+            "-r",
+            "192.0.2.12",
+            "-w",
+            "1",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(2_500));
+    let fresh: Vec<IpAddr> = sources[100..130].to_vec();
+    let answers = rig.client.enter(|| ask_each(&fresh, vip80, TIMEOUT));
+    let on_loaded = answers.iter().filter(|a| **a == real_banner(0)).count();
+    assert_eq!(
+        on_loaded, 0,
+        "new connections went to the loaded real: {answers:?}"
+    );
+    for (src, answer) in sessions.ask_all() {
+        assert_eq!(answer, real_banner(0), "session from {src} moved");
+    }
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
 }

@@ -517,3 +517,98 @@ fn persistence_holds_a_client_across_ports_and_expires() {
         );
     });
 }
+
+/// The program's live connection counts of the real with this last octet.
+fn conns_of(dp: &Dataplane, plan: &Plan, octet_of_real: u8) -> (u32, u32) {
+    let r = plan.services[0]
+        .reals
+        .iter()
+        .find(|r| octet(r.address) == octet_of_real)
+        .unwrap_or_else(|| panic!("no real .{octet_of_real}"));
+    let c = dp
+        .connection_count(r.index)
+        .unwrap_or_else(|e| panic!("{e}"));
+    (c.active, c.inactive)
+}
+
+/// With every real idle, new flows (inactive until established) spread as IPVS's
+/// overheads say: `lc` evenly, `wlc` by weight, `sed` (active connections only) all to
+/// the heaviest, `nq` all to the first idle real. Each new flow counts at once.
+#[test]
+fn least_connection_schedulers_follow_ipvs_overheads() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(0);
+        let reals = [(11, 1), (12, 3)];
+        for (scheduler, want) in [
+            ("lc", [200, 200]),
+            ("wlc", [100, 300]),
+            ("sed", [0, 400]),
+            ("nq", [400, 0]),
+        ] {
+            let plan = director.plan(&format!("scheduler: {scheduler}"), &reals, None);
+            let placed = placements(&director, &plan, 0..400);
+            let counts = tally(&placed);
+            let got = [11, 12].map(|o| counts.get(&o).copied().unwrap_or(0));
+            assert_eq!(got, want, "{scheduler}: {counts:?}");
+        }
+    });
+}
+
+/// A real holding many established connections gets no new flows while another real is
+/// lighter: the daemon's recount from the connection table (as its one-second loop
+/// does) gives the program the counts.
+#[test]
+fn least_connection_schedulers_send_new_flows_away_from_a_loaded_real() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(0);
+        for scheduler in ["lc", "wlc", "sed", "nq"] {
+            let fields = format!("scheduler: {scheduler}");
+            let plan = director.plan(&fields, &[(11, 1), (12, 0)], None);
+            let mut dp = loaded(&plan);
+            let _registered = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
+            let ingress = director.xa0;
+            // 100 long connections, all on .11 (the only real with a weight).
+            for i in 0..100u32 {
+                let (a, port) = client(i);
+                assert_eq!(send(&dp, ingress, &tcp_from(a, port, 0x02)), (XDP_TX, 11));
+                assert_eq!(send(&dp, ingress, &tcp_from(a, port, 0x10)), (XDP_TX, 11));
+            }
+            assert_eq!(
+                conns_of(&dp, &plan, 11),
+                (0, 100),
+                "{scheduler}: added at once"
+            );
+            let recount = |dp: &mut Dataplane, plan: &Plan| {
+                let flows = dp.flows().unwrap_or_else(|e| panic!("{e}"));
+                let counts = lb_userspace::stats::connection_counts(plan, &flows);
+                dp.write_connection_counts(plan, &counts)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            };
+            recount(&mut dp, &plan);
+            assert_eq!(conns_of(&dp, &plan, 11), (100, 0), "{scheduler}: recounted");
+            // .12 joins: every new flow goes to it.
+            let next = director.plan(&fields, &[(11, 1), (12, 1)], Some(&plan));
+            let (hops, _) = xdpvs_testbed::rig::resolve(&next, &["xa0"]);
+            dp.apply(&next, &hops).unwrap_or_else(|e| panic!("{e}"));
+            recount(&mut dp, &next);
+            for i in 1000..1050u32 {
+                let (a, port) = client(i);
+                assert_eq!(
+                    send(&dp, ingress, &tcp_from(a, port, 0x02)),
+                    (XDP_TX, 12),
+                    "{scheduler}: new flow {i} went to the loaded real"
+                );
+            }
+            assert_eq!(conns_of(&dp, &next, 12), (0, 50), "{scheduler}");
+            // The established ones close (FIN): recounted, .11 is no longer loaded.
+            for i in 0..100u32 {
+                let (a, port) = client(i);
+                assert_eq!(send(&dp, ingress, &tcp_from(a, port, 0x11)), (XDP_TX, 11));
+            }
+            recount(&mut dp, &next);
+            assert_eq!(conns_of(&dp, &next, 11), (0, 100), "{scheduler}: closed");
+        }
+    });
+}

@@ -1,0 +1,111 @@
+//! The `bpf(2)` map commands aya 0.14 has no wrapper for: `BPF_MAP_UPDATE_BATCH` (a
+//! whole scheduling table, or many rows of the map of tables, in one call) and
+//! `BPF_MAP_LOOKUP_BATCH` (a walk of the connection table in a few calls rather than two
+//! per entry).
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use aya::{Pod, maps::MapError};
+
+/// `bpf(2)` commands.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// `union bpf_attr` as the batch commands read it.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+    // SAFETY: `attr` is a live, initialised bpf_attr prefix of the size passed; the
+    // pointers inside it point at buffers that outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn syscall_error(call: &'static str, io_error: std::io::Error) -> MapError {
+    MapError::SyscallError(aya::sys::SyscallError { call, io_error })
+}
+
+/// Writes `values` under `keys` in one call; every element or an error.
+pub fn update<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), MapError> {
+    let count = keys.len().min(values.len());
+    let mut attr = BatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count: count as u32,
+        map_fd: map.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|e| syscall_error("bpf_map_update_batch", e))?;
+    if attr.count as usize != count {
+        return Err(syscall_error(
+            "bpf_map_update_batch",
+            std::io::Error::other(format!("wrote {} of {count}", attr.count)),
+        ));
+    }
+    Ok(())
+}
+
+/// Every element of a hash map, read in batches. Entries changed meanwhile may be seen
+/// before or after the change, as with any walk of a live map.
+pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+    map: BorrowedFd<'_>,
+) -> Result<Vec<(K, V)>, MapError> {
+    let mut out = Vec::new();
+    let mut chunk = 4096usize;
+    // The position token: a bucket number for hash maps (a u32; room for a key-sized one).
+    let mut token_in = [0u8; 64];
+    let mut token_out = [0u8; 64];
+    let mut first = true;
+    loop {
+        let mut keys = vec![K::default(); chunk];
+        let mut values = vec![V::default(); chunk];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
+            out_batch: token_out.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr.count as usize).min(chunk);
+        out.extend(keys.into_iter().zip(values).take(got));
+        match result {
+            Ok(()) => {
+                token_in = token_out;
+                first = false;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(out),
+            // A bucket holds more entries than the buffers: larger ones, same position.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < 1 << 20 => chunk *= 4,
+            Err(e) => return Err(syscall_error("bpf_map_lookup_batch", e)),
+        }
+    }
+}
