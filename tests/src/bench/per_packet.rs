@@ -60,7 +60,7 @@ const CONFIG: &str = "\
 director: {interfaces: [xa0], hash_seed: 1}
 services:
   - {address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh,
-     reals: [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}
+     reals: &three [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}
   - {address: 192.0.2.100, port: 53, protocol: udp, scheduler: sh,
      reals: [{address: 192.0.2.11}, {address: 192.0.2.12}, {address: 192.0.2.13}]}
   - {address: 192.0.2.101, port: 80, protocol: tcp, scheduler: sh,
@@ -76,7 +76,31 @@ services:
                  198.51.100.203, 198.51.100.204, 198.51.100.205, 198.51.100.206,
                  198.51.100.207, 198.51.100.208]},
      reals: [{address: 192.0.2.11, port: 8080}]}
+  - {address: 192.0.2.110, port: 80, protocol: tcp, scheduler: rr, reals: *three}
+  - {address: 192.0.2.111, port: 80, protocol: tcp, scheduler: wrr, reals: *three}
+  - {address: 192.0.2.112, port: 80, protocol: tcp, scheduler: lc, reals: *three}
+  - {address: 192.0.2.113, port: 80, protocol: tcp, scheduler: wlc, reals: *three}
+  - {address: 192.0.2.114, port: 80, protocol: tcp, scheduler: sed, reals: *three}
+  - {address: 192.0.2.115, port: 80, protocol: tcp, scheduler: nq, reals: *three}
+  - {address: 192.0.2.116, port: 80, protocol: tcp, scheduler: dh, reals: *three}
+  - {address: 192.0.2.117, port: 80, protocol: tcp, scheduler: mh, reals: *three}
+  - {address: 192.0.2.118, port: 80, protocol: tcp, scheduler: sh,
+     persistence: {timeout: 300}, reals: *three}
 ";
+
+/// A first-packet row per scheduler (the `sh` row is the DR one above): each service of
+/// CONFIG from 192.0.2.110 on, with its name.
+const SCHEDULER_ROWS: [(&str, &str); 9] = [
+    ("192.0.2.110", "first packet, rr, into a full table"),
+    ("192.0.2.111", "first packet, wrr, into a full table"),
+    ("192.0.2.112", "first packet, lc (3 reals compared), into a full table"),
+    ("192.0.2.113", "first packet, wlc (3 reals compared), into a full table"),
+    ("192.0.2.114", "first packet, sed (3 reals compared), into a full table"),
+    ("192.0.2.115", "first packet, nq (3 reals compared), into a full table"),
+    ("192.0.2.116", "first packet, dh (Maglev 4093), into a full table"),
+    ("192.0.2.117", "first packet, mh (Maglev 4093), into a full table"),
+    ("192.0.2.118", "first packet, sh with persistence (a template made), into a full table"),
+];
 
 /// What a row runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,6 +238,18 @@ pub fn cases() -> Vec<Case> {
             answer_to: None,
         },
     ];
+    cases.extend(SCHEDULER_ROWS.iter().map(|&(vip, name)| Case {
+        name,
+        target: Target::Xdpvs,
+        frame: tcp("198.51.100.7", vip, 80, 0x02),
+        flows: NEW_FLOW_PACKETS as u32,
+        action: XDP_TX,
+        goal: Some(Goal {
+            baseline: Target::MacSwap,
+            ratio: 6.0,
+        }),
+        answer_to: None,
+    }));
     cases.extend(nat_cases());
     cases
 }
