@@ -300,6 +300,8 @@ pub struct Service {
     pub hash_port: bool,
     /// LVS persistence (`-p`, `-M`).
     pub persistence: Option<Persistence>,
+    /// Slow start of reals that begin taking new flows.
+    pub slow_start: Option<SlowStart>,
     pub forwarding: Forwarding,
     /// The director's timeouts unless the service sets its own.
     pub timeouts: Timeouts,
@@ -320,6 +322,14 @@ pub struct Service {
 pub struct Persistence {
     pub timeout: u32,
     pub netmask: std::net::Ipv4Addr,
+}
+
+/// Slow start: a real that begins taking new flows reaches its weight in `steps` equal
+/// steps over `period` seconds (docs/SCHEDULERS.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlowStart {
+    pub period: u32,
+    pub steps: u32,
 }
 
 /// ipvsadm's default persistence timeout, in seconds.
@@ -431,6 +441,14 @@ struct RawSnatPool {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSlowStart {
+    period: Spanned<u32>,
+    #[serde(default)]
+    steps: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawPersistence {
     #[serde(default)]
     timeout: Option<Spanned<u32>>,
@@ -471,6 +489,8 @@ struct RawService {
     hash_port: Option<Spanned<bool>>,
     #[serde(default)]
     persistence: Option<Spanned<RawPersistence>>,
+    #[serde(default)]
+    slow_start: Option<Spanned<RawSlowStart>>,
     #[serde(default)]
     forwarding: Forwarding,
     #[serde(default)]
@@ -1005,6 +1025,10 @@ impl Validator<'_> {
             Some(p) => Some(self.persistence(p.value, &format!("{field}.persistence"))?),
             None => None,
         };
+        let slow_start = match s.slow_start {
+            Some(v) => Some(self.slow_start(v.value, &format!("{field}.slow_start"))?),
+            None => None,
+        };
         let mut reals = Vec::with_capacity(s.reals.len());
         for (j, r) in s.reals.into_iter().enumerate() {
             let real = self.real(
@@ -1040,6 +1064,7 @@ impl Validator<'_> {
             table_size,
             hash_port,
             persistence,
+            slow_start,
             forwarding: s.forwarding,
             timeouts,
             expire_nodest_conn: s.expire_nodest_conn.unwrap_or(director.expire_nodest_conn),
@@ -1047,6 +1072,29 @@ impl Validator<'_> {
             check,
             reals,
             origin: at,
+        })
+    }
+
+    fn slow_start(&self, raw: RawSlowStart, field: &str) -> Result<SlowStart, ConfigError> {
+        if raw.period.value == 0 || raw.period.value > 3600 {
+            return Err(self.invalid(
+                origin(&raw.period, format!("{field}.period")),
+                format!("{} is outside 1..=3600 seconds", raw.period.value),
+            ));
+        }
+        let steps = match raw.steps {
+            Some(v) if v.value == 0 || v.value > 100 => {
+                return Err(self.invalid(
+                    origin(&v, format!("{field}.steps")),
+                    format!("{} is outside 1..=100", v.value),
+                ));
+            }
+            Some(v) => v.value,
+            None => 10,
+        };
+        Ok(SlowStart {
+            period: raw.period.value,
+            steps,
         })
     }
 
@@ -1595,6 +1643,34 @@ services:
             for w in words {
                 assert!(e.contains(w), "{bad}: {w:?} not in {e}");
             }
+        }
+    }
+
+    #[test]
+    fn slow_start_defaults_to_ten_steps_and_refuses_what_it_cannot_mean() {
+        let with = |p: &str| {
+            GOOD.replace(
+                "    scheduler: sh\n",
+                &format!("    scheduler: sh\n    slow_start: {p}\n"),
+            )
+        };
+        let c = parse(&with("{period: 30}")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.services[0].slow_start,
+            Some(SlowStart {
+                period: 30,
+                steps: 10
+            })
+        );
+        for (bad, field) in [
+            ("{period: 0}", "services[0].slow_start.period"),
+            ("{period: 4000}", "services[0].slow_start.period"),
+            ("{period: 30, steps: 0}", "services[0].slow_start.steps"),
+            ("{period: 30, steps: 101}", "services[0].slow_start.steps"),
+            ("{steps: 4}", "period"),
+        ] {
+            let e = error(&with(bad));
+            assert!(e.contains(field), "{bad}: {field:?} not in {e}");
         }
     }
 

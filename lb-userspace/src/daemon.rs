@@ -29,6 +29,7 @@ use crate::{
     nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
     pins::{self, Found},
     plan::{self, Ids, Plan, PlanError},
+    slow_start::Ramps,
     stats,
 };
 
@@ -121,8 +122,10 @@ struct Director {
     config_path: PathBuf,
     config: Config,
     /// The configuration as programmed: `config` with the reals their checks found down
-    /// marked down.
+    /// marked down (before slow start scales the ramping reals' weights).
     effective: Config,
+    /// Slow start: the reals whose weights ramp up.
+    ramps: Ramps,
     /// The health checks' tasks, and each checked real's state.
     checkers: Checkers,
     health: Health,
@@ -280,6 +283,7 @@ async fn start(
             .zip(interfaces.iter().cloned().map(Some))
             .collect(),
         effective: config.clone(),
+        ramps: Ramps::default(),
         checkers: Checkers::new(probes),
         health: Health::default(),
         config,
@@ -518,7 +522,11 @@ impl Director {
             return Err(needs_restart("director.xdp_mode"));
         }
         let effective = self.health.apply(&config);
-        let plan = compile(&self.netlink, &path, &effective, &Ids::of(&self.plan)).await?;
+        let mut ramps = self.ramps.clone();
+        let now = std::time::Instant::now();
+        ramps.begin(&self.effective, &effective, now);
+        let ramped = ramps.apply(&effective, now);
+        let plan = compile(&self.netlink, &path, &ramped, &Ids::of(&self.plan)).await?;
         let before: HashSet<(u32, u32)> = real_ids(&self.plan);
         let after: HashSet<(u32, u32)> = real_ids(&plan);
         // Everything that can fail on the way is done before the file is written; the
@@ -578,6 +586,7 @@ impl Director {
         self.checkers.follow(&config);
         self.health.retain(&config);
         self.effective = effective;
+        self.ramps = ramps;
         self.config = config;
         self.doc = doc;
         if write {
@@ -754,6 +763,17 @@ impl Director {
     fn keep(&mut self) {
         if let Some(lo) = self.lo.take() {
             lo.keep();
+        }
+    }
+
+    /// Applies the next step of the slow-start ramps under way.
+    async fn step_ramps(&mut self, neighbours: &mut ManagedNeighbours) {
+        let (config, doc) = (self.config.clone(), self.doc.clone());
+        if let Err(e) = self.change(config, doc, false, neighbours).await {
+            log::error!("applying a slow-start step: {e}");
+            // The step counts as taken, so a failing apply is not retried in a loop; the
+            // next step (or change) tries again.
+            let _ = self.ramps.apply(&self.effective, std::time::Instant::now());
         }
     }
 
@@ -1007,6 +1027,9 @@ async fn serve(
                 director.read_next_hops(neighbours).await;
             }
             _ = recount.tick(), if director.counts_connections() => director.recount(),
+            _ = tokio::time::sleep_until(
+                director.ramps.next_due().map_or(debounce, Instant::from_std)
+            ), if director.ramps.next_due().is_some() => director.step_ramps(neighbours).await,
             _ = watchdog.tick(), if watching => notify(&[NotifyState::Watchdog]),
         }
     }

@@ -23,6 +23,7 @@ pub mod nexthop;
 pub mod pins;
 pub mod plan;
 pub mod scheduler;
+pub mod slow_start;
 pub mod stats;
 pub mod tables;
 

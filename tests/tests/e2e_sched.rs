@@ -125,3 +125,69 @@ fn wlc_sends_new_connections_away_from_a_real_holding_long_sessions() {
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
 }
+
+/// Slow start through the daemon: a real raised from weight 0 to 100 beside another of
+/// 100, under `wrr` with `slow_start: {period: 8, steps: 4}`, takes 25/125, 50/150,
+/// 75/175 and then 100/200 of the new connections in the four two-second steps. The
+/// stated tolerance is 12 points: each CPU walks the sequence with its own cursor, and
+/// 40 connections are measured in each step.
+#[test]
+fn slow_start_ramps_a_joining_real_in_steps() {
+    let rig = DrRig::new(2);
+    let _servers: Vec<_> = rig
+        .reals
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| tcp_server(ns, SocketAddr::new(VIP.into(), 80), &real_banner(i)))
+        .collect();
+    let config = rig.write_config(
+        "director: {interfaces: [eth0], xdp_mode: driver}\nservices:\n  - {address: \
+         192.0.2.100, port: 80, protocol: tcp, scheduler: wrr,\n     slow_start: {period: 8, \
+         steps: 4},\n     reals: [{address: 192.0.2.11, weight: 100}, {address: 192.0.2.12, \
+         weight: 0}]}\n",
+    );
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let vip80 = SocketAddr::new(VIP.into(), 80);
+    let (code, out, err) = cli(
+        &config,
+        &[
+            "real",
+            "edit",
+            "-t",
+            "192.0.2.100:80",
+            "-r",
+            "192.0.2.12",
+            "-w",
+            "100",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let t0 = std::time::Instant::now();
+    let mut shares = Vec::new();
+    for (step, want) in [25.0 / 125.0, 50.0 / 150.0, 75.0 / 175.0, 0.5]
+        .into_iter()
+        .enumerate()
+    {
+        let at = t0 + Duration::from_millis(2_000 * step as u64 + 300);
+        std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
+        let answers: Vec<String> = rig.client.enter(|| {
+            (0..40)
+                .map(|_| {
+                    tcp_ask(CLIENT.into(), vip80, TIMEOUT)
+                        .unwrap_or_else(|e| panic!("tcp to {vip80}: {e}"))
+                })
+                .collect()
+        });
+        let share = answers.iter().filter(|a| **a == real_banner(1)).count() as f64 / 40.0;
+        shares.push(share);
+        assert!(
+            (share - want).abs() <= 0.12,
+            "step {}: the joining real took {share:.2} of new connections, its ramp says \
+             {want:.2} (shares so far {shares:?})",
+            step + 1
+        );
+    }
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+}

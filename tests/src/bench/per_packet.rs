@@ -93,13 +93,34 @@ services:
 const SCHEDULER_ROWS: [(&str, &str); 9] = [
     ("192.0.2.110", "first packet, rr, into a full table"),
     ("192.0.2.111", "first packet, wrr, into a full table"),
-    ("192.0.2.112", "first packet, lc (3 reals compared), into a full table"),
-    ("192.0.2.113", "first packet, wlc (3 reals compared), into a full table"),
-    ("192.0.2.114", "first packet, sed (3 reals compared), into a full table"),
-    ("192.0.2.115", "first packet, nq (3 reals compared), into a full table"),
-    ("192.0.2.116", "first packet, dh (Maglev 4093), into a full table"),
-    ("192.0.2.117", "first packet, mh (Maglev 4093), into a full table"),
-    ("192.0.2.118", "first packet, sh with persistence (a template made), into a full table"),
+    (
+        "192.0.2.112",
+        "first packet, lc (3 reals compared), into a full table",
+    ),
+    (
+        "192.0.2.113",
+        "first packet, wlc (3 reals compared), into a full table",
+    ),
+    (
+        "192.0.2.114",
+        "first packet, sed (3 reals compared), into a full table",
+    ),
+    (
+        "192.0.2.115",
+        "first packet, nq (3 reals compared), into a full table",
+    ),
+    (
+        "192.0.2.116",
+        "first packet, dh (Maglev 4093), into a full table",
+    ),
+    (
+        "192.0.2.117",
+        "first packet, mh (Maglev 4093), into a full table",
+    ),
+    (
+        "192.0.2.118",
+        "first packet, sh with persistence (a template made), into a full table",
+    ),
 ];
 
 /// What a row runs.
