@@ -1049,6 +1049,18 @@ impl Validator<'_> {
             }
             reals.push(real);
         }
+        let weighted = reals.iter().filter(|r| r.scheduling_weight() > 0).count();
+        if s.scheduler.counts_connections() && weighted > lb_common::MAX_LEAST_REALS as usize {
+            return Err(self.invalid(
+                at.clone(),
+                format!(
+                    "{} compares every real for each new flow; at most {} reals with a \
+                     weight above 0 ({weighted} here): use wrr or mh",
+                    s.scheduler,
+                    lb_common::MAX_LEAST_REALS
+                ),
+            ));
+        }
         let timeouts =
             self.timeouts(s.timeouts, &format!("{field}.timeouts"), director.timeouts)?;
         let check = match s.check {
