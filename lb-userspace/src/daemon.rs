@@ -37,6 +37,9 @@ use crate::{
 const NEIGHBOUR_WAIT: Duration = Duration::from_secs(3);
 /// Every next hop is re-read this often, whatever the events said.
 const RESYNC_PERIOD: Duration = Duration::from_secs(5);
+/// How long a start waits for the kernel to release a link it unpinned (to attach in
+/// another XDP mode).
+const LINK_RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Live connections are recounted from the connection table this often, while a service
 /// uses `lc`, `wlc`, `sed` or `nq`.
 const RECOUNT_PERIOD: Duration = Duration::from_secs(1);
@@ -345,6 +348,17 @@ async fn start(
                  attaching anew (packets arriving during the switch go to the kernel)",
                 if attached { "driver" } else { "generic" }
             );
+            // The kernel releases an unpinned link from a work queue, a moment later; a
+            // program in the other mode cannot be attached while it is there.
+            let deadline = Instant::now() + LINK_RELEASE_WAIT;
+            while Instant::now() < deadline {
+                match director.netlink.link_by_name(&interface).await {
+                    Ok(l) if l.xdp_driver.is_some() => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    _ => break,
+                }
+            }
         }
     }
     for interface in director.config.director.interfaces.clone() {
