@@ -53,7 +53,21 @@ pub fn update<K: Pod, V: Pod>(
     keys: &[K],
     values: &[V],
 ) -> Result<(), MapError> {
-    let count = keys.len().min(values.len());
+    update_each(map, keys, values, 1)
+}
+
+/// As [`update`] for a per-CPU map: `values` holds `cpus` values (the possible CPUs) per
+/// key, key after key.
+pub fn update_each<K: Pod, V: Pod>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    cpus: usize,
+) -> Result<(), MapError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let count = keys.len().min(values.len() / cpus.max(1));
     let mut attr = BatchAttr {
         keys: keys.as_ptr() as u64,
         values: values.as_ptr() as u64,

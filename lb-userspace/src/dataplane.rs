@@ -10,7 +10,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{Array, DevMapHash, HashMap, MapData, MapError, PerCpuArray},
     programs::{
         ProgramError, Xdp,
         links::{FdLink, PinnedLink},
@@ -39,6 +39,9 @@ use crate::{
 /// The XDP object, built by build.rs from lb-ebpf.
 pub static BPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xdpvs.bpf.o"));
+
+/// Elements per batch update of the other maps (a bounded buffer per call).
+const WRITE_BATCH: usize = 4096;
 
 /// Scheduling tables made and swapped in per batch update of `SCHED_TABLES`: each holds a
 /// descriptor until its batch is written (`Dataplane::load` raises the descriptor limit),
@@ -150,21 +153,21 @@ fn sync_hash_map<K, V>(
     wanted: std::collections::HashMap<K, V>,
 ) -> Result<(), DataplaneError>
 where
-    K: aya::Pod + Eq + std::hash::Hash,
-    V: aya::Pod,
+    K: aya::Pod + Default + Eq + std::hash::Hash,
+    V: aya::Pod + Default,
 {
     let e = map_err(name);
-    let mut map: HashMap<_, K, V> = HashMap::try_from(map).map_err(&e)?;
-    for (k, v) in &wanted {
-        map.insert(k, v, 0).map_err(&e)?;
+    let aya::maps::Map::HashMap(data) = &*map else {
+        return Err(DataplaneError::MissingMap(name));
+    };
+    let (keys, values): (Vec<K>, Vec<V>) = wanted.iter().map(|(k, v)| (*k, *v)).unzip();
+    for (k, v) in keys.chunks(WRITE_BATCH).zip(values.chunks(WRITE_BATCH)) {
+        crate::batch::update(data.fd().as_fd(), k, v).map_err(&e)?;
     }
-    let stale: Vec<K> = map
-        .keys()
-        .filter_map(Result::ok)
-        .filter(|k| !wanted.contains_key(k))
-        .collect();
-    for k in stale {
-        map.remove(&k).map_err(&e)?;
+    let present: Vec<(K, V)> = crate::batch::lookup_all(data.fd().as_fd()).map_err(&e)?;
+    let mut map: HashMap<_, K, V> = HashMap::try_from(map).map_err(&e)?;
+    for (k, _) in present.iter().filter(|(k, _)| !wanted.contains_key(k)) {
+        map.remove(k).map_err(&e)?;
     }
     Ok(())
 }
@@ -645,9 +648,7 @@ impl Dataplane {
             .map(|(&i, _)| i)
             .collect();
         self.zero_counters(maps::REAL_STATS, &fresh_reals)?;
-        for (&index, &value) in &wanted_reals {
-            self.write_real(index, value)?;
-        }
+        self.write_reals(&wanted_reals)?;
         // An id new to the maps, or given to another service since the last apply.
         let fresh_services: Vec<u32> = plan
             .services
@@ -837,6 +838,24 @@ impl Dataplane {
         Ok(true)
     }
 
+    /// Writes the reals whose values changed, in batches.
+    fn write_reals(&mut self, wanted: &StdHashMap<u32, RealServer>) -> Result<(), DataplaneError> {
+        let (keys, values): (Vec<u32>, Vec<RealServer>) = wanted
+            .iter()
+            .filter(|(i, v)| self.reals.get(i) != Some(v))
+            .map(|(&i, &v)| (i, v))
+            .unzip();
+        let e = map_err(maps::REALS);
+        let aya::maps::Map::HashMap(map) = self.map(maps::REALS)? else {
+            return Err(DataplaneError::MissingMap(maps::REALS));
+        };
+        for (k, v) in keys.chunks(WRITE_BATCH).zip(values.chunks(WRITE_BATCH)) {
+            crate::batch::update(map.fd().as_fd(), k, v).map_err(&e)?;
+        }
+        self.reals.extend(keys.into_iter().zip(values));
+        Ok(())
+    }
+
     fn write_real(&mut self, index: u32, value: RealServer) -> Result<(), DataplaneError> {
         if self.reals.get(&index) == Some(&value) {
             return Ok(());
@@ -875,12 +894,12 @@ impl Dataplane {
         }
         let e = map_err(name);
         let cpus = nr_cpus().map_err(|(_, source)| DataplaneError::Cpus(source))?;
-        let mut map: PerCpuArray<_, Counters> =
-            PerCpuArray::try_from(self.map_mut(name)?).map_err(&e)?;
-        for &row in rows {
-            let zeros = PerCpuValues::try_from(vec![Counters::default(); cpus])
-                .map_err(DataplaneError::Cpus)?;
-            map.set(row, zeros, 0).map_err(&e)?;
+        let aya::maps::Map::PerCpuArray(map) = self.map(name)? else {
+            return Err(DataplaneError::MissingMap(name));
+        };
+        let zeros = vec![Counters::default(); WRITE_BATCH.min(rows.len()) * cpus];
+        for chunk in rows.chunks(WRITE_BATCH) {
+            crate::batch::update_each(map.fd().as_fd(), chunk, &zeros, cpus).map_err(&e)?;
         }
         Ok(())
     }
