@@ -226,6 +226,16 @@ impl Document {
                 s.insert(key.into(), Value::from(v.clone()));
             }
         }
+        // A new scheduler drops the options only the old one had (as `ipvsadm -E -s`
+        // does), unless the change gives them again.
+        if let Some(scheduler) = &change.scheduler {
+            if !matches!(scheduler.as_str(), "sh" | "dh" | "mh") {
+                s.remove("table_size");
+            }
+            if !matches!(scheduler.as_str(), "sh" | "mh") {
+                s.remove("hash_port");
+            }
+        }
         if let Some(h) = change.hash_port {
             s.insert("hash_port".into(), Value::from(h));
         }

@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, path::Path, time::Duration};
 
 use lb_userspace::config::Config;
-use serde_json::Value;
+use serde_json::{Value, json};
 use xdpvs_testbed::{
     rig::{DrRig, VIP, cli, client_sources, real_banner as banner},
     traffic::{Session, ask_each},
@@ -265,6 +265,66 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
         &["service", "add", "-t", "127.0.0.1:80"],
         "127.0.0.1",
     );
+    // Scheduler options the service cannot take, checked against the whole service.
+    refused(
+        &config,
+        &[
+            "service",
+            "edit",
+            "-t",
+            "192.0.2.100:80",
+            "--table-size",
+            "4096",
+        ],
+        "not a prime",
+    );
+    refused(
+        &config,
+        &[
+            "service",
+            "edit",
+            "-u",
+            "192.0.2.100:53",
+            "-s",
+            "wrr",
+            "-b",
+            "mh-port",
+        ],
+        "hash_port",
+    );
+    refused(
+        &config,
+        &[
+            "service",
+            "edit",
+            "-t",
+            "192.0.2.100:80",
+            "-M",
+            "255.255.255.0",
+        ],
+        "needs persistence",
+    );
+    refused(
+        &config,
+        &[
+            "service",
+            "edit",
+            "-u",
+            "192.0.2.100:53",
+            "-M",
+            "255.0.255.0",
+        ],
+        "not a netmask",
+    );
+    // Another scheduler drops the options the old one had (ipvsadm -E -s does too).
+    ok(
+        &config,
+        &["service", "edit", "-u", "192.0.2.100:53", "-s", "wrr"],
+    );
+    let l = listing(&config);
+    assert_eq!(l["services"][1]["scheduler"], "wrr", "{l}");
+    assert_eq!(l["services"][1]["sched_flags"], json!([]), "{l}");
+    assert_eq!(l["services"][1]["persistence"]["timeout"], 600, "{l}");
     // Refused by the plan (routes), after the file would have validated.
     refused(
         &config,
