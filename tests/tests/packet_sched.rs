@@ -612,3 +612,59 @@ fn least_connection_schedulers_send_new_flows_away_from_a_loaded_real() {
         }
     });
 }
+
+/// A full template table (`limits.max_persistent`) evicts its least recently used
+/// templates: every new client still gets a template and a real, and an evicted client
+/// is scheduled afresh when it comes back (a new template), as docs/SCHEDULERS.md says.
+#[test]
+fn a_full_template_table_evicts_the_least_recently_used() {
+    let director = Director::new();
+    director.ns.enter(|| {
+        pin_to_cpu(0);
+        let plan = director.plan(
+            "scheduler: rr, persistence: {timeout: 300}",
+            &[(11, 1), (12, 1), (13, 1)],
+            None,
+        );
+        let limits = lb_userspace::config::Limits {
+            max_persistent: 1024,
+            ..Default::default()
+        };
+        let mut dp = Dataplane::load(limits).unwrap_or_else(|e| panic!("{e}"));
+        let (hops, ifaces) = xdpvs_testbed::rig::resolve(&plan, &["xa0"]);
+        dp.set_interfaces(&ifaces).unwrap_or_else(|e| panic!("{e}"));
+        dp.set_settings(Settings {
+            flood_rate: 0,
+            frag_timeout: 30,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        dp.apply(&plan, &hops).unwrap_or_else(|e| panic!("{e}"));
+        let _registered = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
+        for i in 0..4096u32 {
+            let (a, port) = client(i);
+            assert_eq!(send(&dp, director.xa0, &tcp_from(a, port, 0x02)).0, XDP_TX);
+        }
+        let held = dp.templates().unwrap_or_else(|e| panic!("{e}")).len();
+        assert!(held <= 1024, "{held} templates in a table of 1024");
+        assert_eq!(
+            events(&dp, &plan),
+            (0, 4096),
+            "every client made a template"
+        );
+        // The first client's template is long gone: it is scheduled afresh.
+        let (a, port) = client(0);
+        assert_eq!(
+            send(&dp, director.xa0, &tcp_from(a, port + 1, 0x02)).0,
+            XDP_TX
+        );
+        assert_eq!(events(&dp, &plan), (0, 4097));
+        // The last one's is there.
+        let (a, port) = client(4095);
+        assert_eq!(
+            send(&dp, director.xa0, &tcp_from(a, port + 1, 0x02)).0,
+            XDP_TX
+        );
+        assert_eq!(events(&dp, &plan), (1, 4097));
+    });
+}
