@@ -474,9 +474,13 @@ fn the_service_manager_hears_ready_watchdog_reloading_and_stopping() {
         .unwrap_or_else(|e| panic!("{e}"));
     let next = || {
         let mut buf = [0u8; 512];
-        let n = manager
-            .recv(&mut buf)
-            .unwrap_or_else(|e| panic!("no notification: {e}"));
+        // A signal to the test process (a child exiting) interrupts the wait: wait again.
+        let n = loop {
+            match manager.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => break other.unwrap_or_else(|e| panic!("no notification: {e}")),
+            }
+        };
         String::from_utf8_lossy(&buf[..n]).trim_end().to_owned()
     };
     let notify = path.to_string_lossy().into_owned();
