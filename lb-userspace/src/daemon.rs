@@ -41,8 +41,11 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 /// another XDP mode).
 const LINK_RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// Live connections are recounted from the connection table this often, while a service
-/// uses `lc`, `wlc`, `sed` or `nq`.
+/// uses `lc`, `wlc`, `sed` or `nq`...
 const RECOUNT_PERIOD: Duration = Duration::from_secs(1);
+/// ... or less often, so that the walk takes at most one part in this many of a CPU (a
+/// full table of 1M entries takes about 0.37 s to walk and count here).
+const RECOUNT_SHARE: u32 = 10;
 /// After an event, wait this long for more before re-reading next hops.
 const EVENT_DEBOUNCE: Duration = Duration::from_millis(20);
 
@@ -999,8 +1002,7 @@ async fn serve(
     );
     let watching = sd_notify::watchdog_enabled().is_some();
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
-    let mut recount = tokio::time::interval(RECOUNT_PERIOD);
-    recount.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_recount = Instant::now() + RECOUNT_PERIOD;
     let mut dirty: Option<Instant> = None;
     loop {
         let debounce = dirty.unwrap_or_else(|| Instant::now() + RESYNC_PERIOD);
@@ -1040,7 +1042,12 @@ async fn serve(
                 director.follow_interfaces().await;
                 director.read_next_hops(neighbours).await;
             }
-            _ = recount.tick(), if director.counts_connections() => director.recount(),
+            _ = tokio::time::sleep_until(next_recount), if director.counts_connections() => {
+                let started = Instant::now();
+                director.recount();
+                let took = started.elapsed();
+                next_recount = started + RECOUNT_PERIOD.max(took * RECOUNT_SHARE);
+            }
             _ = tokio::time::sleep_until(
                 director.ramps.next_due().map_or(debounce, Instant::from_std)
             ), if director.ramps.next_due().is_some() => director.step_ramps(neighbours).await,
