@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     conntrack::{STATES, Settings},
     event::Event,
@@ -233,18 +232,7 @@ fn event_delta(after: &Snapshot, before: &Snapshot, event: Event) -> u64 {
 }
 
 fn run_once(dp: &Dataplane, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = dp
-        .program()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&packet::xdp_md(frame.len(), ingress)),
-            ..TestRunOptions::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {e}", frame.len()));
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    packet::run(dp.program(), frame, ingress)
 }
 
 const VIPS: [[u8; 4]; 3] = [[192, 0, 2, 100], [192, 0, 2, 101], [192, 0, 2, 102]];

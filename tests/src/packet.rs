@@ -102,6 +102,23 @@ pub fn xdp_md(len: usize, ingress_ifindex: u32) -> Vec<u8> {
         .collect()
 }
 
+/// One BPF_PROG_TEST_RUN of `program` on `frame` arriving on `ingress` (whose XDP
+/// receive queue must be registered, see [`xdp_md`]): the action and the output frame.
+pub fn run(program: &aya::programs::Xdp, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
+    use aya::programs::{TestRun, TestRunOptions};
+    let mut out = vec![0u8; frame.len() + 256];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&xdp_md(frame.len(), ingress)),
+            ..TestRunOptions::default()
+        })
+        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of a {}-byte frame: {e}", frame.len()));
+    out.truncate(result.data_size_out as usize);
+    (result.return_value, out)
+}
+
 /// Recomputes the header checksum of the IPv4 datagram `d` (after a test changed a
 /// header field), if the whole header is there.
 pub fn reseal(d: &mut [u8]) {

@@ -410,6 +410,13 @@ pub fn cli(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `xdpvs ARGS` against the daemon of `config` must succeed; returns its standard output.
+pub fn cli_ok(config: &std::path::Path, args: &[&str]) -> String {
+    let (code, out, err) = cli(config, args);
+    assert_eq!(code, 0, "xdpvs {args:?}: {err}");
+    out
+}
+
 /// Runs `xdpvs teardown` for the daemon of `ns`; returns (success, stdout+stderr).
 pub fn teardown(ns: &Netns) -> (bool, String) {
     let out = ns

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use lb_userspace::config::Config;
 use serde_json::{Value, json};
 use xdpvs_testbed::{
-    rig::{DrRig, VIP, cli, client_sources, real_banner as banner},
+    rig::{DrRig, VIP, cli, cli_ok, client_sources, real_banner as banner},
     traffic::{Session, ask_each},
 };
 
@@ -29,18 +29,11 @@ services:
       - {address: 192.0.2.12, weight: 1}
 ";
 
-/// `xdpvs ARGS` must succeed; returns its standard output.
-fn ok(config: &Path, args: &[&str]) -> String {
-    let (code, out, err) = cli(config, args);
-    assert_eq!(code, 0, "xdpvs {args:?}: {err}");
-    out
-}
-
 /// `xdpvs ARGS` must be refused with exit 2 and one line on standard error naming
 /// `says`; the file and the listing must be as they were.
 fn refused(config: &Path, args: &[&str], says: &str) {
     let file = std::fs::read_to_string(config).unwrap_or_default();
-    let listing = ok(config, &["list", "--json"]);
+    let listing = cli_ok(config, &["list", "--json"]);
     let (code, out, err) = cli(config, args);
     assert_eq!(code, 2, "xdpvs {args:?} exit {code}: {out}{err}");
     assert_eq!(
@@ -55,7 +48,7 @@ fn refused(config: &Path, args: &[&str], says: &str) {
         "{args:?} changed the file"
     );
     assert_eq!(
-        ok(config, &["list", "--json"]),
+        cli_ok(config, &["list", "--json"]),
         listing,
         "{args:?} changed the maps"
     );
@@ -69,7 +62,7 @@ fn new_connections(rig: &DrRig, n: usize) -> Vec<String> {
 }
 
 fn listing(config: &Path) -> Value {
-    serde_json::from_str(&ok(config, &["list", "--json"])).unwrap_or_else(|e| panic!("{e}"))
+    serde_json::from_str(&cli_ok(config, &["list", "--json"])).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -85,7 +78,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     assert_eq!(mode.ok().map(|m| m & 0o777), Some(0o600));
 
     // The ipvsadm -Ln layout.
-    let list = ok(&config, &["list"]);
+    let list = cli_ok(&config, &["list"]);
     assert!(
         list.contains("Prot LocalAddress:Port Scheduler Flags"),
         "{list}"
@@ -97,7 +90,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     );
 
     // A real added at run time takes new flows; the file says so.
-    ok(
+    cli_ok(
         &config,
         &[
             "real",
@@ -127,7 +120,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
         .client
         .enter(|| Session::connect(src, vip80, TIMEOUT))
         .unwrap_or_else(|e| panic!("{e}"));
-    ok(
+    cli_ok(
         &config,
         &["real", "drain", "-t", "192.0.2.100:80", "-r", "192.0.2.11"],
     );
@@ -136,21 +129,21 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
         !new_connections(&rig, 60).contains(&banner(0)),
         "a drained real got a flow"
     );
-    let list = ok(&config, &["list"]);
+    let list = cli_ok(&config, &["list"]);
     assert!(list.contains("drained (weight 1)"), "{list}");
-    let rate = ok(&config, &["list", "--rate"]);
+    let rate = cli_ok(&config, &["list", "--rate"]);
     assert!(
         rate.contains("CPS") && rate.contains("TCP  192.0.2.100:80"),
         "{rate}"
     );
     let l = listing(&config);
     assert_eq!(l["services"][0]["reals"][0]["active_connections"], 1, "{l}");
-    let conns = ok(&config, &["list", "-c"]);
+    let conns = cli_ok(&config, &["list", "-c"]);
     assert!(
         conns.contains("ESTABLISHED") && conns.contains(&src.to_string()),
         "{conns}"
     );
-    ok(
+    cli_ok(
         &config,
         &[
             "real",
@@ -166,7 +159,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
         "undrained real got no flow"
     );
 
-    ok(
+    cli_ok(
         &config,
         &[
             "real",
@@ -179,11 +172,11 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
             "5",
         ],
     );
-    ok(
+    cli_ok(
         &config,
         &["service", "edit", "-t", "192.0.2.100:80", "-s", "dh"],
     );
-    ok(
+    cli_ok(
         &config,
         &[
             "service",
@@ -204,7 +197,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
             "dns",
         ],
     );
-    ok(
+    cli_ok(
         &config,
         &["real", "add", "-u", "192.0.2.100:53", "-r", "192.0.2.12"],
     );
@@ -317,7 +310,7 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
         "not a netmask",
     );
     // Another scheduler drops the options the old one had (ipvsadm -E -s does too).
-    ok(
+    cli_ok(
         &config,
         &["service", "edit", "-u", "192.0.2.100:53", "-s", "wrr"],
     );
@@ -374,22 +367,22 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     }
 
     // save / restore round trip, and reload of an edited file.
-    let saved = ok(&config, &["save"]);
+    let saved = cli_ok(&config, &["save"]);
     assert_eq!(saved, std::fs::read_to_string(&config).unwrap_or_default());
     Config::parse(&saved, Path::new("saved")).unwrap_or_else(|e| panic!("{e}"));
     let saved_file = rig.write_scratch("saved.yaml", &saved);
-    ok(&config, &["service", "delete", "-u", "192.0.2.100:53"]);
+    cli_ok(&config, &["service", "delete", "-u", "192.0.2.100:53"]);
     assert_eq!(
         listing(&config)["services"].as_array().map(Vec::len),
         Some(1)
     );
-    ok(&config, &["restore", saved_file.to_str().unwrap_or("")]);
+    cli_ok(&config, &["restore", saved_file.to_str().unwrap_or("")]);
     assert_eq!(
         listing(&config)["services"].as_array().map(Vec::len),
         Some(2)
     );
     std::fs::write(&config, START).unwrap_or_else(|e| panic!("{e}"));
-    ok(&config, &["reload"]);
+    cli_ok(&config, &["reload"]);
     // A hand edit not yet reloaded is never overwritten by a change through the API.
     std::fs::write(&config, format!("{START}# edited by hand\n")).unwrap_or_else(|e| panic!("{e}"));
     refused(
@@ -406,8 +399,8 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
         ],
         "was edited since the daemon read it",
     );
-    ok(&config, &["reload"]);
-    ok(
+    cli_ok(&config, &["reload"]);
+    cli_ok(
         &config,
         &[
             "real",
@@ -448,8 +441,8 @@ fn every_verb_round_trips_and_refusals_change_nothing() {
     assert_eq!(new_connections(&rig, 10), vec![banner(1); 10]);
 
     // Completions and the man page come from the same definitions.
-    assert!(ok(&config, &["completions", "bash"]).contains("xdpvs"));
-    assert!(ok(&config, &["man"]).contains(".TH xdpvs"));
+    assert!(cli_ok(&config, &["completions", "bash"]).contains("xdpvs"));
+    assert!(cli_ok(&config, &["man"]).contains(".TH xdpvs"));
 
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");

@@ -858,19 +858,7 @@ fn forwarded_packets_are_counted_per_service_and_real() {
 
 /// One BPF_PROG_TEST_RUN of `frame` arriving on `ingress`: the action and output frame.
 fn run(dp: &Dataplane, ingress: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let ctx = packet::xdp_md(frame.len(), ingress);
-    let result = dp
-        .program()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("test run failed: {e}"));
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
+    packet::run(dp.program(), frame, ingress)
 }
 
 /// The real a forwarded frame went to, by its destination MAC.

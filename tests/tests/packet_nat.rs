@@ -12,7 +12,6 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     conntrack::{
         FLOW_F_NAT, FLOW_F_REPLY, FlowKeyV4, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_TCP_SYN,
@@ -279,25 +278,14 @@ fn verify(out: &[u8]) {
 /// One run: action, output frame, and the one reason counted.
 fn run(dp: &Dataplane, plan: &Plan, ingress: u32, input: &[u8]) -> (u32, Vec<u8>, Vec<Reason>) {
     let before = dp.snapshot(plan).unwrap_or_else(|e| panic!("{e}"));
-    let mut out = vec![0u8; input.len() + 256];
-    let ctx = packet::xdp_md(input.len(), ingress);
-    let result = dp
-        .program()
-        .test_run(TestRunOptions {
-            data_in: Some(input),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("test run: {e}"));
-    out.truncate(result.data_size_out as usize);
+    let (action, out) = packet::run(dp.program(), input, ingress);
     let after = dp.snapshot(plan).unwrap_or_else(|e| panic!("{e}"));
     let moved = Reason::ALL
         .iter()
         .copied()
         .filter(|&r| after.reason(r) != before.reason(r))
         .collect();
-    (result.return_value, out, moved)
+    (action, out, moved)
 }
 
 /// Runs `input` and checks the action, the only reason counted and the exact output.

@@ -6,7 +6,6 @@
 
 use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::conntrack::Settings;
 use lb_userspace::{
     config::Config,
@@ -80,7 +79,12 @@ impl Director {
 /// A fresh data path (empty connection table, cursors at 0) with `plan` applied; call
 /// inside the director's namespace.
 fn loaded(plan: &Plan) -> Dataplane {
-    let mut dp = Dataplane::load(Default::default()).unwrap_or_else(|e| panic!("{e}"));
+    loaded_with(plan, Default::default())
+}
+
+/// [`loaded`] with other map capacities.
+fn loaded_with(plan: &Plan, limits: lb_userspace::config::Limits) -> Dataplane {
+    let mut dp = Dataplane::load(limits).unwrap_or_else(|e| panic!("{e}"));
     let (hops, ifaces) = xdpvs_testbed::rig::resolve(plan, &["xa0"]);
     dp.set_interfaces(&ifaces).unwrap_or_else(|e| panic!("{e}"));
     dp.set_settings(Settings {
@@ -115,20 +119,9 @@ fn syn(i: u32) -> Vec<u8> {
 
 /// The last octet of the real flow `i`'s first packet went to.
 fn real_of(dp: &Dataplane, ingress: u32, i: u32) -> u8 {
-    let frame = syn(i);
-    let mut out = vec![0u8; frame.len() + 256];
-    let ctx = packet::xdp_md(frame.len(), ingress);
-    let result = dp
-        .program()
-        .test_run(TestRunOptions {
-            data_in: Some(&frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("test run failed: {e}"));
-    assert_eq!(result.return_value, XDP_TX, "flow {i}");
-    out[5]
+    let (action, real) = send(dp, ingress, &syn(i));
+    assert_eq!(action, XDP_TX, "flow {i}");
+    real
 }
 
 /// Flows `range` through a fresh data path: the real each went to.
@@ -380,18 +373,8 @@ fn tcp_from(client: [u8; 4], port: u16, flags: u8) -> Vec<u8> {
 
 /// The action and, when forwarded, the last octet of the real.
 fn send(dp: &Dataplane, ingress: u32, frame: &[u8]) -> (u32, u8) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let ctx = packet::xdp_md(frame.len(), ingress);
-    let result = dp
-        .program()
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("test run failed: {e}"));
-    (result.return_value, out[5])
+    let (action, out) = packet::run(dp.program(), frame, ingress);
+    (action, out.get(5).copied().unwrap_or(0))
 }
 
 fn events(dp: &Dataplane, plan: &Plan) -> (u64, u64) {
@@ -630,16 +613,7 @@ fn a_full_template_table_evicts_the_least_recently_used() {
             max_persistent: 1024,
             ..Default::default()
         };
-        let mut dp = Dataplane::load(limits).unwrap_or_else(|e| panic!("{e}"));
-        let (hops, ifaces) = xdpvs_testbed::rig::resolve(&plan, &["xa0"]);
-        dp.set_interfaces(&ifaces).unwrap_or_else(|e| panic!("{e}"));
-        dp.set_settings(Settings {
-            flood_rate: 0,
-            frag_timeout: 30,
-            ..Default::default()
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        dp.apply(&plan, &hops).unwrap_or_else(|e| panic!("{e}"));
+        let dp = loaded_with(&plan, limits);
         let _registered = xdpvs_testbed::rig::attach_pass(&director.ns, "xa0");
         for i in 0..4096u32 {
             let (a, port) = client(i);

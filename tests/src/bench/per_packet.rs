@@ -12,7 +12,7 @@ use std::{net::IpAddr, path::Path};
 use aya::{
     Ebpf,
     maps::{PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{ProgramFd, TestRun, TestRunOptions, Xdp},
+    programs::{ProgramFd, Xdp},
 };
 use lb_common::{
     bench as abi,
@@ -552,13 +552,13 @@ impl Programs {
             Target::MacSwap => self.program(abi::programs::MAC_SWAP),
             Target::Xdpvs => self.dataplane.program(),
         };
-        run_once(program, frame, self.ingress)
+        packet::run(program, frame, self.ingress)
     }
 
     /// One run through the wrapper, pointed at `target`.
     pub fn run_wrapped(&mut self, target: Target, frame: &[u8]) -> (u32, Vec<u8>) {
         self.set_target(target);
-        run_once(self.program(abi::programs::WRAPPER), frame, self.ingress)
+        packet::run(self.program(abi::programs::WRAPPER), frame, self.ingress)
     }
 
     /// Nanoseconds per run of the bench program `name` (see `super::time_runs`).
@@ -614,20 +614,6 @@ impl Programs {
             .filter(|c| c.packets > 0)
             .count()
     }
-}
-
-fn run_once(program: &Xdp, frame: &[u8], ingress: u32) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len() + 256];
-    let result = program
-        .test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&packet::xdp_md(frame.len(), ingress)),
-            ..TestRunOptions::default()
-        })
-        .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
-    out.truncate(result.data_size_out as usize);
-    (result.return_value, out)
 }
 
 /// Checks that one run through the wrapper equals one direct run (action and bytes) and
