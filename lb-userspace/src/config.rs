@@ -1687,6 +1687,34 @@ services:
     }
 
     #[test]
+    fn least_connection_services_take_at_most_256_weighted_reals() {
+        let service = |n: usize, drained: usize| {
+            let reals: Vec<String> = (0..n)
+                .map(|i| {
+                    let weight = if i < drained { 0 } else { 1 };
+                    format!(
+                        "{{address: 10.1.{}.{}, weight: {weight}}}",
+                        i / 200,
+                        i % 200 + 1
+                    )
+                })
+                .collect();
+            format!(
+                "director: {{interfaces: [eth0]}}\nservices:\n  - {{address: 192.0.2.100, \
+                 port: 80, protocol: tcp, scheduler: wlc, reals: [{}]}}\n",
+                reals.join(", ")
+            )
+        };
+        assert!(parse(&service(256, 0)).is_ok());
+        assert!(
+            parse(&service(300, 44)).is_ok(),
+            "weight-0 reals are not compared"
+        );
+        let e = error(&service(257, 0));
+        assert!(e.contains("at most 256") && e.contains("257 here"), "{e}");
+    }
+
+    #[test]
     fn semantic_errors_name_file_line_and_field() {
         expect_error(
             "weight: 2",

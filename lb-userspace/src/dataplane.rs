@@ -955,20 +955,25 @@ impl Dataplane {
         counts: &StdHashMap<u32, (u64, u64)>,
     ) -> Result<(), DataplaneError> {
         let e = map_err(maps::REAL_CONNS);
-        let mut conns: Array<_, RealConns> =
-            Array::try_from(map_in(&mut self.ebpf, maps::REAL_CONNS)?).map_err(&e)?;
-        let counted = plan
+        let aya::maps::Map::Array(conns) = self.map(maps::REAL_CONNS)? else {
+            return Err(DataplaneError::MissingMap(maps::REAL_CONNS));
+        };
+        let (keys, values): (Vec<u32>, Vec<RealConns>) = plan
             .services
             .iter()
             .filter(|s| s.scheduler.counts_connections())
-            .flat_map(|s| &s.reals);
-        for r in counted {
-            let (active, inactive) = counts.get(&r.index).copied().unwrap_or_default();
-            let value = RealConns {
-                active: u32::try_from(active).unwrap_or(u32::MAX),
-                inactive: u32::try_from(inactive).unwrap_or(u32::MAX),
-            };
-            conns.set(r.index, value, 0).map_err(&e)?;
+            .flat_map(|s| &s.reals)
+            .map(|r| {
+                let (active, inactive) = counts.get(&r.index).copied().unwrap_or_default();
+                let value = RealConns {
+                    active: u32::try_from(active).unwrap_or(u32::MAX),
+                    inactive: u32::try_from(inactive).unwrap_or(u32::MAX),
+                };
+                (r.index, value)
+            })
+            .unzip();
+        for (k, v) in keys.chunks(WRITE_BATCH).zip(values.chunks(WRITE_BATCH)) {
+            crate::batch::update(conns.fd().as_fd(), k, v).map_err(&e)?;
         }
         Ok(())
     }

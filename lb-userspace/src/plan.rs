@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use std::collections::{BTreeSet, HashMap};
 
 use lb_common::{
-    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_LEAST_REALS, MAX_TABLE_LEN,
-    POOL_ADDRS, PersistParams, REAL_F_QUIESCENT, REAL_NONE, RealServer, SCHED_DH, SCHED_LC,
-    SCHED_MH, SCHED_NQ, SCHED_RR, SCHED_SED, SCHED_SH, SCHED_WLC, SCHED_WRR, SVC_F_EXPIRE_NODEST,
-    SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceKey, ServiceValue, SnatPool,
+    FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_TABLE_LEN, POOL_ADDRS,
+    PersistParams, REAL_F_QUIESCENT, REAL_NONE, RealServer, SCHED_DH, SCHED_LC, SCHED_MH, SCHED_NQ,
+    SCHED_RR, SCHED_SED, SCHED_SH, SCHED_WLC, SCHED_WRR, SVC_F_EXPIRE_NODEST, SVC_F_HASH_PORT,
+    SVC_F_PERSIST, ServiceKey, ServiceValue, SnatPool,
     conntrack::{DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP},
     hash::{addr_hash, addr_port_hash, position},
     ipv4_words, ipv6_words,
@@ -388,7 +388,7 @@ fn service_table(
         })?,
         Scheduler::Sh | Scheduler::Dh | Scheduler::Mh => maglev(members, s.table_size, seed),
         Scheduler::Lc | Scheduler::Wlc | Scheduler::Sed | Scheduler::Nq => {
-            return least_table(s, members);
+            return Ok(least_table(members));
         }
     };
     let mut placed = vec![false; members.len()];
@@ -414,28 +414,15 @@ fn service_table(
 }
 
 /// The table of an `lc`-family service: (position in `members`, weight) for each member
-/// with a weight above zero, in list order (ties go to the earlier, as in IPVS).
-fn least_table(s: &config::Service, members: &[Member]) -> Result<Vec<u32>, PlanError> {
-    let table: Vec<u32> = members
+/// with a weight above zero, in list order (ties go to the earlier, as in IPVS). The
+/// configuration allows at most `MAX_LEAST_REALS` of them.
+fn least_table(members: &[Member]) -> Vec<u32> {
+    members
         .iter()
         .enumerate()
         .filter(|(_, m)| m.weight > 0)
         .flat_map(|(pos, m)| [pos as u32, m.weight])
-        .collect();
-    if table.len() / 2 > MAX_LEAST_REALS as usize {
-        return Err(PlanError {
-            origin: s.origin.clone(),
-            subject: "virtual service",
-            address: s.address,
-            message: format!(
-                "{} compares every real for each new flow; at most {MAX_LEAST_REALS} reals \
-                 with a weight above 0 ({} here): use wrr or mh",
-                s.scheduler,
-                table.len() / 2
-            ),
-        });
-    }
-    Ok(table)
+        .collect()
 }
 
 /// The `SNAT_POOLS` row of a pool: services with equal pools share one. Every address
