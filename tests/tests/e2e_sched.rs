@@ -8,7 +8,7 @@ use std::{
 };
 
 use xdpvs_testbed::{
-    rig::{CLIENT, DrRig, VIP, cli, client_sources, event, real_address, real_banner},
+    rig::{CLIENT, DrRig, VIP, cli_ok, client_sources, event, real_address, real_banner},
     traffic::{Sessions, ask_each, tcp_ask, tcp_server},
 };
 
@@ -97,7 +97,7 @@ fn wlc_sends_new_connections_away_from_a_real_holding_long_sessions() {
     for (src, answer) in sessions.ask_all() {
         assert_eq!(answer, real_banner(0), "session from {src}");
     }
-    let (code, out, err) = cli(
+    cli_ok(
         &config,
         &[
             "real",
@@ -110,7 +110,6 @@ fn wlc_sends_new_connections_away_from_a_real_holding_long_sessions() {
             "1",
         ],
     );
-    assert_eq!(code, 0, "{out}{err}");
     std::thread::sleep(Duration::from_millis(2_500));
     let fresh: Vec<IpAddr> = sources[100..130].to_vec();
     let answers = rig.client.enter(|| ask_each(&fresh, vip80, TIMEOUT));
@@ -126,31 +125,17 @@ fn wlc_sends_new_connections_away_from_a_real_holding_long_sessions() {
     assert!(status.success(), "{stderr:#?}");
 }
 
-/// Slow start through the daemon: a real raised from weight 0 to 100 beside another of
-/// 100, under `wrr` with `slow_start: {period: 8, steps: 4}`, takes 25/125, 50/150,
-/// 75/175 and then 100/200 of the new connections in the four two-second steps. The
-/// stated tolerance is 12 points: each CPU walks the sequence with its own cursor, and
-/// 40 connections are measured in each step.
-#[test]
-fn slow_start_ramps_a_joining_real_in_steps() {
-    let rig = DrRig::new(2);
-    let _servers: Vec<_> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| tcp_server(ns, SocketAddr::new(VIP.into(), 80), &real_banner(i)))
-        .collect();
-    let config = rig.write_config(
-        "director: {interfaces: [eth0], xdp_mode: driver}\nservices:\n  - {address: \
-         192.0.2.100, port: 80, protocol: tcp, scheduler: wrr,\n     slow_start: {period: 8, \
-         steps: 4},\n     reals: [{address: 192.0.2.11, weight: 100}, {address: 192.0.2.12, \
-         weight: 0}]}\n",
-    );
-    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
-    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
-    let vip80 = SocketAddr::new(VIP.into(), 80);
-    let (code, out, err) = cli(
-        &config,
+/// The slow-start rig: two reals, `wrr`, `slow_start: {period: 8, steps: 4}`, real .12
+/// at weight 0; its daemon, running.
+const SLOW_START: &str = "director: {interfaces: [eth0], xdp_mode: driver}\nservices:\n  - \
+     {address: 192.0.2.100, port: 80, protocol: tcp, scheduler: wrr,\n     slow_start: \
+     {period: 8, steps: 4},\n     reals: [{address: 192.0.2.11, weight: 100}, {address: \
+     192.0.2.12, weight: 0}]}\n";
+
+/// Raises .12 to weight 100 through the CLI (it starts its ramp).
+fn raise_to_100(config: &std::path::Path) {
+    cli_ok(
+        config,
         &[
             "real",
             "edit",
@@ -162,7 +147,43 @@ fn slow_start_ramps_a_joining_real_in_steps() {
             "100",
         ],
     );
-    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// The share of 40 new connections the joining real (.12) answers.
+fn joining_share(rig: &DrRig) -> f64 {
+    let vip80 = SocketAddr::new(VIP.into(), 80);
+    let answers: Vec<String> = rig.client.enter(|| {
+        (0..40)
+            .map(|_| {
+                tcp_ask(CLIENT.into(), vip80, TIMEOUT)
+                    .unwrap_or_else(|e| panic!("tcp to {vip80}: {e}"))
+            })
+            .collect()
+    });
+    answers.iter().filter(|a| **a == real_banner(1)).count() as f64 / 40.0
+}
+
+fn banner_servers(rig: &DrRig) -> Vec<xdpvs_testbed::traffic::Server> {
+    rig.reals
+        .iter()
+        .enumerate()
+        .map(|(i, ns)| tcp_server(ns, SocketAddr::new(VIP.into(), 80), &real_banner(i)))
+        .collect()
+}
+
+/// Slow start through the daemon: a real raised from weight 0 to 100 beside another of
+/// 100, under `wrr` with `slow_start: {period: 8, steps: 4}`, takes 25/125, 50/150,
+/// 75/175 and then 100/200 of the new connections in the four two-second steps. The
+/// stated tolerance is 12 points: each CPU walks the sequence with its own cursor, and
+/// 40 connections are measured in each step.
+#[test]
+fn slow_start_ramps_a_joining_real_in_steps() {
+    let rig = DrRig::new(2);
+    let _servers = banner_servers(&rig);
+    let config = rig.write_config(SLOW_START);
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    raise_to_100(&config);
     let t0 = std::time::Instant::now();
     let mut shares = Vec::new();
     for (step, want) in [25.0 / 125.0, 50.0 / 150.0, 75.0 / 175.0, 0.5]
@@ -171,15 +192,7 @@ fn slow_start_ramps_a_joining_real_in_steps() {
     {
         let at = t0 + Duration::from_millis(2_000 * step as u64 + 300);
         std::thread::sleep(at.saturating_duration_since(std::time::Instant::now()));
-        let answers: Vec<String> = rig.client.enter(|| {
-            (0..40)
-                .map(|_| {
-                    tcp_ask(CLIENT.into(), vip80, TIMEOUT)
-                        .unwrap_or_else(|e| panic!("tcp to {vip80}: {e}"))
-                })
-                .collect()
-        });
-        let share = answers.iter().filter(|a| **a == real_banner(1)).count() as f64 / 40.0;
+        let share = joining_share(&rig);
         shares.push(share);
         assert!(
             (share - want).abs() <= 0.12,
@@ -188,6 +201,34 @@ fn slow_start_ramps_a_joining_real_in_steps() {
             step + 1
         );
     }
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+}
+
+/// A ramp lives in the daemon (docs/SCHEDULERS.md): after a `kill -9` in its first step
+/// the next daemon adopts the data path and gives the real its full weight at once.
+#[test]
+fn a_daemon_killed_during_a_ramp_restarts_with_the_full_weight() {
+    let rig = DrRig::new(2);
+    let _servers = banner_servers(&rig);
+    let config = rig.write_config(SLOW_START);
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    raise_to_100(&config);
+    let share = joining_share(&rig);
+    assert!((share - 0.2).abs() <= 0.12, "first step: {share:.2}");
+    daemon.signal(libc::SIGKILL);
+    let _ = daemon.wait(Duration::from_secs(10));
+    // The data path went on forwarding with the first step's table.
+    let share = joining_share(&rig);
+    assert!(
+        (share - 0.2).abs() <= 0.12,
+        "while no daemon ran: {share:.2}"
+    );
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let share = joining_share(&rig);
+    assert!((share - 0.5).abs() <= 0.12, "after the restart: {share:.2}");
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
 }
