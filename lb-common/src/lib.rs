@@ -165,6 +165,10 @@ pub const SVC_F_EXPIRE_NODEST: u32 = 1;
 pub const SVC_F_HASH_PORT: u32 = 2;
 /// `ServiceValue::flags`: the service is persistent (`PERSIST_PARAMS` has its row).
 pub const SVC_F_PERSIST: u32 = 4;
+/// `ServiceValue::flags`: the service lost its quorum (its reals are held out by the
+/// daemon): a new flow that finds no real is counted `drop_quorum_lost`, not
+/// `drop_no_real`.
+pub const SVC_F_QUORUM_LOST: u32 = 8;
 
 /// Key of `VIPS`: a virtual address, whatever its ports.
 #[repr(C)]

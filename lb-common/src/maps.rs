@@ -62,7 +62,7 @@ pub const SERVICE_STATS: &str = "XDPVS_SVCST_V2";
 /// `PerCpuArray<Counters>` indexed by real index.
 pub const REAL_STATS: &str = "XDPVS_REALST_V2";
 /// `PerCpuArray<u64>` indexed by `reason::Reason` code: every packet's outcome.
-pub const REASONS: &str = "XDPVS_REASON_V3";
+pub const REASONS: &str = "XDPVS_REASON_V4";
 /// `PerCpuArray<u64>` indexed by `event::Event` code.
 pub const EVENTS: &str = "XDPVS_EVENT_V3";
 

@@ -123,10 +123,13 @@ reasons! {
     /// A NAT flow's first packet, when the flood guard refused the entries its replies
     /// need: dropped, as forwarding it would strand the answer.
     DropInsertRefused = 27, "drop_insert_refused", Drop;
+    /// A new flow of a service that lost its quorum and has no sorry server
+    /// (docs/HEALTH.md).
+    DropQuorumLost = 28, "drop_quorum_lost", Drop;
 }
 
 /// Number of reason codes: the size of the `REASONS` array.
-pub const REASON_COUNT: u32 = 28;
+pub const REASON_COUNT: u32 = 29;
 
 const _: () = assert!(Reason::ALL.len() == REASON_COUNT as usize);
 

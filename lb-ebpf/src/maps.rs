@@ -129,7 +129,7 @@ pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 /// Packets per outcome (`lb_common::reason::Reason`).
-#[map(name = "XDPVS_REASON_V3")]
+#[map(name = "XDPVS_REASON_V4")]
 pub static REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
 /// Events per kind (`lb_common::event::Event`).

@@ -13,7 +13,7 @@
 
 use lb_common::{
     AddrWords, MAX_LEAST_REALS, REAL_NONE, SCHED_DH, SCHED_LC, SCHED_NQ, SCHED_RR, SCHED_SED,
-    SCHED_WLC, SCHED_WRR, SVC_F_HASH_PORT, SVC_F_PERSIST, ServiceValue, TABLE_LEN_SLOT,
+    SCHED_WLC, SCHED_WRR, SVC_F_HASH_PORT, SVC_F_PERSIST, SVC_F_QUORUM_LOST, ServiceValue, TABLE_LEN_SLOT,
     hash::{addr_hash, addr_port_hash, position},
     reason::Reason,
 };
@@ -82,7 +82,13 @@ fn try_choose(service: u32) -> Result<u32, Reason> {
     if persistent && let Some(index) = persist::kept(service, src, now) {
         return Ok(index);
     }
-    let index = pick(params, &[src, 0, 0, 0], &[dst, 0, 0, 0], sport)?;
+    let index = pick(params, &[src, 0, 0, 0], &[dst, 0, 0, 0], sport).map_err(|r| {
+        if r == Reason::DropNoReal && params.flags & SVC_F_QUORUM_LOST != 0 {
+            Reason::DropQuorumLost
+        } else {
+            r
+        }
+    })?;
     if persistent {
         persist::remember(service, src, index, now);
     }

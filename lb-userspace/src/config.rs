@@ -16,6 +16,13 @@ use serde_saphyr::Spanned;
 
 use crate::scheduler::{DEFAULT_MAGLEV_SIZE, MAGLEV_SIZES, is_prime};
 
+mod check;
+pub use check::{
+    Check, CheckKind, DNS_TYPES, DnsCheck, ExecCheck, HttpCheck, OnFailure, ProbeSpec, TlsCheck,
+    UdpCheck,
+};
+use check::RawCheck;
+
 /// Highest weight a real server may have, as in ipvsadm.
 pub const MAX_WEIGHT: u32 = 65_535;
 
@@ -310,10 +317,34 @@ pub struct Service {
     pub expire_nodest_conn: bool,
     /// Full-NAT: the service's own pool, or the director's.
     pub snat_pool: Option<SnatPool>,
-    /// The reals' health check, if any.
+    /// The reals' health check, if any (a real may have its own).
     pub check: Option<Check>,
+    /// Least total weight of live reals the service needs (keepalived's `quorum`);
+    /// `None`: no quorum is kept.
+    pub quorum: Option<u32>,
+    /// The quorum is lost below `quorum - hysteresis` and regained at
+    /// `quorum + hysteresis`.
+    pub hysteresis: u32,
+    /// Takes the new flows while the quorum is lost.
+    pub sorry: Option<Sorry>,
+    /// Set by the daemon while the quorum is lost (not read from the file).
+    pub quorum_lost: bool,
     pub reals: Vec<Real>,
     pub origin: Origin,
+}
+
+/// A service's sorry server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sorry {
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+impl Service {
+    /// The check a real of this service gets: its own, or the service's.
+    pub fn check_of<'a>(&'a self, real: &'a Real) -> Option<&'a Check> {
+        real.check.as_ref().or(self.check.as_ref())
+    }
 }
 
 /// Persistence: each client (its address under `netmask`) stays on one real while it has
@@ -343,37 +374,6 @@ impl fmt::Display for Service {
     }
 }
 
-/// How a service's reals are checked.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
-#[serde(rename_all = "lowercase")]
-pub enum CheckKind {
-    /// A TCP connection is accepted.
-    Tcp,
-    /// An HTTP/1.1 GET is answered with an expected status.
-    Http,
-}
-
-/// A service's health check (docs/HEALTH.md).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Check {
-    pub kind: CheckKind,
-    /// The port checked on each real's own address; the real's port when not set.
-    pub port: Option<u16>,
-    /// Seconds between checks of one real.
-    pub interval: u32,
-    /// Seconds a check may take; a check that takes longer failed.
-    pub timeout: u32,
-    /// Successes in a row that bring a down real up.
-    pub rise: u32,
-    /// Failures in a row that take an up real down.
-    pub fall: u32,
-    /// HTTP: the path asked for, and the Host header (the real's address if not set).
-    pub path: String,
-    pub host: Option<String>,
-    /// HTTP: the statuses that mean healthy, as inclusive ranges.
-    pub expect: Vec<(u16, u16)>,
-}
-
 /// A real server of a virtual service.
 #[derive(Clone, Debug)]
 pub struct Real {
@@ -382,16 +382,25 @@ pub struct Real {
     pub weight: u32,
     /// Drained (`xdpvs real drain`): no new flows, its weight kept for `undrain`.
     pub drained: bool,
+    /// Its own health check, in place of the service's.
+    pub check: Option<Check>,
     /// Down by its health check (set by the daemon, not read from the file): no new
     /// flows, as drained.
     pub down: bool,
+    /// Its check's answer asked for a drain (HTTP 503): no new flows, no alarm (set by
+    /// the daemon).
+    pub draining: bool,
+    /// Held out of scheduling while its service's quorum is lost (set by the daemon).
+    pub held: bool,
+    /// The service's sorry server, put in by the daemon while the quorum is lost.
+    pub sorry: bool,
     pub origin: Origin,
 }
 
 impl Real {
-    /// The weight the scheduler uses: 0 while drained or down.
+    /// The weight the scheduler uses: 0 while drained, down, draining or held.
     pub fn scheduling_weight(&self) -> u32 {
-        if self.drained || self.down {
+        if self.drained || self.down || self.draining || self.held {
             0
         } else {
             self.weight
@@ -503,29 +512,20 @@ struct RawService {
     reals: Vec<Spanned<RawReal>>,
     #[serde(default)]
     check: Option<Spanned<RawCheck>>,
+    #[serde(default)]
+    quorum: Option<Spanned<u32>>,
+    #[serde(default)]
+    hysteresis: Option<Spanned<u32>>,
+    #[serde(default)]
+    sorry: Option<Spanned<RawSorry>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawCheck {
-    #[serde(rename = "type")]
-    kind: CheckKind,
+struct RawSorry {
+    address: Spanned<IpAddr>,
     #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    interval: Option<u32>,
-    #[serde(default)]
-    timeout: Option<u32>,
-    #[serde(default)]
-    rise: Option<u32>,
-    #[serde(default)]
-    fall: Option<u32>,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    host: Option<String>,
-    #[serde(default)]
-    expect: Option<String>,
+    port: Option<Spanned<u16>>,
 }
 
 #[derive(Deserialize)]
@@ -538,6 +538,8 @@ struct RawReal {
     weight: Spanned<u32>,
     #[serde(default)]
     drained: bool,
+    #[serde(default)]
+    check: Option<Spanned<RawCheck>>,
 }
 
 fn default_weight() -> Spanned<u32> {
@@ -1067,6 +1069,8 @@ impl Validator<'_> {
             Some(c) => Some(self.check(c, &format!("{field}.check"))?),
             None => None,
         };
+        let (quorum, hysteresis, sorry) =
+            self.quorum(s.quorum, s.hysteresis, s.sorry, &field, &reals, address, s.port.value, s.forwarding)?;
         Ok(Service {
             name: s.name,
             address,
@@ -1082,9 +1086,85 @@ impl Validator<'_> {
             expire_nodest_conn: s.expire_nodest_conn.unwrap_or(director.expire_nodest_conn),
             snat_pool,
             check,
+            quorum,
+            hysteresis,
+            sorry,
+            quorum_lost: false,
             reals,
             origin: at,
         })
+    }
+
+    /// A service's quorum, hysteresis and sorry server. A sorry server alone keeps a
+    /// quorum of 1 (keepalived's default): it takes over when no real is left.
+    #[allow(clippy::too_many_arguments)]
+    fn quorum(
+        &self,
+        quorum: Option<Spanned<u32>>,
+        hysteresis: Option<Spanned<u32>>,
+        sorry: Option<Spanned<RawSorry>>,
+        field: &str,
+        reals: &[Real],
+        vip: IpAddr,
+        service_port: u16,
+        forwarding: Forwarding,
+    ) -> Result<(Option<u32>, u32, Option<Sorry>), ConfigError> {
+        let sorry = match sorry {
+            None => None,
+            Some(raw) => {
+                let at = origin(&raw, format!("{field}.sorry"));
+                let RawSorry { address, port } = raw.value;
+                let address_at = origin(&address, format!("{field}.sorry.address"));
+                let address = address.value;
+                if address.is_ipv4() != vip.is_ipv4() || unusable(address) || address == vip {
+                    return Err(self.invalid(
+                        address_at,
+                        format!("{address} cannot be this service's sorry server (another family, the VIP, or unusable)"),
+                    ));
+                }
+                let port = match port {
+                    None => service_port,
+                    Some(p) if p.value == 0 || (forwarding == Forwarding::Dr && p.value != service_port) => {
+                        return Err(self.invalid(
+                            origin(&p, format!("{field}.sorry.port")),
+                            format!("{}: a port, the service's own under direct routing", p.value),
+                        ));
+                    }
+                    Some(p) => p.value,
+                };
+                if reals.iter().any(|r| r.address == address && r.port == port) {
+                    return Err(self.invalid(at, format!("{address}:{port} is a real of the service; a sorry server stands in for them")));
+                }
+                Some(Sorry { address, port })
+            }
+        };
+        let q = match quorum {
+            Some(q) if q.value == 0 => {
+                return Err(self.invalid(
+                    origin(&q, format!("{field}.quorum")),
+                    "0: a quorum is a total weight of at least 1 (leave it out for none)",
+                ));
+            }
+            Some(q) => Some(q.value),
+            None => sorry.map(|_| 1),
+        };
+        let h = match (hysteresis, q) {
+            (None, _) => 0,
+            (Some(h), None) => {
+                return Err(self.invalid(
+                    origin(&h, format!("{field}.hysteresis")),
+                    "hysteresis needs a quorum",
+                ));
+            }
+            (Some(h), Some(q)) if h.value >= q => {
+                return Err(self.invalid(
+                    origin(&h, format!("{field}.hysteresis")),
+                    format!("{}: below the quorum ({q})", h.value),
+                ));
+            }
+            (Some(h), Some(_)) => h.value,
+        };
+        Ok((q, h, sorry))
     }
 
     fn slow_start(&self, raw: RawSlowStart, field: &str) -> Result<SlowStart, ConfigError> {
@@ -1139,85 +1219,6 @@ impl Validator<'_> {
             None => std::net::Ipv4Addr::BROADCAST,
         };
         Ok(Persistence { timeout, netmask })
-    }
-
-    fn check(&self, raw: Spanned<RawCheck>, field: &str) -> Result<Check, ConfigError> {
-        let at = origin(&raw, field);
-        let c = raw.value;
-        let bad = |what: &str, message: String| {
-            let mut at = at.clone();
-            at.field = format!("{field}.{what}");
-            self.invalid(at, message)
-        };
-        let interval = c.interval.unwrap_or(2);
-        if !(1..=3600).contains(&interval) {
-            return Err(bad("interval", format!("{interval}: 1 to 3600 seconds")));
-        }
-        let timeout = c.timeout.unwrap_or(1);
-        if timeout == 0 || timeout > interval {
-            return Err(bad(
-                "timeout",
-                format!("{timeout}: 1 second to the interval ({interval} s)"),
-            ));
-        }
-        let (rise, fall) = (c.rise.unwrap_or(2), c.fall.unwrap_or(3));
-        for (what, n) in [("rise", rise), ("fall", fall)] {
-            if !(1..=100).contains(&n) {
-                return Err(bad(what, format!("{n}: 1 to 100 checks")));
-            }
-        }
-        if c.port == Some(0) {
-            return Err(bad("port", "0 is not a port".into()));
-        }
-        let http = c.kind == CheckKind::Http;
-        if !http && (c.path.is_some() || c.host.is_some() || c.expect.is_some()) {
-            return Err(bad(
-                "type",
-                "path, host and expect are for http checks".into(),
-            ));
-        }
-        let path = c.path.unwrap_or_else(|| "/".into());
-        if !path.starts_with('/')
-            || path.len() > 1024
-            || path.chars().any(|ch| ch.is_control() || ch == ' ')
-        {
-            return Err(bad(
-                "path",
-                format!("{path:?}: an absolute path, no spaces"),
-            ));
-        }
-        if let Some(h) = &c.host
-            && (h.is_empty() || h.len() > 255 || h.chars().any(|ch| ch.is_control() || ch == ' '))
-        {
-            return Err(bad("host", format!("{h:?}: a host name")));
-        }
-        let mut expect = Vec::new();
-        for part in c.expect.as_deref().unwrap_or("200-399").split(',') {
-            let part = part.trim();
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            match (a.trim().parse::<u16>(), b.trim().parse::<u16>()) {
-                (Ok(a), Ok(b)) if (100..=599).contains(&a) && a <= b && b <= 599 => {
-                    expect.push((a, b))
-                }
-                _ => {
-                    return Err(bad(
-                        "expect",
-                        format!("{part:?}: statuses as \"200\" or \"200-399\", comma separated"),
-                    ));
-                }
-            }
-        }
-        Ok(Check {
-            kind: c.kind,
-            port: c.port,
-            interval,
-            timeout,
-            rise,
-            fall,
-            path,
-            host: c.host,
-            expect,
-        })
     }
 
     fn real(
@@ -1283,12 +1284,20 @@ impl Validator<'_> {
                 ),
             ));
         }
+        let check = match r.check {
+            Some(c) => Some(self.check(c, &format!("{field}.check"))?),
+            None => None,
+        };
         Ok(Real {
             address,
             port,
             weight: r.weight.value,
             drained: r.drained,
+            check,
             down: false,
+            draining: false,
+            held: false,
+            sorry: false,
             origin: at,
         })
     }
@@ -1385,35 +1394,151 @@ services:
                 1,
             )
         };
-        let c = parse(&with(
-            "{type: http, port: 8080, path: /ok, expect: \"200, 300-302\", rise: 1}",
-        ))
-        .unwrap_or_else(|e| panic!("{e}"));
-        let check = c.services[0]
-            .check
-            .clone()
-            .unwrap_or_else(|| panic!("no check"));
-        assert_eq!(check.kind, CheckKind::Http);
+        let read = |check: &str| {
+            parse(&with(check))
+                .unwrap_or_else(|e| panic!("{e}"))
+                .services[0]
+                .check
+                .clone()
+                .unwrap_or_else(|| panic!("no check"))
+        };
+        let check = read("{type: http, port: 8080, path: /ok, expect: \"200, 300-302\", rise: 1}");
+        assert_eq!(check.kind(), CheckKind::Http);
         assert_eq!(
-            (check.interval, check.timeout, check.rise, check.fall),
-            (2, 1, 1, 3)
+            (check.interval, check.timeout, check.rise, check.fall, check.jitter),
+            (2, 1, 1, 3, 10)
         );
-        assert_eq!(check.expect, vec![(200, 200), (300, 302)]);
+        let ProbeSpec::Http(h) = &check.probe else {
+            panic!("{check:?}")
+        };
+        assert_eq!(h.expect, vec![(200, 200), (300, 302)]);
+        assert_eq!(h.drain, vec![(503, 503)]);
+        let check = read("{type: https, sni: www.example.com, drain: none, method: head}");
+        let ProbeSpec::Http(h) = &check.probe else {
+            panic!("{check:?}")
+        };
+        assert_eq!((h.method.as_str(), h.drain.len()), ("HEAD", 0));
+        assert_eq!(
+            h.tls,
+            Some(TlsCheck {
+                verify: false,
+                sni: Some("www.example.com".into()),
+                ca: None
+            })
+        );
+        let check = read("{type: udp, payload: \"70 69 6e 67\", reply: 706f6e67, max_reply: 16}");
+        assert_eq!(
+            check.probe,
+            ProbeSpec::Udp(UdpCheck {
+                payload: b"ping".to_vec(),
+                require_reply: true,
+                reply: b"pong".to_vec(),
+                min_reply: 4,
+                max_reply: 16,
+            })
+        );
+        let check = read("{type: dns, query: example.com, query_type: a}");
+        assert_eq!(
+            check.probe,
+            ProbeSpec::Dns(DnsCheck {
+                name: "example.com".into(),
+                qtype: "A".into()
+            })
+        );
+        let check = read("{type: exec, command: \"test -e /tmp\", dynamic: true, timeout: 2, interval: 5}");
+        assert_eq!(
+            check.probe,
+            ProbeSpec::Exec(ExecCheck {
+                argv: vec!["/bin/sh".into(), "-c".into(), "test -e /tmp".into()],
+                dynamic: true
+            })
+        );
+        let check = read("{type: exec, command: [/bin/true, x], on_failure: remove}");
+        assert_eq!(check.on_failure, OnFailure::Remove);
         for (bad, want) in [
             (
                 "{type: tcp, interval: 2, timeout: 3}",
                 "check.timeout: 3: 1 second to the interval",
             ),
             ("{type: tcp, fall: 0}", "check.fall: 0: 1 to 100"),
+            ("{type: tcp, jitter: 60}", "check.jitter: 60: 0 to 50 percent"),
             (
                 "{type: tcp, path: /x}",
-                "check.type: path, host and expect are for http",
+                "check.path: path is for http and https checks, not tcp",
             ),
+            ("{type: http, sni: a.example}", "check.sni: sni is for https checks"),
             ("{type: http, path: x}", "check.path"),
             ("{type: http, expect: \"600\"}", "check.expect"),
-            ("{type: udp}", "udp"),
+            ("{type: http, drain: \"200\"}", "200 is both healthy"),
+            ("{type: http, method: POST}", "check.method: \"POST\": GET or HEAD"),
+            ("{type: http, method: HEAD, body: x}", "HEAD answer has no body"),
+            ("{type: https, sni: 192.0.2.1}", "check.sni"),
+            ("{type: https, ca: /nonexistent/ca.pem}", "check.ca: /nonexistent/ca.pem"),
+            ("{type: udp, payload: abc}", "check.payload: \"abc\": hex digits"),
+            ("{type: udp, payload: zz}", "check.payload"),
+            ("{type: udp, require_reply: false, reply: 00}", "check.require_reply"),
+            ("{type: udp, reply: 0000, max_reply: 1}", "check.reply: 2 bytes"),
+            ("{type: dns, query_type: AXFR}", "check.query_type: \"AXFR\": one of"),
+            ("{type: dns, query: \"a..b\"}", "check.query"),
+            ("{type: exec}", "check.command: an exec check needs a command"),
+            ("{type: exec, command: []}", "check.command"),
+            ("{type: exec, command: \" \"}", "check.command"),
+            ("{type: tcp, command: x}", "check.command: command is for exec checks"),
+            ("{type: icmp}", "icmp"),
         ] {
             let e = error(&with(bad));
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_real_may_have_its_own_check_and_a_service_a_quorum_and_sorry_server() {
+        let text = GOOD
+            .replacen(
+                "    scheduler: sh\n    reals:",
+                "    scheduler: sh\n    check: {type: tcp}\n    quorum: 2\n    hysteresis: 1\n    \
+                 sorry: {address: 192.0.2.50}\n    reals:",
+                1,
+            )
+            .replacen(
+                "      - address: 192.0.2.12\n",
+                "      - address: 192.0.2.12\n        check: {type: exec, command: /bin/true}\n",
+                1,
+            );
+        let c = parse(&text).unwrap_or_else(|e| panic!("{e}"));
+        let s = &c.services[0];
+        assert_eq!((s.quorum, s.hysteresis), (Some(2), 1));
+        assert_eq!(
+            s.sorry,
+            Some(Sorry {
+                address: "192.0.2.50".parse().unwrap_or_else(|e| panic!("{e}")),
+                port: 80
+            })
+        );
+        assert_eq!(s.check_of(&s.reals[0]).map(Check::kind), Some(CheckKind::Tcp));
+        assert_eq!(s.check_of(&s.reals[1]).map(Check::kind), Some(CheckKind::Exec));
+        // A sorry server alone keeps keepalived's quorum of 1.
+        let alone = GOOD.replacen(
+            "    scheduler: sh\n    reals:",
+            "    scheduler: sh\n    sorry: {address: 192.0.2.50}\n    reals:",
+            1,
+        );
+        let c = parse(&alone).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.services[0].quorum, Some(1));
+        for (bad, want) in [
+            ("quorum: 0", "quorum: 0: a quorum is a total weight of at least 1"),
+            ("hysteresis: 1", "hysteresis: hysteresis needs a quorum"),
+            ("quorum: 2\n    hysteresis: 2", "hysteresis: 2: below the quorum (2)"),
+            ("sorry: {address: 192.0.2.100}", "sorry.address: 192.0.2.100 cannot be"),
+            ("sorry: {address: 192.0.2.50, port: 81}", "sorry.port: 81"),
+            ("sorry: {address: 192.0.2.11}", "is a real of the service"),
+        ] {
+            let text = GOOD.replacen(
+                "    scheduler: sh\n    reals:",
+                &format!("    scheduler: sh\n    {bad}\n    reals:"),
+                1,
+            );
+            let e = error(&text);
             assert!(e.contains(want), "{bad}: {e}");
         }
     }

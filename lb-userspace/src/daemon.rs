@@ -21,10 +21,10 @@ use tokio::{
 
 use crate::{
     api::{self, Answer, Call, Refusal, Request},
-    config::{Config, ConfigError},
+    config::{Check, Config, ConfigError, OnFailure},
     dataplane::{Dataplane, DataplaneError, Snapshot},
     document::{self, Document, EditError},
-    health::{Checkers, Health, Probe},
+    health::{Checkers, HealthChange, Health, Probe, QuorumChange, Target},
     host::{HostError, InstanceLock, LoForwarding, LockError, STATE_DIR},
     nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
     pins::{self, Found},
@@ -153,6 +153,67 @@ struct Director {
     lo: Option<LoForwarding>,
 }
 
+/// Logs a real's health change once, with its cause and its effect.
+fn log_health(target: &Target, check: &Check, change: &HealthChange) {
+    use crate::health::Status;
+    let cause = |c: &Option<String>| c.clone().unwrap_or_else(|| "no detail".into());
+    match change {
+        HealthChange::Status { to: Status::Up, after, .. } => log::info!(
+            "{target} is up after {after} good checks; it takes new flows again"
+        ),
+        HealthChange::Status { to: Status::Draining, cause: c, .. } => log::info!(
+            "{target} is draining: its check asked for it ({}); no new flows go to it, \
+             established ones continue",
+            cause(c)
+        ),
+        HealthChange::Status { to: Status::Down, after, cause: c, .. } => {
+            let effect = match check.on_failure {
+                OnFailure::Inhibit => "no new flows go to it, established ones continue",
+                OnFailure::Remove => {
+                    "it is taken out of the service; its established flows follow \
+                     expire_nodest_conn"
+                }
+            };
+            log::warn!(
+                "{target} is down after {after} failed checks ({}); {effect}",
+                cause(c)
+            );
+        }
+        HealthChange::Weight { from, to } => log::info!(
+            "{target}: its check set the weight to {} (was {})",
+            to.map_or("the configured one".into(), |w| w.to_string()),
+            from.map_or("the configured one".into(), |w| w.to_string())
+        ),
+    }
+}
+
+/// Logs each service whose quorum was lost or regained.
+fn log_quorum(changes: &[QuorumChange]) {
+    for q in changes {
+        if q.lost {
+            log::warn!(
+                "service {} lost its quorum: live weight {} is below {}; {}",
+                q.service,
+                q.live,
+                q.quorum,
+                if q.sorry {
+                    "its sorry server takes the new flows"
+                } else {
+                    "new flows are dropped (drop_quorum_lost)"
+                }
+            );
+        } else {
+            log::info!(
+                "service {} regained its quorum: live weight {} of {} needed; its reals \
+                 take new flows again",
+                q.service,
+                q.live,
+                q.quorum
+            );
+        }
+    }
+}
+
 /// Routes to every real and SNAT pool address of a configuration, for `plan::compile`.
 async fn routes(netlink: &Netlink, config: &Config) -> HashMap<IpAddr, Result<Route, String>> {
     let mut routes = HashMap::new();
@@ -259,7 +320,10 @@ async fn start(
     };
     // Nothing is written into the maps before the plan compiles: a refused start leaves
     // a running data path as it was.
-    let plan = compile(netlink, config_path, &config, &kept).await?;
+    // Every real starts up; a quorum the configured weights cannot reach is lost now.
+    let mut health = Health::default();
+    let (effective, quorum_changes) = health.apply(&config);
+    let plan = compile(netlink, config_path, &effective, &kept).await?;
     let mut interfaces: Vec<Link> = Vec::new();
     for name in &config.director.interfaces {
         interfaces.push(netlink.link_by_name(name).await?);
@@ -279,6 +343,7 @@ async fn start(
             .map(|l| (l.index, l.mac))
             .collect::<Vec<_>>(),
     )?;
+    log_quorum(&quorum_changes);
     let mut director = Director {
         config_path: config_path.to_owned(),
         interfaces: config
@@ -288,10 +353,10 @@ async fn start(
             .cloned()
             .zip(interfaces.iter().cloned().map(Some))
             .collect(),
-        effective: config.clone(),
+        effective,
         ramps: Ramps::default(),
         checkers: Checkers::new(probes),
-        health: Health::default(),
+        health,
         config,
         doc,
         file_text: text,
@@ -538,7 +603,7 @@ impl Director {
         if config.director.xdp_mode != self.config.director.xdp_mode {
             return Err(needs_restart("director.xdp_mode"));
         }
-        let effective = self.health.apply(&config);
+        let (effective, quorum_changes) = self.health.apply(&config);
         let mut ramps = self.ramps.clone();
         let now = std::time::Instant::now();
         ramps.begin(&self.effective, &effective, now);
@@ -602,6 +667,7 @@ impl Director {
         self.plan = plan;
         self.checkers.follow(&config);
         self.health.retain(&config);
+        log_quorum(&quorum_changes);
         self.effective = effective;
         self.ramps = ramps;
         self.config = config;
@@ -697,6 +763,7 @@ impl Director {
         let (snapshot, flows) = self.readings()?;
         Ok(stats::listing(
             &self.effective,
+            &self.config,
             &self.plan,
             &snapshot,
             &flows,
@@ -736,22 +803,29 @@ impl Director {
         Ok((snapshot, flows))
     }
 
-    /// Records a health check's result; a real that went down or came back is taken out of
-    /// or put back into scheduling at once.
+    /// Records a health check's result; a real that went down, came back, asked for a
+    /// drain or got a new weight is applied at once, then logged once with its cause.
     async fn on_probe(&mut self, probe: Probe, neighbours: &mut ManagedNeighbours) {
         let target = probe.target.clone();
         let Some(check) = self
             .config
             .services
             .iter()
-            .find(|s| {
+            .filter(|s| {
                 s.protocol == target.protocol && s.address == target.vip && s.port == target.vport
             })
-            .and_then(|s| s.check.clone())
+            .flat_map(|s| {
+                s.reals
+                    .iter()
+                    .filter(|r| r.address == target.real && r.port == target.port)
+                    .filter_map(|r| s.check_of(r))
+            })
+            .next()
+            .cloned()
         else {
             return;
         };
-        let Some(t) = self.health.record(probe, &check) else {
+        let Some(change) = self.health.record(probe, &check) else {
             return;
         };
         // Logged once applied: the line means what it says.
@@ -760,19 +834,7 @@ impl Director {
             log::error!("applying the health of {target}: {e}");
             return;
         }
-        if t.up {
-            log::info!(
-                "{target} is up after {} good checks; it takes new flows again",
-                t.after
-            );
-        } else {
-            log::warn!(
-                "{target} is down after {} failed checks ({}); no new flows go to it, \
-                 established ones continue",
-                t.after,
-                t.cause.as_deref().unwrap_or("no detail")
-            );
-        }
+        log_health(&target, &check, &change);
     }
 
     /// Leaves the data path running after the director is dropped: `lo` forwarding stays

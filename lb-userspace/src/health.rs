@@ -1,19 +1,29 @@
 //! Health checks: one task per checked real, aimed at the real's own address (never
-//! through the VIP), each with a timeout, started at a spread of offsets so thousands never
-//! fire in step. Results go to the director's loop, which keeps each real's state
-//! (`rise` successes to come up, `fall` failures to go down) and takes a down real out of
-//! scheduling: no new flows, established ones continue, as a drain (docs/HEALTH.md).
+//! through the VIP), each with a timeout, started at a spread of offsets and waiting a
+//! jittered interval so thousands never fire in step. Results go to the director's loop,
+//! which keeps each real's state (`rise` successes to come up, `fall` failures to go
+//! down, a drain answer at once), each service's quorum, and turns them into the
+//! configuration the data path runs (docs/HEALTH.md).
+
+mod probe;
 
 use std::{
     collections::HashMap,
     hash::{Hash, Hasher},
-    net::{IpAddr, SocketAddr},
-    time::{Duration, Instant},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
-use tokio::{sync::mpsc, task::JoinHandle};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinHandle,
+};
 
-use crate::config::{Check, CheckKind, Config, Protocol, Real, Service};
+pub use probe::Outcome;
+
+use crate::config::{Check, Config, OnFailure, Protocol, Real, Service};
 
 /// One checked real of one service.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -36,6 +46,16 @@ impl Target {
             port: real.port,
         }
     }
+
+    fn labels(&self) -> [String; 5] {
+        [
+            self.protocol.to_string(),
+            self.vip.to_string(),
+            self.vport.to_string(),
+            self.real.to_string(),
+            self.port.to_string(),
+        ]
+    }
 }
 
 impl std::fmt::Display for Target {
@@ -48,22 +68,32 @@ impl std::fmt::Display for Target {
     }
 }
 
-/// A check's outcome.
+/// A check's result.
 #[derive(Debug)]
 pub struct Probe {
     pub target: Target,
-    pub result: Result<(), String>,
+    pub outcome: Outcome,
     pub took: Duration,
 }
 
-/// The checks of every real whose service has one, kept in step with the configuration.
+struct Running {
+    check: Check,
+    task: JoinHandle<()>,
+    nudge: Arc<Notify>,
+}
+
+/// The checks of every checked real, kept in step with the configuration.
 pub struct Checkers {
-    running: HashMap<Target, (Check, JoinHandle<()>)>,
+    running: HashMap<Target, Running>,
     tx: mpsc::Sender<Probe>,
 }
 
 impl Checkers {
     pub fn new(tx: mpsc::Sender<Probe>) -> Checkers {
+        // reqwest's TLS takes the process's provider; ours is ring (no other is built:
+        // aws-lc-rs, which rustls would rather have, needs cmake and a long C build).
+        #[allow(deprecated)]
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Checkers {
             running: HashMap::new(),
             tx,
@@ -73,17 +103,11 @@ impl Checkers {
     /// Starts the checks a configuration asks for, stops the others, and restarts those
     /// whose check changed.
     pub fn follow(&mut self, config: &Config) {
-        let mut wanted: HashMap<Target, Check> = HashMap::new();
-        for s in &config.services {
-            let Some(check) = &s.check else { continue };
-            for r in &s.reals {
-                wanted.insert(Target::of(s, r), check.clone());
-            }
-        }
-        self.running.retain(|t, (check, task)| {
-            let keep = wanted.get(t) == Some(check);
+        let wanted = checked(config);
+        self.running.retain(|t, r| {
+            let keep = wanted.get(t) == Some(&&r.check);
             if !keep {
-                task.abort();
+                r.task.abort();
             }
             keep
         });
@@ -91,157 +115,321 @@ impl Checkers {
             if self.running.contains_key(&target) {
                 continue;
             }
-            let task = tokio::spawn(run(target.clone(), check.clone(), self.tx.clone()));
-            self.running.insert(target, (check, task));
+            let nudge = Arc::new(Notify::new());
+            let task = tokio::spawn(run(
+                target.clone(),
+                check.clone(),
+                self.tx.clone(),
+                nudge.clone(),
+            ));
+            self.running.insert(
+                target,
+                Running {
+                    check: check.clone(),
+                    task,
+                    nudge,
+                },
+            );
         }
+    }
+
+    /// Runs a real's check now (a passive signal made it suspect); false if unchecked.
+    pub fn nudge(&self, target: &Target) -> bool {
+        match self.running.get(target) {
+            Some(r) => {
+                r.nudge.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.running.is_empty()
     }
 }
 
 impl Drop for Checkers {
     fn drop(&mut self) {
-        for (_, task) in self.running.values() {
-            task.abort();
+        for r in self.running.values() {
+            r.task.abort();
         }
     }
 }
 
-/// Where in its interval a target's checks fall: spread by a hash of the target.
-fn offset(target: &Target, interval: Duration) -> Duration {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    target.hash(&mut h);
-    let fraction = (h.finish() % 1000) as f64 / 1000.0;
-    interval.mul_f64(fraction)
+/// Every checked real with its check (its own, or its service's).
+pub fn checked(config: &Config) -> HashMap<Target, &Check> {
+    let mut out = HashMap::new();
+    for s in &config.services {
+        for r in s.reals.iter().filter(|r| !r.sorry) {
+            if let Some(c) = s.check_of(r) {
+                out.insert(Target::of(s, r), c);
+            }
+        }
+    }
+    out
 }
 
-async fn run(target: Target, check: Check, tx: mpsc::Sender<Probe>) {
+/// A hash of the target: where its first check falls, and its jitter's seed.
+fn seed(target: &Target) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    target.hash(&mut h);
+    h.finish()
+}
+
+/// The next wait: the interval shortened by up to `jitter` percent.
+fn jittered(interval: Duration, jitter: u32, state: &mut u64) -> Duration {
+    // SplitMix64: a fresh well-mixed number per wait, no shared generator.
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let fraction = (z % 10_000) as f64 / 10_000.0 * f64::from(jitter) / 100.0;
+    interval.mul_f64(1.0 - fraction)
+}
+
+async fn run(target: Target, check: Check, tx: mpsc::Sender<Probe>, nudge: Arc<Notify>) {
     let interval = Duration::from_secs(u64::from(check.interval));
-    tokio::time::sleep(offset(&target, interval)).await;
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = seed(&target);
+    // The warm-up spread: each real's first check at its own point of the first interval.
+    let first = interval.mul_f64((state % 1000) as f64 / 1000.0);
+    tokio::select! {
+        _ = tokio::time::sleep(first) => {}
+        _ = nudge.notified() => {}
+    }
+    let prober = probe::Prober::new(target.clone(), check.clone());
     loop {
-        ticks.tick().await;
         let start = Instant::now();
-        let limit = Duration::from_secs(u64::from(check.timeout));
-        let result = match tokio::time::timeout(limit, probe(&target, &check)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} s", check.timeout)),
+        let outcome = match &prober {
+            Ok(p) => p.run().await,
+            Err(e) => Outcome::Failed(e.clone()),
         };
         let probe = Probe {
             target: target.clone(),
-            result,
+            outcome,
             took: start.elapsed(),
         };
         if tx.send(probe).await.is_err() {
             return;
         }
+        let wait = jittered(interval, check.jitter, &mut state).saturating_sub(start.elapsed());
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = nudge.notified() => {}
+        }
     }
 }
 
-async fn probe(target: &Target, check: &Check) -> Result<(), String> {
-    let at = SocketAddr::new(target.real, check.port.unwrap_or(target.port));
-    let stream = tokio::net::TcpStream::connect(at)
-        .await
-        .map_err(|e| format!("connect to {at}: {e}"))?;
-    if check.kind == CheckKind::Tcp {
-        return Ok(());
-    }
-    use http_body_util::Empty;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("http to {at}: {e}"))?;
-    let conn = tokio::spawn(conn);
-    let host = check.host.clone().unwrap_or_else(|| at.ip().to_string());
-    let request = hyper::Request::get(check.path.as_str())
-        .header("host", host)
-        .header("user-agent", concat!("xdpvs/", env!("CARGO_PKG_VERSION")))
-        .header("connection", "close")
-        .body(Empty::<axum::body::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| format!("http to {at}: {e}"));
-    conn.abort();
-    let status = response?.status().as_u16();
-    if check.expect.iter().any(|&(a, b)| (a..=b).contains(&status)) {
-        Ok(())
-    } else {
-        Err(format!("http to {at}{}: status {status}", check.path))
+/// A checked real's health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Up,
+    /// Its check asked for a drain: no new flows, no alarm.
+    Draining,
+    Down,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Up => "up",
+            Status::Draining => "draining",
+            Status::Down => "down",
+        }
     }
 }
 
 /// A checked real's state.
 #[derive(Clone, Debug)]
 pub struct State {
-    pub up: bool,
-    /// Results in a row against the state (failures while up, successes while down).
-    pub streak: u32,
-    pub since: std::time::SystemTime,
+    pub status: Status,
+    /// Good and failed results in a row.
+    good: u32,
+    bad: u32,
+    pub since: SystemTime,
     pub last_error: Option<String>,
     pub last_took: Duration,
+    pub last_check: Option<SystemTime>,
+    /// The weight a `dynamic` exec check set.
+    pub weight: Option<u32>,
 }
 
-/// Every checked real's state. A real starts up (a restarted director keeps serving
-/// while its checks warm up) and changes only after `fall` or `rise` results in a row.
-#[derive(Default)]
+/// A change a result makes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HealthChange {
+    Status {
+        from: Status,
+        to: Status,
+        /// Results in a row that made it.
+        after: u32,
+        cause: Option<String>,
+    },
+    /// A `dynamic` exec check set another weight.
+    Weight { from: Option<u32>, to: Option<u32> },
+}
+
+/// A service whose quorum was lost or regained.
+pub struct QuorumChange {
+    pub service: String,
+    pub lost: bool,
+    pub live: u64,
+    pub quorum: u32,
+    pub sorry: bool,
+}
+
+type ServiceKey = (Protocol, IpAddr, u16);
+
+/// Every checked real's state and every service's quorum. A real starts up (a restarted
+/// director keeps serving while its checks warm up) and changes after `fall` failures or
+/// `rise` successes in a row, or at once when its check asks for a drain.
 pub struct Health {
     states: HashMap<Target, State>,
+    quorum_lost: HashMap<ServiceKey, bool>,
+    latency: HistogramVec,
+    results: IntCounterVec,
 }
 
-/// A change of state, for the log.
-pub struct Transition {
-    pub up: bool,
-    pub after: u32,
-    pub cause: Option<String>,
+impl Default for Health {
+    fn default() -> Health {
+        let labels = ["protocol", "address", "port", "real", "real_port"];
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "xdpvs_real_check_duration_seconds",
+                "How long the real's health checks took (failed and timed-out ones included).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &labels,
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        let results = IntCounterVec::new(
+            Opts::new(
+                "xdpvs_real_checks_total",
+                "The real's health checks by result: ok, drain or failed.",
+            ),
+            &["protocol", "address", "port", "real", "real_port", "result"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        Health {
+            states: HashMap::new(),
+            quorum_lost: HashMap::new(),
+            latency,
+            results,
+        }
+    }
 }
 
 impl Health {
-    /// Records a result; returns the transition it causes, if any.
-    pub fn record(&mut self, probe: Probe, check: &Check) -> Option<Transition> {
+    /// Records a result; returns the change it makes, if any.
+    pub fn record(&mut self, probe: Probe, check: &Check) -> Option<HealthChange> {
+        let labels = probe.target.labels();
+        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+        self.latency
+            .with_label_values(&l)
+            .observe(probe.took.as_secs_f64());
+        let result = match &probe.outcome {
+            Outcome::Healthy { .. } => "ok",
+            Outcome::Drain(_) => "drain",
+            Outcome::Failed(_) => "failed",
+        };
+        let mut with_result = l.clone();
+        with_result.push(result);
+        self.results.with_label_values(&with_result).inc();
+        let now = SystemTime::now();
         let state = self.states.entry(probe.target).or_insert_with(|| State {
-            up: true,
-            streak: 0,
-            since: std::time::SystemTime::now(),
+            status: Status::Up,
+            good: 0,
+            bad: 0,
+            since: now,
             last_error: None,
             last_took: Duration::ZERO,
+            last_check: None,
+            weight: None,
         });
         state.last_took = probe.took;
-        let ok = probe.result.is_ok();
-        if let Err(e) = probe.result {
-            state.last_error = Some(e);
-        }
-        if ok == state.up {
-            state.streak = 0;
-            return None;
-        }
-        state.streak += 1;
-        let needed = if state.up { check.fall } else { check.rise };
-        if state.streak < needed {
-            return None;
-        }
-        state.up = ok;
-        state.streak = 0;
-        state.since = std::time::SystemTime::now();
-        Some(Transition {
-            up: ok,
-            after: needed,
-            cause: (!ok).then(|| state.last_error.clone()).flatten(),
+        state.last_check = Some(now);
+        let from = state.status;
+        let (to, after, cause) = match probe.outcome {
+            Outcome::Healthy { weight } => {
+                state.good += 1;
+                state.bad = 0;
+                if from == Status::Up {
+                    if weight != state.weight {
+                        let change = HealthChange::Weight {
+                            from: state.weight,
+                            to: weight,
+                        };
+                        state.weight = weight;
+                        return Some(change);
+                    }
+                    return None;
+                }
+                if state.good < check.rise {
+                    return None;
+                }
+                state.weight = weight;
+                (Status::Up, check.rise, None)
+            }
+            Outcome::Drain(why) => {
+                state.good = 0;
+                state.bad = 0;
+                if from == Status::Draining {
+                    return None;
+                }
+                (Status::Draining, 1, Some(why))
+            }
+            Outcome::Failed(e) => {
+                state.bad += 1;
+                state.good = 0;
+                state.last_error = Some(e.clone());
+                if from == Status::Down || state.bad < check.fall {
+                    return None;
+                }
+                (Status::Down, check.fall, Some(e))
+            }
+        };
+        state.status = to;
+        state.good = 0;
+        state.bad = 0;
+        state.since = now;
+        Some(HealthChange::Status {
+            from,
+            to,
+            after,
+            cause,
         })
     }
 
     /// Forgets reals the configuration no longer checks.
     pub fn retain(&mut self, config: &Config) {
+        let wanted = checked(config);
+        let (latency, results) = (&self.latency, &self.results);
         self.states.retain(|t, _| {
-            config.services.iter().any(|s| {
-                s.check.is_some()
-                    && s.protocol == t.protocol
-                    && s.address == t.vip
-                    && s.port == t.vport
-                    && s.reals
-                        .iter()
-                        .any(|r| r.address == t.real && r.port == t.port)
-            })
+            let keep = wanted.contains_key(t);
+            if !keep {
+                let labels = t.labels();
+                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let _ = latency.remove_label_values(&l);
+                for result in ["ok", "drain", "failed"] {
+                    let mut with = l.clone();
+                    with.push(result);
+                    let _ = results.remove_label_values(&with);
+                }
+            }
+            keep
+        });
+        self.quorum_lost.retain(|(p, a, port), _| {
+            config
+                .services
+                .iter()
+                .any(|s| s.protocol == *p && s.address == *a && s.port == *port && s.quorum.is_some())
         });
     }
 
@@ -249,77 +437,222 @@ impl Health {
         self.states.get(target)
     }
 
-    /// The configuration with each down real marked down (no new flows).
-    pub fn apply(&self, config: &Config) -> Config {
+    /// Whether a service's quorum is lost now.
+    pub fn quorum_lost(&self, s: &Service) -> bool {
+        self.quorum_lost
+            .get(&(s.protocol, s.address, s.port))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    /// The latency histograms and result counters, for the metrics.
+    pub fn collectors(&self) -> (HistogramVec, IntCounterVec) {
+        (self.latency.clone(), self.results.clone())
+    }
+
+    /// The configuration the data path runs: each real as its health has it (down and
+    /// draining reals take no new flows; a down real of an `on_failure: remove` check is
+    /// taken out; a `dynamic` check's weight), and each service with a quorum held or
+    /// lost (lost: its reals held, its sorry server in). Records the quorum changes.
+    pub fn apply(&mut self, config: &Config) -> (Config, Vec<QuorumChange>) {
         let mut effective = config.clone();
+        let mut changes = Vec::new();
         for s in &mut effective.services {
-            let down: Vec<bool> = s
+            let service = s.clone();
+            s.reals.retain_mut(|r| {
+                let remove = match service.check_of(r) {
+                    Some(check) => check.on_failure == OnFailure::Remove,
+                    None => return true,
+                };
+                let Some(st) = self.states.get(&Target::of(&service, r)) else {
+                    return true;
+                };
+                r.down = st.status == Status::Down;
+                r.draining = st.status == Status::Draining;
+                if let Some(w) = st.weight {
+                    r.weight = w;
+                }
+                !(r.down && remove)
+            });
+            let Some(quorum) = s.quorum else { continue };
+            let live: u64 = s
                 .reals
                 .iter()
-                .map(|r| self.states.get(&Target::of(s, r)).is_some_and(|st| !st.up))
-                .collect();
-            for (r, down) in s.reals.iter_mut().zip(down) {
-                r.down = down;
+                .map(|r| u64::from(r.scheduling_weight()))
+                .sum();
+            let key = (s.protocol, s.address, s.port);
+            let was = self.quorum_lost.get(&key).copied().unwrap_or(false);
+            let lost = if was {
+                live < u64::from(quorum) + u64::from(s.hysteresis)
+            } else {
+                live < u64::from(quorum).saturating_sub(u64::from(s.hysteresis))
+            };
+            if lost != was {
+                changes.push(QuorumChange {
+                    service: s.to_string(),
+                    lost,
+                    live,
+                    quorum,
+                    sorry: s.sorry.is_some(),
+                });
+                self.quorum_lost.insert(key, lost);
+            }
+            s.quorum_lost = lost;
+            if lost {
+                for r in &mut s.reals {
+                    r.held = true;
+                }
+                if let Some(sorry) = s.sorry {
+                    s.reals.push(Real {
+                        address: sorry.address,
+                        port: sorry.port,
+                        weight: 1,
+                        drained: false,
+                        check: None,
+                        down: false,
+                        draining: false,
+                        held: false,
+                        sorry: true,
+                        origin: s.origin.clone(),
+                    });
+                }
             }
         }
-        effective
+        (effective, changes)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ProbeSpec;
 
     fn check(rise: u32, fall: u32) -> Check {
         Check {
-            kind: CheckKind::Tcp,
             port: None,
             interval: 1,
             timeout: 1,
             rise,
             fall,
-            path: "/".into(),
-            host: None,
-            expect: vec![(200, 399)],
+            jitter: 10,
+            on_failure: OnFailure::Inhibit,
+            passive: false,
+            probe: ProbeSpec::Tcp,
         }
     }
 
-    #[test]
-    fn rise_and_fall_hold_the_state_through_flapping() {
-        let target = Target {
+    fn target() -> Target {
+        Target {
             protocol: Protocol::Tcp,
             vip: IpAddr::from([192, 0, 2, 100]),
             vport: 80,
             real: IpAddr::from([192, 0, 2, 11]),
             port: 80,
-        };
+        }
+    }
+
+    fn feed(h: &mut Health, c: &Check, outcome: Outcome) -> Option<Status> {
+        match h.record(
+            Probe {
+                target: target(),
+                outcome,
+                took: Duration::ZERO,
+            },
+            c,
+        ) {
+            Some(HealthChange::Status { to, .. }) => Some(to),
+            _ => None,
+        }
+    }
+
+    const OK: Outcome = Outcome::Healthy { weight: None };
+
+    fn failed() -> Outcome {
+        Outcome::Failed("refused".into())
+    }
+
+    #[test]
+    fn rise_and_fall_hold_the_state_through_flapping() {
         let c = check(2, 3);
         let mut h = Health::default();
-        let mut feed = |ok: bool| {
-            h.record(
-                Probe {
-                    target: target.clone(),
-                    result: if ok { Ok(()) } else { Err("refused".into()) },
-                    took: Duration::ZERO,
-                },
-                &c,
-            )
-            .map(|t| t.up)
-        };
         // Up at first; two failures and a success: still up (fall is 3).
-        assert_eq!(feed(false), None);
-        assert_eq!(feed(false), None);
-        assert_eq!(feed(true), None);
+        assert_eq!(feed(&mut h, &c, failed()), None);
+        assert_eq!(feed(&mut h, &c, failed()), None);
+        assert_eq!(feed(&mut h, &c, OK), None);
         // Three in a row: down.
-        assert_eq!(feed(false), None);
-        assert_eq!(feed(false), None);
-        assert_eq!(feed(false), Some(false));
+        assert_eq!(feed(&mut h, &c, failed()), None);
+        assert_eq!(feed(&mut h, &c, failed()), None);
+        assert_eq!(feed(&mut h, &c, failed()), Some(Status::Down));
         // Flapping success/failure never brings it up (rise is 2).
         for _ in 0..5 {
-            assert_eq!(feed(true), None);
-            assert_eq!(feed(false), None);
+            assert_eq!(feed(&mut h, &c, OK), None);
+            assert_eq!(feed(&mut h, &c, failed()), None);
         }
-        assert_eq!(feed(true), None);
-        assert_eq!(feed(true), Some(true));
+        assert_eq!(feed(&mut h, &c, OK), None);
+        assert_eq!(feed(&mut h, &c, OK), Some(Status::Up));
+    }
+
+    #[test]
+    fn a_drain_answer_drains_at_once_and_rise_good_answers_end_it() {
+        let c = check(2, 3);
+        let mut h = Health::default();
+        let drain = || Outcome::Drain("503".into());
+        assert_eq!(feed(&mut h, &c, drain()), Some(Status::Draining));
+        assert_eq!(feed(&mut h, &c, drain()), None);
+        assert_eq!(feed(&mut h, &c, OK), None);
+        assert_eq!(feed(&mut h, &c, OK), Some(Status::Up));
+        // Draining, then failing: down after fall failures.
+        assert_eq!(feed(&mut h, &c, drain()), Some(Status::Draining));
+        assert_eq!(feed(&mut h, &c, failed()), None);
+        assert_eq!(feed(&mut h, &c, failed()), None);
+        assert_eq!(feed(&mut h, &c, failed()), Some(Status::Down));
+        // A down real that answers "drain" is alive: draining, no alarm.
+        assert_eq!(feed(&mut h, &c, drain()), Some(Status::Draining));
+        let st = h.state(&target()).map(|s| s.last_error.clone());
+        assert_eq!(st, Some(Some("refused".into())));
+    }
+
+    #[test]
+    fn a_dynamic_weight_is_a_change_while_up() {
+        let c = check(1, 1);
+        let mut h = Health::default();
+        let p = |w| Probe {
+            target: target(),
+            outcome: Outcome::Healthy { weight: w },
+            took: Duration::ZERO,
+        };
+        assert_eq!(
+            h.record(p(Some(5)), &c),
+            Some(HealthChange::Weight {
+                from: None,
+                to: Some(5)
+            })
+        );
+        assert_eq!(h.record(p(Some(5)), &c), None);
+        assert_eq!(
+            h.record(p(None), &c),
+            Some(HealthChange::Weight {
+                from: Some(5),
+                to: None
+            })
+        );
+    }
+
+    #[test]
+    fn jitter_only_shortens_the_interval() {
+        let mut state = 7;
+        let interval = Duration::from_secs(2);
+        let waits: Vec<Duration> = (0..1000)
+            .map(|_| jittered(interval, 10, &mut state))
+            .collect();
+        assert!(waits.iter().all(|w| *w <= interval && *w >= interval.mul_f64(0.9)));
+        let spread = waits.iter().max().unwrap_or(&interval).as_secs_f64()
+            - waits.iter().min().unwrap_or(&interval).as_secs_f64();
+        assert!(spread > 0.15, "{spread}");
+        assert!(
+            (0..10)
+                .map(|_| jittered(interval, 0, &mut state))
+                .all(|w| w == interval)
+        );
     }
 }

@@ -11,7 +11,7 @@ use prometheus::{Encoder as _, IntCounterVec, IntGauge, IntGaugeVec, Opts, Regis
 use crate::{
     config::Config,
     dataplane::Snapshot,
-    health::{Health, Target},
+    health::{Health, Status, Target},
     plan::Plan,
 };
 
@@ -71,6 +71,13 @@ pub fn render(
         "Bytes forwarded for the virtual service, Ethernet header included.",
         &svc,
     );
+    let s_quorum = gauge(
+        &r,
+        "xdpvs_service_quorum_lost",
+        "1 while the service's live weight is below its quorum (its sorry server, if any, \
+         takes the new flows; else they are dropped).",
+        &svc,
+    );
     let r_conns = counter(
         &r,
         "xdpvs_real_connections_total",
@@ -119,6 +126,18 @@ pub fn render(
         "Health of a checked real server: 1 up, 0 down (its check failed `fall` times).",
         &real,
     );
+    let r_draining = gauge(
+        &r,
+        "xdpvs_real_draining",
+        "1 while the real's health check asks for a drain (HTTP 503 or a configured status).",
+        &real,
+    );
+    let r_since = gauge(
+        &r,
+        "xdpvs_real_health_since_seconds",
+        "Unix time of the checked real's last health transition (its start if none).",
+        &real,
+    );
     let r_check = gauge(
         &r,
         "xdpvs_real_check_duration_milliseconds",
@@ -154,6 +173,9 @@ pub fn render(
         &["version"],
     );
     let _ = r.register(Box::new(entries.clone()));
+    let (latency, results) = health.collectors();
+    let _ = r.register(Box::new(latency));
+    let _ = r.register(Box::new(results));
     let _ = r.register(Box::new(capacity.clone()));
 
     let conns = crate::stats::connection_counts(plan, tables.flows);
@@ -180,6 +202,11 @@ pub fn render(
             .with_label_values(&labels)
             .inc_by(counters.packets);
         s_bytes.with_label_values(&labels).inc_by(counters.bytes);
+        if cs.quorum.is_some() {
+            s_quorum
+                .with_label_values(&labels)
+                .set(i64::from(cs.quorum_lost));
+        }
         for ((rp, c), rc) in s.reals.iter().zip(reals).zip(&cs.reals) {
             let (ra, rport) = (rp.address.to_string(), rp.port.to_string());
             let labels = [
@@ -201,14 +228,23 @@ pub fn render(
             r_drained
                 .with_label_values(&labels)
                 .set(i64::from(rc.drained));
-            if cs.check.is_some() {
+            if cs.check_of(rc).is_some() {
                 let state = health.state(&Target::of(cs, rc));
+                let status = state.map_or(Status::Up, |s| s.status);
                 r_up.with_label_values(&labels)
-                    .set(i64::from(state.is_none_or(|s| s.up)));
+                    .set(i64::from(status == Status::Up));
+                r_draining
+                    .with_label_values(&labels)
+                    .set(i64::from(status == Status::Draining));
                 if let Some(s) = state {
                     r_check
                         .with_label_values(&labels)
                         .set(i64::try_from(s.last_took.as_millis()).unwrap_or(i64::MAX));
+                    r_since.with_label_values(&labels).set(
+                        s.since
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+                    );
                 }
             }
         }

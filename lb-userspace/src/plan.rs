@@ -10,7 +10,7 @@ use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, FWD_DR, FWD_FULLNAT, FWD_NAT, MAX_TABLE_LEN, POOL_ADDRS,
     PersistParams, REAL_F_QUIESCENT, REAL_NONE, RealServer, SCHED_DH, SCHED_LC, SCHED_MH, SCHED_NQ,
     SCHED_RR, SCHED_SED, SCHED_SH, SCHED_WLC, SCHED_WRR, SVC_F_EXPIRE_NODEST, SVC_F_HASH_PORT,
-    SVC_F_PERSIST, ServiceKey, ServiceValue, SnatPool,
+    SVC_F_PERSIST, SVC_F_QUORUM_LOST, ServiceKey, ServiceValue, SnatPool,
     conntrack::{DEFAULT_TIMEOUTS, STATE_TCP_ESTABLISHED, STATE_TCP_FIN, STATE_UDP},
     hash::{addr_hash, addr_port_hash, position},
     ipv4_words, ipv6_words,
@@ -310,7 +310,8 @@ pub fn compile_keeping(
                         SVC_F_PERSIST
                     } else {
                         0
-                    },
+                    }
+                    | if s.quorum_lost { SVC_F_QUORUM_LOST } else { 0 },
                 timeouts: timeouts_by_state(s.timeouts),
             },
             reals,

@@ -15,7 +15,7 @@ use lb_common::{
 use serde_json::{Value, json};
 
 use crate::{
-    config::Config,
+    config::{Config, Real, Service},
     dataplane::Snapshot,
     health::{Health, Target},
     plan::{Plan, ServicePlan},
@@ -118,6 +118,7 @@ pub fn connection_counts(plan: &Plan, flows: &[(FlowKeyV4, Flow)]) -> HashMap<u3
 /// otherwise (other TCP states, UDP), as in `ipvsadm -L`.
 pub fn listing(
     config: &Config,
+    configured: &Config,
     plan: &Plan,
     snapshot: &Snapshot,
     flows: &[(FlowKeyV4, Flow)],
@@ -137,20 +138,7 @@ pub fn listing(
                 .zip(&cs.reals)
                 .map(|((r, c), cr)| {
                     let (active, inactive) = conns.get(&r.index).copied().unwrap_or_default();
-                    let state = cs.check.as_ref().map(|_| health.state(&Target::of(cs, cr)));
-                    let (health, since, error) = match state {
-                        None => (Value::Null, Value::Null, Value::Null),
-                        Some(None) => (json!("up"), Value::Null, Value::Null),
-                        Some(Some(st)) => (
-                            json!(if st.up { "up" } else { "down" }),
-                            json!(
-                                st.since
-                                    .duration_since(std::time::UNIX_EPOCH)
-                                    .map_or(0, |d| d.as_secs())
-                            ),
-                            json!(st.last_error),
-                        ),
-                    };
+                    let (health, since, error, checked) = health_fields(cs, cr, health);
                     json!({
                         "address": r.address.to_string(),
                         "port": r.port,
@@ -164,8 +152,12 @@ pub fn listing(
                         "health": health,
                         "health_since": since,
                         "last_error": error,
+                        "last_check": checked,
+                        "check": cs.check_of(cr).map(|c| c.kind().to_string()),
+                        "sorry": cr.sorry,
                     })
                 })
+                .chain(removed(configured, cs, health))
                 .collect();
             json!({
                 "name": s.name,
@@ -180,6 +172,12 @@ pub fn listing(
                     "netmask": Ipv4Addr::from(s.persist.mask.to_ne_bytes()).to_string(),
                 })),
                 "forwarding": s.forwarding.to_string(),
+                "quorum": cs.quorum.map(|q| json!({
+                    "quorum": q,
+                    "hysteresis": cs.hysteresis,
+                    "lost": cs.quorum_lost,
+                    "sorry": cs.sorry.map(|s| format!("{}:{}", s.address, s.port)),
+                })),
                 "connections": counters.flows,
                 "packets": counters.packets,
                 "bytes": counters.bytes,
@@ -188,6 +186,71 @@ pub fn listing(
         })
         .collect();
     json!({ "services": services })
+}
+
+/// A real's health as listed: status, last transition (Unix seconds), last error and
+/// last check (Unix seconds); all null for an unchecked real.
+fn health_fields(s: &Service, r: &Real, health: &Health) -> (Value, Value, Value, Value) {
+    if r.sorry || s.check_of(r).is_none() {
+        return (Value::Null, Value::Null, Value::Null, Value::Null);
+    }
+    let unix = |t: std::time::SystemTime| {
+        json!(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+    };
+    match health.state(&Target::of(s, r)) {
+        None => (json!("up"), Value::Null, Value::Null, Value::Null),
+        Some(st) => (
+            json!(st.status.name()),
+            unix(st.since),
+            json!(st.last_error),
+            st.last_check.map_or(Value::Null, unix),
+        ),
+    }
+}
+
+/// The reals of a service its health checks took out (`on_failure: remove`): listed
+/// with their state, weight 0 and no counters.
+fn removed<'a>(
+    configured: &'a Config,
+    effective: &'a Service,
+    health: &'a Health,
+) -> impl Iterator<Item = Value> + 'a {
+    configured
+        .services
+        .iter()
+        .filter(move |s| {
+            s.protocol == effective.protocol
+                && s.address == effective.address
+                && s.port == effective.port
+        })
+        .flat_map(|s| s.reals.iter().map(move |r| (s, r)))
+        .filter(move |(_, r)| {
+            !effective
+                .reals
+                .iter()
+                .any(|e| e.address == r.address && e.port == r.port)
+        })
+        .map(move |(s, r)| {
+            let (status, since, error, checked) = health_fields(s, r, health);
+            json!({
+                "address": r.address.to_string(),
+                "port": r.port,
+                "weight": r.weight,
+                "drained": r.drained,
+                "removed": true,
+                "connections": 0,
+                "packets": 0,
+                "bytes": 0,
+                "active_connections": 0,
+                "inactive_connections": 0,
+                "health": status,
+                "health_since": since,
+                "last_error": error,
+                "last_check": checked,
+                "check": s.check_of(r).map(|c| c.kind().to_string()),
+                "sorry": false,
+            })
+        })
 }
 
 /// The service's scheduler flags by ipvsadm's names (`sh-port`, `mh-port`).
