@@ -695,6 +695,11 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
                 text(s, "scheduler")
             );
         }
+        let quorum_lost = s
+            .get("quorum")
+            .and_then(|q| q.get("lost"))
+            .and_then(Value::as_bool)
+            == Some(true);
         for r in s.get("reals").and_then(Value::as_array).unwrap_or(&none) {
             let remote = endpoint(text(r, "address"), number(r, "port"));
             if stats {
@@ -706,20 +711,32 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
                     number(r, "bytes")
                 );
             } else {
-                let drained = r.get("drained").and_then(Value::as_bool) == Some(true);
-                let down = text(r, "health") == "down";
+                let flag = |name| r.get(name).and_then(Value::as_bool) == Some(true);
+                let drained = flag("drained");
+                let health = text(r, "health");
+                let down = health == "down" || health == "draining";
                 let mut notes = Vec::new();
                 if drained {
                     notes.push(format!("drained (weight {})", number(r, "weight")));
                 }
-                if down {
-                    notes.push(format!("down: {}", text(r, "last_error")));
+                if health == "down" {
+                    let removed = if flag("removed") { "removed, " } else { "" };
+                    notes.push(format!("{removed}down: {}", text(r, "last_error")));
+                }
+                if health == "draining" {
+                    notes.push("draining: its check asked for it".into());
+                }
+                if flag("sorry") {
+                    notes.push("sorry server".into());
+                }
+                if quorum_lost && !flag("sorry") {
+                    notes.push("held: quorum lost".into());
                 }
                 let _ = writeln!(
                     out,
                     "  -> {remote:<28} {:<7} {:<6} {:<10} {:<9}{}{}",
                     forward_name(text(s, "forwarding")),
-                    if drained || down {
+                    if drained || down || (quorum_lost && !flag("sorry")) {
                         0
                     } else {
                         number(r, "weight")

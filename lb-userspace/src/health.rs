@@ -296,7 +296,7 @@ pub struct Health {
 
 impl Default for Health {
     fn default() -> Health {
-        let labels = ["protocol", "address", "port", "real", "real_port"];
+        let labels = ["protocol", "address", "port", "real_address", "real_port"];
         let latency = HistogramVec::new(
             HistogramOpts::new(
                 "xdpvs_real_check_duration_seconds",
@@ -314,7 +314,7 @@ impl Default for Health {
                 "xdpvs_real_checks_total",
                 "The real's health checks by result: ok, drain or failed.",
             ),
-            &["protocol", "address", "port", "real", "real_port", "result"],
+            &["protocol", "address", "port", "real_address", "real_port", "result"],
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         Health {

@@ -6,6 +6,7 @@
 //! at the next start.
 
 pub mod bench;
+pub mod checked;
 pub mod cleanup;
 pub mod differential;
 pub mod model;

@@ -588,3 +588,19 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// An HTTP/1.0 GET inside `ns` to `at` (such as the daemon's metrics); the body of a
+/// 200 answer.
+pub fn http_get(ns: &Netns, at: &str, path: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    ns.enter(|| {
+        let mut s = std::net::TcpStream::connect(at).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {at}\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        (head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"))
+            .then(|| body.to_owned())
+    })
+}

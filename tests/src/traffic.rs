@@ -106,7 +106,7 @@ pub fn tcp_bulk_server(ns: &Netns, bind: SocketAddr, bytes: usize) -> Server {
 }
 
 /// Reads up to a newline (at most 256 bytes), or until the peer stops or times out.
-fn read_line(conn: &mut TcpStream) {
+pub fn read_line(conn: &mut TcpStream) {
     let mut buf = [0u8; 256];
     let mut got = 0;
     while got < buf.len() {
@@ -124,7 +124,7 @@ fn read_line(conn: &mut TcpStream) {
 
 /// A TCP listener in `ns` on `bind` that runs `handle(connection, stop, served)` on a
 /// thread of its own for each connection; the server joins them when it stops.
-fn tcp_listener(
+pub fn tcp_listener(
     ns: &Netns,
     bind: SocketAddr,
     handle: impl Fn(TcpStream, &AtomicBool, &AtomicU64) + Send + Sync + 'static,
@@ -178,10 +178,27 @@ pub fn udp_peer_server(ns: &Netns, bind: SocketAddr, banner: &str) -> Server {
 }
 
 fn udp_answering(ns: &Netns, bind: SocketAddr, banner: &str, with_peer: bool) -> Server {
+    let banner = banner.to_owned();
+    udp_replying(ns, bind, move |_, from| {
+        Some(if with_peer {
+            format!("{banner} from {from}").into_bytes()
+        } else {
+            banner.clone().into_bytes()
+        })
+    })
+}
+
+/// A UDP server in `ns` bound to `bind`: answers each datagram with what `reply` makes
+/// of it (nothing for `None`).
+pub fn udp_replying(
+    ns: &Netns,
+    bind: SocketAddr,
+    reply: impl Fn(&[u8], SocketAddr) -> Option<Vec<u8>> + Send + 'static,
+) -> Server {
     let stop = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (s, n, banner) = (stop.clone(), served.clone(), banner.to_owned());
+    let (s, n) = (stop.clone(), served.clone());
     let thread = ns.spawn(move || {
         let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
         sock.set_read_timeout(Some(POLL))
@@ -189,15 +206,13 @@ fn udp_answering(ns: &Netns, bind: SocketAddr, banner: &str, with_peer: bool) ->
         let _ = ready_tx.send(());
         let mut buf = vec![0u8; 65536];
         while !s.load(Ordering::Relaxed) {
-            let Ok((_, from)) = sock.recv_from(&mut buf) else {
+            let Ok((len, from)) = sock.recv_from(&mut buf) else {
                 continue;
             };
-            let answer = if with_peer {
-                format!("{banner} from {from}")
-            } else {
-                banner.clone()
+            let Some(answer) = reply(&buf[..len], from) else {
+                continue;
             };
-            if sock.send_to(answer.as_bytes(), from).is_ok() {
+            if sock.send_to(&answer, from).is_ok() {
                 n.fetch_add(1, Ordering::Relaxed);
             }
         }

@@ -3,8 +3,7 @@
 //! traffic the test sent.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -12,28 +11,13 @@ use std::{
 use serde_json::Value;
 use xdpvs_testbed::{
     netns::Netns,
-    rig::{DrRig, VIP, client_sources},
+    rig::{DrRig, VIP, client_sources, http_get as get},
     traffic::ask_each,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 const PROMETHEUS: &str = "/usr/bin/prometheus";
 const CONNECTIONS: usize = 40;
-
-/// A GET inside `ns`; returns the body.
-fn get(ns: &Netns, at: &str, path: &str) -> Option<String> {
-    ns.enter(|| {
-        let mut s = TcpStream::connect(at).ok()?;
-        s.set_read_timeout(Some(TIMEOUT)).ok()?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {at}\r\n\r\n").ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.0 200")
-            .then(|| body.to_owned())
-            .or_else(|| head.starts_with("HTTP/1.1 200").then(|| body.to_owned()))
-    })
-}
 
 /// The value of a PromQL query (a single number), or None while it has none.
 fn query(ns: &Netns, promql: &str) -> Option<f64> {

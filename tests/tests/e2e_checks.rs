@@ -1,0 +1,213 @@
+//! End to end, each check type against real servers in the reals' namespaces: one real
+//! passes, the other fails in the way each type can (a hung HTTP server, an HTTPS status,
+//! a wrong UDP reply, a DNS NXDOMAIN, an exec exit), and the hung real's check holds up no
+//! other check. Then a 503 drains a real without an alarm, an exec check that hangs is
+//! killed at its timeout, and a dynamic exec check sets the weight.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use xdpvs_testbed::{
+    checked::{CERT, CERT_NAME, dns_server, http_server, https_server, silent_server},
+    rig::{DrRig, VIP, cli_ok, client_sources, http_get, real_address, real_banner as banner},
+    traffic::{ask_each, tcp_line_server, udp_server},
+};
+
+/// The reals' health in `xdpvs list --json`: (service port, real address) → (health,
+/// last error).
+fn health(config: &std::path::Path) -> Vec<(u64, String, String, String)> {
+    let json: Value = serde_json::from_str(&cli_ok(config, &["list", "--json"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut out = Vec::new();
+    for s in json["services"].as_array().into_iter().flatten() {
+        for r in s["reals"].as_array().into_iter().flatten() {
+            out.push((
+                s["port"].as_u64().unwrap_or(0),
+                r["address"].as_str().unwrap_or("").to_owned(),
+                r["health"].as_str().unwrap_or("").to_owned(),
+                r["last_error"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+fn at(i: usize, port: u16) -> SocketAddr {
+    SocketAddr::new(real_address(i).into(), port)
+}
+
+#[test]
+fn every_check_type_tells_a_healthy_real_from_a_failing_one() {
+    let rig = DrRig::new(2);
+    let (r0, r1) = (&rig.reals[0], &rig.reals[1]);
+    let _servers = [
+        http_server(r0, at(0, 8081), 200, "i am alive"),
+        silent_server(r1, at(1, 8081)),
+        https_server(r0, at(0, 8082), 200),
+        https_server(r1, at(1, 8082), 500),
+        udp_server(r0, at(0, 8083), "pong"),
+        udp_server(r1, at(1, 8083), "nope"),
+        dns_server(r0, at(0, 8084), true),
+        dns_server(r1, at(1, 8084), false),
+    ];
+    let reals = "reals: [{address: 192.0.2.11}, {address: 192.0.2.12}]";
+    let timing = "interval: 1, timeout: 1, rise: 1, fall: 2";
+    let config = rig.write_config(&format!(
+        "director: {{interfaces: [eth0]}}\nservices:\n\
+         - {{address: 192.0.2.100, port: 81, protocol: tcp, scheduler: sh, check: {{type: http, port: 8081, path: /health, body: alive, {timing}}}, {reals}}}\n\
+         - {{address: 192.0.2.100, port: 82, protocol: tcp, scheduler: sh, check: {{type: https, port: 8082, tls_verify: true, ca: {CERT}, sni: {CERT_NAME}, {timing}}}, {reals}}}\n\
+         - {{address: 192.0.2.100, port: 83, protocol: udp, scheduler: sh, check: {{type: udp, port: 8083, payload: 70696e67, reply: 706f6e67, {timing}}}, {reals}}}\n\
+         - {{address: 192.0.2.100, port: 84, protocol: udp, scheduler: sh, check: {{type: dns, port: 8084, query: example.test, query_type: A, {timing}}}, {reals}}}\n\
+         - {{address: 192.0.2.100, port: 85, protocol: tcp, scheduler: sh, check: {{type: exec, command: 'test \"$XDPVS_REAL_ADDRESS\" = 192.0.2.11', {timing}}}, {reals}}}\n"
+    ));
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let start = Instant::now();
+    let downs = |d: &xdpvs_testbed::rig::Daemon, real: &str| {
+        d.stderr()
+            .iter()
+            .filter(|l| l.contains(&format!("real {real}:")) && l.contains("is down"))
+            .count()
+    };
+    while downs(&daemon, "192.0.2.12") < 5 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{:#?}",
+            daemon.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Two more rounds: the healthy real stays up beside every failing one.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(downs(&daemon, "192.0.2.11"), 0, "{:#?}", daemon.stderr());
+    let states = health(&config);
+    for (port, want) in [
+        (81, "GET http://192.0.2.12:8081/health"),
+        (82, "status 500"),
+        (83, "reply does not start with the expected 4 bytes"),
+        (84, "answered Non-Existent Domain"),
+        (85, "/bin/sh exited 1"),
+    ] {
+        let mine: Vec<_> = states.iter().filter(|s| s.0 == port).collect();
+        assert_eq!(mine.len(), 2, "{states:?}");
+        assert_eq!((mine[0].1.as_str(), mine[0].2.as_str()), ("192.0.2.11", "up"), "{states:?}");
+        assert_eq!((mine[1].1.as_str(), mine[1].2.as_str()), ("192.0.2.12", "down"), "{states:?}");
+        assert!(mine[1].3.contains(want), "port {port}: {:?} lacks {want:?}", mine[1].3);
+    }
+    // The hung real's checks (each waits out its timeout) held up none of the others:
+    // the healthy real of the same service was checked about once a second throughout.
+    let metrics = http_get(&rig.director, "127.0.0.1:9469", "/metrics").unwrap_or_default();
+    let ok_checks = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("xdpvs_real_checks_total{")
+                && l.contains("port=\"81\"")
+                && l.contains("real_address=\"192.0.2.11\"")
+                && l.contains("result=\"ok\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let seconds = start.elapsed().as_secs_f64();
+    assert!(ok_checks >= seconds - 2.0, "{ok_checks} good checks in {seconds:.1} s");
+    assert!(
+        metrics.contains("xdpvs_real_check_duration_seconds_bucket{address=\"192.0.2.100\""),
+        "no latency histogram:\n{metrics}"
+    );
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+}
+
+/// Where `n` new connections (from sources after `skip`) landed.
+fn reached(rig: &DrRig, n: usize, skip: usize) -> Vec<String> {
+    let sources: Vec<_> = client_sources().into_iter().skip(skip).take(n).collect();
+    rig.client.enter(|| {
+        ask_each(
+            &sources,
+            SocketAddr::new(VIP.into(), 80),
+            Duration::from_secs(3),
+        )
+    })
+}
+
+#[test]
+fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
+    let rig = DrRig::new(2);
+    let _web: Vec<_> = (0..2)
+        .map(|i| tcp_line_server(&rig.reals[i], SocketAddr::new(VIP.into(), 80), &banner(i)))
+        .collect();
+    let _ok = http_server(&rig.reals[0], at(0, 8080), 200, "ok");
+    let drain = http_server(&rig.reals[1], at(1, 8080), 503, "maintenance");
+    // A sleep no other process runs, to look for after the kill.
+    let marker = format!("sleep 30.{}", std::process::id());
+    let config = rig.write_config(&format!(
+        "director: {{interfaces: [eth0], hash_seed: 1}}\nservices:\n\
+         - {{address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh, check: {{type: http, port: 8080, interval: 1, timeout: 1, rise: 2, fall: 2}}, reals: [{{address: 192.0.2.11}}, {{address: 192.0.2.12}}]}}\n\
+         - {{address: 192.0.2.100, port: 90, protocol: tcp, scheduler: wrr, check: {{type: exec, command: '{marker}', interval: 2, timeout: 1, fall: 1}}, reals: [{{address: 192.0.2.11}}]}}\n\
+         - {{address: 192.0.2.100, port: 91, protocol: tcp, scheduler: wrr, check: {{type: exec, command: 'exit 9', dynamic: true, interval: 1, timeout: 1}}, reals: [{{address: 192.0.2.11, weight: 1}}]}}\n"
+    ));
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    assert!(
+        daemon.logged("192.0.2.12:80 of service tcp 192.0.2.100:80 is draining", Duration::from_secs(5)),
+        "{:#?}",
+        daemon.stderr()
+    );
+    let after = reached(&rig, 40, 0);
+    assert!(after.iter().all(|r| *r == banner(0)), "a draining real got a new flow: {after:?}");
+    let line = daemon
+        .stderr()
+        .into_iter()
+        .find(|l| l.contains("is draining"))
+        .unwrap_or_default();
+    assert!(line.contains("INFO"), "a drain is no alarm: {line}");
+    assert!(line.contains("status 503 (drain)"), "{line}");
+    // Healthy again: rise good answers end the drain.
+    drop(drain);
+    let _back = http_server(&rig.reals[1], at(1, 8080), 200, "ok");
+    assert!(
+        daemon.logged("192.0.2.12:80 of service tcp 192.0.2.100:80 is up", Duration::from_secs(5)),
+        "{:#?}",
+        daemon.stderr()
+    );
+    assert!(reached(&rig, 40, 40).contains(&banner(1)), "the drained real did not come back");
+
+    // The exec check that never ends: killed at its timeout, the real down, nothing left.
+    assert!(
+        daemon.logged("/bin/sh did not end within 1 s; killed", Duration::from_secs(6)),
+        "{:#?}",
+        daemon.stderr()
+    );
+    // A check runs every 2 s and is killed after 1: at most one run's processes (the
+    // shell and its sleep) are ever alive; survivors would pile up, one set per run.
+    let mut most = 0;
+    for _ in 0..30 {
+        let alive = std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0);
+        most = most.max(alive);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(most <= 2, "{most} processes of the hung check alive at once");
+    // The dynamic check's exit 9 is weight 7.
+    assert!(
+        daemon.logged("its check set the weight to 7", Duration::from_secs(5)),
+        "{:#?}",
+        daemon.stderr()
+    );
+    let json: Value = serde_json::from_str(&cli_ok(&config, &["list", "--json"]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let weight = json["services"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["port"] == 91)
+        .map(|s| s["reals"][0]["weight"].clone());
+    assert_eq!(weight, Some(Value::from(7)), "{json}");
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+}
