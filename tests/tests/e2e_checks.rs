@@ -13,7 +13,7 @@ use serde_json::Value;
 use xdpvs_testbed::{
     checked::{CERT, CERT_NAME, dns_server, http_server, https_server, silent_server},
     rig::{DrRig, VIP, cli_ok, client_sources, http_get, real_address, real_banner as banner},
-    traffic::{ask_each, tcp_line_server, udp_server},
+    traffic::{ask_each, tcp_ask, tcp_line_server, udp_server},
 };
 
 /// The reals' health in `xdpvs list --json`: (service port, real address) → (health,
@@ -208,6 +208,89 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
         .find(|s| s["port"] == 91)
         .map(|s| s["reals"][0]["weight"].clone());
     assert_eq!(weight, Some(Value::from(7)), "{json}");
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+}
+
+#[test]
+fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
+    let rig = DrRig::new(3);
+    // Reals 0 and 1 serve ports 80 and 81; real 2 is port 80's sorry server.
+    let _web: Vec<_> = (0..3)
+        .flat_map(|i| {
+            let ports: &[u16] = if i < 2 { &[80, 81] } else { &[80] };
+            ports
+                .iter()
+                .map(|&p| tcp_line_server(&rig.reals[i], SocketAddr::new(VIP.into(), p), &banner(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let check_port = |i: usize| http_server(&rig.reals[i], at(i, 8080), 200, "ok");
+    let mut checks = [Some(check_port(0)), Some(check_port(1))];
+    let check = "check: {type: tcp, port: 8080, interval: 1, timeout: 1, rise: 1, fall: 1";
+    let config = rig.write_config(&format!(
+        "director: {{interfaces: [eth0], hash_seed: 1}}\nservices:\n\
+         - {{address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh, quorum: 2, sorry: {{address: 192.0.2.13}}, {check}}}, reals: [{{address: 192.0.2.11}}, {{address: 192.0.2.12}}]}}\n\
+         - {{address: 192.0.2.100, port: 81, protocol: tcp, scheduler: sh, quorum: 2, {check}, on_failure: remove}}, reals: [{{address: 192.0.2.11}}, {{address: 192.0.2.12}}]}}\n"
+    ));
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    let ask = |port: u16, n: usize, skip: usize| {
+        let sources: Vec<_> = client_sources().into_iter().skip(skip).take(n).collect();
+        rig.client.enter(|| {
+            ask_each(&sources, SocketAddr::new(VIP.into(), port), Duration::from_secs(1))
+        })
+    };
+    let before = ask(80, 20, 0);
+    assert!(!before.contains(&banner(2)), "the sorry server served with the quorum held: {before:?}");
+
+    // Real 1's check fails: live weight 1 is below the quorum of 2.
+    checks[1] = None;
+    for line in [
+        "service tcp 192.0.2.100:80 lost its quorum: live weight 1 is below 2; its sorry server takes the new flows",
+        "service tcp 192.0.2.100:81 lost its quorum: live weight 1 is below 2; new flows are dropped (drop_quorum_lost)",
+    ] {
+        assert!(daemon.logged(line, Duration::from_secs(5)), "{line}\n{:#?}", daemon.stderr());
+    }
+    let lost = ask(80, 20, 20);
+    assert!(lost.iter().all(|r| *r == banner(2)), "not all on the sorry server: {lost:?}");
+    let refused: Vec<bool> = client_sources()[40..43]
+        .iter()
+        .map(|&src| {
+            rig.client.enter(|| {
+                tcp_ask(src, SocketAddr::new(VIP.into(), 81), Duration::from_secs(1)).is_err()
+            })
+        })
+        .collect();
+    assert_eq!(refused, [true; 3], "port 81 served without its quorum");
+    let metrics = http_get(&rig.director, "127.0.0.1:9469", "/metrics").unwrap_or_default();
+    let counted = metrics
+        .lines()
+        .find(|l| l.starts_with("xdpvs_packets_total{reason=\"drop_quorum_lost\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(counted >= 3.0, "drop_quorum_lost {counted}");
+    assert!(metrics.contains("xdpvs_service_quorum_lost{address=\"192.0.2.100\",name=\"\",port=\"81\",protocol=\"tcp\"} 1"), "{metrics}");
+    let list = cli_ok(&config, &["list"]);
+    assert!(list.contains("sorry server"), "{list}");
+    assert!(list.contains("held: quorum lost"), "{list}");
+    assert!(list.contains("removed, down: connect to 192.0.2.12:8080"), "{list}");
+
+    // Back: the quorum is regained and the reals take the new flows again.
+    checks[1] = Some(check_port(1));
+    assert!(
+        daemon.logged("service tcp 192.0.2.100:80 regained its quorum", Duration::from_secs(5)),
+        "{:#?}",
+        daemon.stderr()
+    );
+    let again = ask(80, 20, 60);
+    assert!(!again.contains(&banner(2)) && again.contains(&banner(1)), "{again:?}");
+    assert!(
+        daemon.logged("service tcp 192.0.2.100:81 regained its quorum", Duration::from_secs(5)),
+        "{:#?}",
+        daemon.stderr()
+    );
+    assert_eq!(ask(81, 5, 80).len(), 5);
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
 }
