@@ -17,11 +17,11 @@ use serde_saphyr::Spanned;
 use crate::scheduler::{DEFAULT_MAGLEV_SIZE, MAGLEV_SIZES, is_prime};
 
 mod check;
+use check::RawCheck;
 pub use check::{
     Check, CheckKind, DNS_TYPES, DnsCheck, ExecCheck, HttpCheck, OnFailure, ProbeSpec, TlsCheck,
     UdpCheck,
 };
-use check::RawCheck;
 
 /// Highest weight a real server may have, as in ipvsadm.
 pub const MAX_WEIGHT: u32 = 65_535;
@@ -1069,8 +1069,16 @@ impl Validator<'_> {
             Some(c) => Some(self.check(c, &format!("{field}.check"))?),
             None => None,
         };
-        let (quorum, hysteresis, sorry) =
-            self.quorum(s.quorum, s.hysteresis, s.sorry, &field, &reals, address, s.port.value, s.forwarding)?;
+        let (quorum, hysteresis, sorry) = self.quorum(
+            s.quorum,
+            s.hysteresis,
+            s.sorry,
+            &field,
+            &reals,
+            address,
+            s.port.value,
+            s.forwarding,
+        )?;
         Ok(Service {
             name: s.name,
             address,
@@ -1124,10 +1132,16 @@ impl Validator<'_> {
                 }
                 let port = match port {
                     None => service_port,
-                    Some(p) if p.value == 0 || (forwarding == Forwarding::Dr && p.value != service_port) => {
+                    Some(p)
+                        if p.value == 0
+                            || (forwarding == Forwarding::Dr && p.value != service_port) =>
+                    {
                         return Err(self.invalid(
                             origin(&p, format!("{field}.sorry.port")),
-                            format!("{}: a port, the service's own under direct routing", p.value),
+                            format!(
+                                "{}: a port, the service's own under direct routing",
+                                p.value
+                            ),
                         ));
                     }
                     Some(p) => p.value,
@@ -1405,7 +1419,13 @@ services:
         let check = read("{type: http, port: 8080, path: /ok, expect: \"200, 300-302\", rise: 1}");
         assert_eq!(check.kind(), CheckKind::Http);
         assert_eq!(
-            (check.interval, check.timeout, check.rise, check.fall, check.jitter),
+            (
+                check.interval,
+                check.timeout,
+                check.rise,
+                check.fall,
+                check.jitter
+            ),
             (2, 1, 1, 3, 10)
         );
         let ProbeSpec::Http(h) = &check.probe else {
@@ -1445,7 +1465,8 @@ services:
                 qtype: "A".into()
             })
         );
-        let check = read("{type: exec, command: \"test -e /tmp\", dynamic: true, timeout: 2, interval: 5}");
+        let check =
+            read("{type: exec, command: \"test -e /tmp\", dynamic: true, timeout: 2, interval: 5}");
         assert_eq!(
             check.probe,
             ProbeSpec::Exec(ExecCheck {
@@ -1461,29 +1482,62 @@ services:
                 "check.timeout: 3: 1 second to the interval",
             ),
             ("{type: tcp, fall: 0}", "check.fall: 0: 1 to 100"),
-            ("{type: tcp, jitter: 60}", "check.jitter: 60: 0 to 50 percent"),
+            (
+                "{type: tcp, jitter: 60}",
+                "check.jitter: 60: 0 to 50 percent",
+            ),
             (
                 "{type: tcp, path: /x}",
                 "check.path: path is for http and https checks, not tcp",
             ),
-            ("{type: http, sni: a.example}", "check.sni: sni is for https checks"),
+            (
+                "{type: http, sni: a.example}",
+                "check.sni: sni is for https checks",
+            ),
             ("{type: http, path: x}", "check.path"),
             ("{type: http, expect: \"600\"}", "check.expect"),
             ("{type: http, drain: \"200\"}", "200 is both healthy"),
-            ("{type: http, method: POST}", "check.method: \"POST\": GET or HEAD"),
-            ("{type: http, method: HEAD, body: x}", "HEAD answer has no body"),
+            (
+                "{type: http, method: POST}",
+                "check.method: \"POST\": GET or HEAD",
+            ),
+            (
+                "{type: http, method: HEAD, body: x}",
+                "HEAD answer has no body",
+            ),
             ("{type: https, sni: 192.0.2.1}", "check.sni"),
-            ("{type: https, ca: /nonexistent/ca.pem}", "check.ca: /nonexistent/ca.pem"),
-            ("{type: udp, payload: abc}", "check.payload: \"abc\": hex digits"),
+            (
+                "{type: https, ca: /nonexistent/ca.pem}",
+                "check.ca: /nonexistent/ca.pem",
+            ),
+            (
+                "{type: udp, payload: abc}",
+                "check.payload: \"abc\": hex digits",
+            ),
             ("{type: udp, payload: zz}", "check.payload"),
-            ("{type: udp, require_reply: false, reply: 00}", "check.require_reply"),
-            ("{type: udp, reply: 0000, max_reply: 1}", "check.reply: 2 bytes"),
-            ("{type: dns, query_type: AXFR}", "check.query_type: \"AXFR\": one of"),
+            (
+                "{type: udp, require_reply: false, reply: 00}",
+                "check.require_reply",
+            ),
+            (
+                "{type: udp, reply: 0000, max_reply: 1}",
+                "check.reply: 2 bytes",
+            ),
+            (
+                "{type: dns, query_type: AXFR}",
+                "check.query_type: \"AXFR\": one of",
+            ),
             ("{type: dns, query: \"a..b\"}", "check.query"),
-            ("{type: exec}", "check.command: an exec check needs a command"),
+            (
+                "{type: exec}",
+                "check.command: an exec check needs a command",
+            ),
             ("{type: exec, command: []}", "check.command"),
             ("{type: exec, command: \" \"}", "check.command"),
-            ("{type: tcp, command: x}", "check.command: command is for exec checks"),
+            (
+                "{type: tcp, command: x}",
+                "check.command: command is for exec checks",
+            ),
             ("{type: icmp}", "icmp"),
         ] {
             let e = error(&with(bad));
@@ -1515,8 +1569,14 @@ services:
                 port: 80
             })
         );
-        assert_eq!(s.check_of(&s.reals[0]).map(Check::kind), Some(CheckKind::Tcp));
-        assert_eq!(s.check_of(&s.reals[1]).map(Check::kind), Some(CheckKind::Exec));
+        assert_eq!(
+            s.check_of(&s.reals[0]).map(Check::kind),
+            Some(CheckKind::Tcp)
+        );
+        assert_eq!(
+            s.check_of(&s.reals[1]).map(Check::kind),
+            Some(CheckKind::Exec)
+        );
         // A sorry server alone keeps keepalived's quorum of 1.
         let alone = GOOD.replacen(
             "    scheduler: sh\n    reals:",
@@ -1526,10 +1586,19 @@ services:
         let c = parse(&alone).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.services[0].quorum, Some(1));
         for (bad, want) in [
-            ("quorum: 0", "quorum: 0: a quorum is a total weight of at least 1"),
+            (
+                "quorum: 0",
+                "quorum: 0: a quorum is a total weight of at least 1",
+            ),
             ("hysteresis: 1", "hysteresis: hysteresis needs a quorum"),
-            ("quorum: 2\n    hysteresis: 2", "hysteresis: 2: below the quorum (2)"),
-            ("sorry: {address: 192.0.2.100}", "sorry.address: 192.0.2.100 cannot be"),
+            (
+                "quorum: 2\n    hysteresis: 2",
+                "hysteresis: 2: below the quorum (2)",
+            ),
+            (
+                "sorry: {address: 192.0.2.100}",
+                "sorry.address: 192.0.2.100 cannot be",
+            ),
             ("sorry: {address: 192.0.2.50, port: 81}", "sorry.port: 81"),
             ("sorry: {address: 192.0.2.11}", "is a real of the service"),
         ] {

@@ -21,10 +21,10 @@ use tokio::{
 
 use crate::{
     api::{self, Answer, Call, Refusal, Request},
-    config::{Check, Config, ConfigError, OnFailure},
+    config::{Config, ConfigError, OnFailure},
     dataplane::{Dataplane, DataplaneError, Snapshot},
     document::{self, Document, EditError},
-    health::{Checkers, HealthChange, Health, Probe, QuorumChange, Target},
+    health::{Checkers, Health, HealthChange, Probe, QuorumChange, Target},
     host::{HostError, InstanceLock, LoForwarding, LockError, STATE_DIR},
     nexthop::{Change, Events, Link, ManagedNeighbours, Netlink, NextHop, NexthopError, Route},
     pins::{self, Found},
@@ -154,20 +154,31 @@ struct Director {
 }
 
 /// Logs a real's health change once, with its cause and its effect.
-fn log_health(target: &Target, check: &Check, change: &HealthChange) {
+fn log_health(target: &Target, on_failure: OnFailure, change: &HealthChange) {
     use crate::health::Status;
     let cause = |c: &Option<String>| c.clone().unwrap_or_else(|| "no detail".into());
     match change {
-        HealthChange::Status { to: Status::Up, after, .. } => log::info!(
-            "{target} is up after {after} good checks; it takes new flows again"
-        ),
-        HealthChange::Status { to: Status::Draining, cause: c, .. } => log::info!(
+        HealthChange::Status {
+            to: Status::Up,
+            after,
+            ..
+        } => log::info!("{target} is up after {after} good checks; it takes new flows again"),
+        HealthChange::Status {
+            to: Status::Draining,
+            cause: c,
+            ..
+        } => log::info!(
             "{target} is draining: its check asked for it ({}); no new flows go to it, \
              established ones continue",
             cause(c)
         ),
-        HealthChange::Status { to: Status::Down, after, cause: c, .. } => {
-            let effect = match check.on_failure {
+        HealthChange::Status {
+            to: Status::Down,
+            after,
+            cause: c,
+            ..
+        } => {
+            let effect = match on_failure {
                 OnFailure::Inhibit => "no new flows go to it, established ones continue",
                 OnFailure::Remove => {
                     "it is taken out of the service; its established flows follow \
@@ -807,25 +818,11 @@ impl Director {
     /// drain or got a new weight is applied at once, then logged once with its cause.
     async fn on_probe(&mut self, probe: Probe, neighbours: &mut ManagedNeighbours) {
         let target = probe.target.clone();
-        let Some(check) = self
-            .config
-            .services
-            .iter()
-            .filter(|s| {
-                s.protocol == target.protocol && s.address == target.vip && s.port == target.vport
-            })
-            .flat_map(|s| {
-                s.reals
-                    .iter()
-                    .filter(|r| r.address == target.real && r.port == target.port)
-                    .filter_map(|r| s.check_of(r))
-            })
-            .next()
-            .cloned()
-        else {
+        let Some(check) = self.checkers.check_of(&target) else {
             return;
         };
-        let Some(change) = self.health.record(probe, &check) else {
+        let on_failure = check.on_failure;
+        let Some(change) = self.health.record(probe, check) else {
             return;
         };
         // Logged once applied: the line means what it says.
@@ -834,7 +831,7 @@ impl Director {
             log::error!("applying the health of {target}: {e}");
             return;
         }
-        log_health(&target, &check, &change);
+        log_health(&target, on_failure, &change);
     }
 
     /// Leaves the data path running after the director is dropped: `lo` forwarding stays

@@ -86,6 +86,7 @@ struct Running {
 pub struct Checkers {
     running: HashMap<Target, Running>,
     tx: mpsc::Sender<Probe>,
+    clients: probe::Clients,
 }
 
 impl Checkers {
@@ -97,6 +98,7 @@ impl Checkers {
         Checkers {
             running: HashMap::new(),
             tx,
+            clients: probe::Clients::default(),
         }
     }
 
@@ -116,9 +118,11 @@ impl Checkers {
                 continue;
             }
             let nudge = Arc::new(Notify::new());
+            let prober = probe::Prober::new(target.clone(), check.clone(), &mut self.clients);
             let task = tokio::spawn(run(
                 target.clone(),
                 check.clone(),
+                prober,
                 self.tx.clone(),
                 nudge.clone(),
             ));
@@ -131,6 +135,8 @@ impl Checkers {
                 },
             );
         }
+        // The next change makes its clients afresh; running checks keep theirs.
+        self.clients.prune();
     }
 
     /// Runs a real's check now (a passive signal made it suspect); false if unchecked.
@@ -142,6 +148,11 @@ impl Checkers {
             }
             None => false,
         }
+    }
+
+    /// The check a real runs now.
+    pub fn check_of(&self, target: &Target) -> Option<&Check> {
+        self.running.get(target).map(|r| &r.check)
     }
 
     pub fn len(&self) -> usize {
@@ -193,7 +204,13 @@ fn jittered(interval: Duration, jitter: u32, state: &mut u64) -> Duration {
     interval.mul_f64(1.0 - fraction)
 }
 
-async fn run(target: Target, check: Check, tx: mpsc::Sender<Probe>, nudge: Arc<Notify>) {
+async fn run(
+    target: Target,
+    check: Check,
+    prober: Result<probe::Prober, String>,
+    tx: mpsc::Sender<Probe>,
+    nudge: Arc<Notify>,
+) {
     let interval = Duration::from_secs(u64::from(check.interval));
     let mut state = seed(&target);
     // The warm-up spread: each real's first check at its own point of the first interval.
@@ -202,7 +219,6 @@ async fn run(target: Target, check: Check, tx: mpsc::Sender<Probe>, nudge: Arc<N
         _ = tokio::time::sleep(first) => {}
         _ = nudge.notified() => {}
     }
-    let prober = probe::Prober::new(target.clone(), check.clone());
     loop {
         let start = Instant::now();
         let outcome = match &prober {
@@ -245,7 +261,7 @@ impl Status {
 }
 
 /// A checked real's state.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct State {
     pub status: Status,
     /// Good and failed results in a row.
@@ -257,6 +273,10 @@ pub struct State {
     pub last_check: Option<SystemTime>,
     /// The weight a `dynamic` exec check set.
     pub weight: Option<u32>,
+    /// Its series of the latency histogram and of the result counters (ok, drain,
+    /// failed), taken once: a result costs no label look-up.
+    latency: prometheus::Histogram,
+    results: [prometheus::IntCounter; 3],
 }
 
 /// A change a result makes.
@@ -283,6 +303,9 @@ pub struct QuorumChange {
 }
 
 type ServiceKey = (Protocol, IpAddr, u16);
+
+/// The `result` label of `xdpvs_real_checks_total`.
+const RESULTS: [&str; 3] = ["ok", "drain", "failed"];
 
 /// Every checked real's state and every service's quorum. A real starts up (a restarted
 /// director keeps serving while its checks warm up) and changes after `fall` failures or
@@ -314,7 +337,14 @@ impl Default for Health {
                 "xdpvs_real_checks_total",
                 "The real's health checks by result: ok, drain or failed.",
             ),
-            &["protocol", "address", "port", "real_address", "real_port", "result"],
+            &[
+                "protocol",
+                "address",
+                "port",
+                "real_address",
+                "real_port",
+                "result",
+            ],
         )
         .unwrap_or_else(|e| unreachable!("{e}"));
         Health {
@@ -329,30 +359,39 @@ impl Default for Health {
 impl Health {
     /// Records a result; returns the change it makes, if any.
     pub fn record(&mut self, probe: Probe, check: &Check) -> Option<HealthChange> {
-        let labels = probe.target.labels();
-        let l: Vec<&str> = labels.iter().map(String::as_str).collect();
-        self.latency
-            .with_label_values(&l)
-            .observe(probe.took.as_secs_f64());
-        let result = match &probe.outcome {
-            Outcome::Healthy { .. } => "ok",
-            Outcome::Drain(_) => "drain",
-            Outcome::Failed(_) => "failed",
-        };
-        let mut with_result = l.clone();
-        with_result.push(result);
-        self.results.with_label_values(&with_result).inc();
         let now = SystemTime::now();
-        let state = self.states.entry(probe.target).or_insert_with(|| State {
-            status: Status::Up,
-            good: 0,
-            bad: 0,
-            since: now,
-            last_error: None,
-            last_took: Duration::ZERO,
-            last_check: None,
-            weight: None,
-        });
+        let (latency, results) = (&self.latency, &self.results);
+        let state = self
+            .states
+            .entry(probe.target)
+            .or_insert_with_key(|target| {
+                let labels = target.labels();
+                let l: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let result = |r: &str| {
+                    let mut with = l.clone();
+                    with.push(r);
+                    results.with_label_values(&with)
+                };
+                State {
+                    status: Status::Up,
+                    good: 0,
+                    bad: 0,
+                    since: now,
+                    last_error: None,
+                    last_took: Duration::ZERO,
+                    last_check: None,
+                    weight: None,
+                    latency: latency.with_label_values(&l),
+                    results: [result(RESULTS[0]), result(RESULTS[1]), result(RESULTS[2])],
+                }
+            });
+        state.latency.observe(probe.took.as_secs_f64());
+        let result = match &probe.outcome {
+            Outcome::Healthy { .. } => 0,
+            Outcome::Drain(_) => 1,
+            Outcome::Failed(_) => 2,
+        };
+        state.results[result].inc();
         state.last_took = probe.took;
         state.last_check = Some(now);
         let from = state.status;
@@ -417,7 +456,7 @@ impl Health {
                 let labels = t.labels();
                 let l: Vec<&str> = labels.iter().map(String::as_str).collect();
                 let _ = latency.remove_label_values(&l);
-                for result in ["ok", "drain", "failed"] {
+                for result in RESULTS {
                     let mut with = l.clone();
                     with.push(result);
                     let _ = results.remove_label_values(&with);
@@ -426,10 +465,9 @@ impl Health {
             keep
         });
         self.quorum_lost.retain(|(p, a, port), _| {
-            config
-                .services
-                .iter()
-                .any(|s| s.protocol == *p && s.address == *a && s.port == *port && s.quorum.is_some())
+            config.services.iter().any(|s| {
+                s.protocol == *p && s.address == *a && s.port == *port && s.quorum.is_some()
+            })
         });
     }
 
@@ -645,7 +683,11 @@ mod tests {
         let waits: Vec<Duration> = (0..1000)
             .map(|_| jittered(interval, 10, &mut state))
             .collect();
-        assert!(waits.iter().all(|w| *w <= interval && *w >= interval.mul_f64(0.9)));
+        assert!(
+            waits
+                .iter()
+                .all(|w| *w <= interval && *w >= interval.mul_f64(0.9))
+        );
         let spread = waits.iter().max().unwrap_or(&interval).as_secs_f64()
             - waits.iter().min().unwrap_or(&interval).as_secs_f64();
         assert!(spread > 0.15, "{spread}");

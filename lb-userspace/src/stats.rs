@@ -195,7 +195,10 @@ fn health_fields(s: &Service, r: &Real, health: &Health) -> (Value, Value, Value
         return (Value::Null, Value::Null, Value::Null, Value::Null);
     }
     let unix = |t: std::time::SystemTime| {
-        json!(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+        json!(
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        )
     };
     match health.state(&Target::of(s, r)) {
         None => (json!("up"), Value::Null, Value::Null, Value::Null),

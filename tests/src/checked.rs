@@ -82,7 +82,7 @@ pub fn https_server(ns: &Netns, bind: SocketAddr, status: u16) -> Server {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .and_then(|b| Ok(b.with_no_client_auth().with_single_cert(certs, key)?))
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
         .unwrap_or_else(|e| panic!("TLS server: {e}"));
     let config = Arc::new(config);
     let reply = answer(status, "ok");
@@ -115,7 +115,11 @@ pub fn dns_server(ns: &Netns, bind: SocketAddr, answer: bool) -> Server {
         reply.add_queries(query.queries.clone());
         if answer {
             let name = query.queries.first()?.name().clone();
-            reply.add_answer(Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 53))));
+            reply.add_answer(Record::from_rdata(
+                name,
+                60,
+                RData::A(A::new(192, 0, 2, 53)),
+            ));
         } else {
             reply.metadata.response_code = ResponseCode::NXDomain;
         }

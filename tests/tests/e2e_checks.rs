@@ -93,9 +93,21 @@ fn every_check_type_tells_a_healthy_real_from_a_failing_one() {
     ] {
         let mine: Vec<_> = states.iter().filter(|s| s.0 == port).collect();
         assert_eq!(mine.len(), 2, "{states:?}");
-        assert_eq!((mine[0].1.as_str(), mine[0].2.as_str()), ("192.0.2.11", "up"), "{states:?}");
-        assert_eq!((mine[1].1.as_str(), mine[1].2.as_str()), ("192.0.2.12", "down"), "{states:?}");
-        assert!(mine[1].3.contains(want), "port {port}: {:?} lacks {want:?}", mine[1].3);
+        assert_eq!(
+            (mine[0].1.as_str(), mine[0].2.as_str()),
+            ("192.0.2.11", "up"),
+            "{states:?}"
+        );
+        assert_eq!(
+            (mine[1].1.as_str(), mine[1].2.as_str()),
+            ("192.0.2.12", "down"),
+            "{states:?}"
+        );
+        assert!(
+            mine[1].3.contains(want),
+            "port {port}: {:?} lacks {want:?}",
+            mine[1].3
+        );
     }
     // The hung real's checks (each waits out its timeout) held up none of the others:
     // the healthy real of the same service was checked about once a second throughout.
@@ -111,7 +123,10 @@ fn every_check_type_tells_a_healthy_real_from_a_failing_one() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or(0.0);
     let seconds = start.elapsed().as_secs_f64();
-    assert!(ok_checks >= seconds - 2.0, "{ok_checks} good checks in {seconds:.1} s");
+    assert!(
+        ok_checks >= seconds - 2.0,
+        "{ok_checks} good checks in {seconds:.1} s"
+    );
     assert!(
         metrics.contains("xdpvs_real_check_duration_seconds_bucket{address=\"192.0.2.100\""),
         "no latency histogram:\n{metrics}"
@@ -151,12 +166,18 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
     let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
     assert!(
-        daemon.logged("192.0.2.12:80 of service tcp 192.0.2.100:80 is draining", Duration::from_secs(5)),
+        daemon.logged(
+            "192.0.2.12:80 of service tcp 192.0.2.100:80 is draining",
+            Duration::from_secs(5)
+        ),
         "{:#?}",
         daemon.stderr()
     );
     let after = reached(&rig, 40, 0);
-    assert!(after.iter().all(|r| *r == banner(0)), "a draining real got a new flow: {after:?}");
+    assert!(
+        after.iter().all(|r| *r == banner(0)),
+        "a draining real got a new flow: {after:?}"
+    );
     let line = daemon
         .stderr()
         .into_iter()
@@ -168,15 +189,24 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
     drop(drain);
     let _back = http_server(&rig.reals[1], at(1, 8080), 200, "ok");
     assert!(
-        daemon.logged("192.0.2.12:80 of service tcp 192.0.2.100:80 is up", Duration::from_secs(5)),
+        daemon.logged(
+            "192.0.2.12:80 of service tcp 192.0.2.100:80 is up",
+            Duration::from_secs(5)
+        ),
         "{:#?}",
         daemon.stderr()
     );
-    assert!(reached(&rig, 40, 40).contains(&banner(1)), "the drained real did not come back");
+    assert!(
+        reached(&rig, 40, 40).contains(&banner(1)),
+        "the drained real did not come back"
+    );
 
     // The exec check that never ends: killed at its timeout, the real down, nothing left.
     assert!(
-        daemon.logged("/bin/sh did not end within 1 s; killed", Duration::from_secs(6)),
+        daemon.logged(
+            "/bin/sh did not end within 1 s; killed",
+            Duration::from_secs(6)
+        ),
         "{:#?}",
         daemon.stderr()
     );
@@ -192,7 +222,10 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
         most = most.max(alive);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(most <= 2, "{most} processes of the hung check alive at once");
+    assert!(
+        most <= 2,
+        "{most} processes of the hung check alive at once"
+    );
     // The dynamic check's exit 9 is weight 7.
     assert!(
         daemon.logged("its check set the weight to 7", Duration::from_secs(5)),
@@ -221,7 +254,9 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
             let ports: &[u16] = if i < 2 { &[80, 81] } else { &[80] };
             ports
                 .iter()
-                .map(|&p| tcp_line_server(&rig.reals[i], SocketAddr::new(VIP.into(), p), &banner(i)))
+                .map(|&p| {
+                    tcp_line_server(&rig.reals[i], SocketAddr::new(VIP.into(), p), &banner(i))
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
@@ -238,11 +273,18 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
     let ask = |port: u16, n: usize, skip: usize| {
         let sources: Vec<_> = client_sources().into_iter().skip(skip).take(n).collect();
         rig.client.enter(|| {
-            ask_each(&sources, SocketAddr::new(VIP.into(), port), Duration::from_secs(1))
+            ask_each(
+                &sources,
+                SocketAddr::new(VIP.into(), port),
+                Duration::from_secs(1),
+            )
         })
     };
     let before = ask(80, 20, 0);
-    assert!(!before.contains(&banner(2)), "the sorry server served with the quorum held: {before:?}");
+    assert!(
+        !before.contains(&banner(2)),
+        "the sorry server served with the quorum held: {before:?}"
+    );
 
     // Real 1's check fails: live weight 1 is below the quorum of 2.
     checks[1] = None;
@@ -250,10 +292,17 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
         "service tcp 192.0.2.100:80 lost its quorum: live weight 1 is below 2; its sorry server takes the new flows",
         "service tcp 192.0.2.100:81 lost its quorum: live weight 1 is below 2; new flows are dropped (drop_quorum_lost)",
     ] {
-        assert!(daemon.logged(line, Duration::from_secs(5)), "{line}\n{:#?}", daemon.stderr());
+        assert!(
+            daemon.logged(line, Duration::from_secs(5)),
+            "{line}\n{:#?}",
+            daemon.stderr()
+        );
     }
     let lost = ask(80, 20, 20);
-    assert!(lost.iter().all(|r| *r == banner(2)), "not all on the sorry server: {lost:?}");
+    assert!(
+        lost.iter().all(|r| *r == banner(2)),
+        "not all on the sorry server: {lost:?}"
+    );
     let refused: Vec<bool> = client_sources()[40..43]
         .iter()
         .map(|&src| {
@@ -274,19 +323,31 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
     let list = cli_ok(&config, &["list"]);
     assert!(list.contains("sorry server"), "{list}");
     assert!(list.contains("held: quorum lost"), "{list}");
-    assert!(list.contains("removed, down: connect to 192.0.2.12:8080"), "{list}");
+    assert!(
+        list.contains("removed, down: connect to 192.0.2.12:8080"),
+        "{list}"
+    );
 
     // Back: the quorum is regained and the reals take the new flows again.
     checks[1] = Some(check_port(1));
     assert!(
-        daemon.logged("service tcp 192.0.2.100:80 regained its quorum", Duration::from_secs(5)),
+        daemon.logged(
+            "service tcp 192.0.2.100:80 regained its quorum",
+            Duration::from_secs(5)
+        ),
         "{:#?}",
         daemon.stderr()
     );
     let again = ask(80, 20, 60);
-    assert!(!again.contains(&banner(2)) && again.contains(&banner(1)), "{again:?}");
     assert!(
-        daemon.logged("service tcp 192.0.2.100:81 regained its quorum", Duration::from_secs(5)),
+        !again.contains(&banner(2)) && again.contains(&banner(1)),
+        "{again:?}"
+    );
+    assert!(
+        daemon.logged(
+            "service tcp 192.0.2.100:81 regained its quorum",
+            Duration::from_secs(5)
+        ),
         "{:#?}",
         daemon.stderr()
     );

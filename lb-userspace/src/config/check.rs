@@ -275,7 +275,7 @@ fn statuses(text: &str) -> Result<Vec<(u16, u16)>, String> {
 /// Bytes written as hex digits (spaces allowed between bytes), as keepalived writes them.
 fn hex_bytes(text: &str) -> Result<Vec<u8>, String> {
     let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return Err(format!("{text:?}: hex digits, two per byte"));
     }
     (0..digits.len())
@@ -330,14 +330,21 @@ impl Validator<'_> {
                 let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
                 return Err(bad(
                     name,
-                    format!("{name} is for {} checks, not {}", kinds.join(" and "), c.kind),
+                    format!(
+                        "{name} is for {} checks, not {}",
+                        kinds.join(" and "),
+                        c.kind
+                    ),
                 ));
             }
         }
         let probe = match c.kind {
             CheckKind::Tcp => ProbeSpec::Tcp,
             CheckKind::Http | CheckKind::Https => {
-                let method = c.method.unwrap_or_else(|| "GET".into()).to_ascii_uppercase();
+                let method = c
+                    .method
+                    .unwrap_or_else(|| "GET".into())
+                    .to_ascii_uppercase();
                 if method != "GET" && method != "HEAD" {
                     return Err(bad("method", format!("{method:?}: GET or HEAD")));
                 }
@@ -346,7 +353,10 @@ impl Validator<'_> {
                     || path.len() > 1024
                     || path.chars().any(|ch| ch.is_control() || ch == ' ')
                 {
-                    return Err(bad("path", format!("{path:?}: an absolute path, no spaces")));
+                    return Err(bad(
+                        "path",
+                        format!("{path:?}: an absolute path, no spaces"),
+                    ));
                 }
                 if let Some(h) = &c.host
                     && !host_name(h)
@@ -406,8 +416,8 @@ impl Validator<'_> {
                 })
             }
             CheckKind::Udp => {
-                let payload = hex_bytes(c.payload.as_deref().unwrap_or(""))
-                    .map_err(|m| bad("payload", m))?;
+                let payload =
+                    hex_bytes(c.payload.as_deref().unwrap_or("")).map_err(|m| bad("payload", m))?;
                 let reply =
                     hex_bytes(c.reply.as_deref().unwrap_or("")).map_err(|m| bad("reply", m))?;
                 for (what, len) in [("payload", payload.len()), ("reply", reply.len())] {
@@ -423,9 +433,7 @@ impl Validator<'_> {
                         format!("{min_reply} to {max_reply}: lengths from 0 to 65507 bytes"),
                     ));
                 }
-                let require_reply = c
-                    .require_reply
-                    .unwrap_or(true);
+                let require_reply = c.require_reply.unwrap_or(true);
                 if !require_reply && (!reply.is_empty() || c.min_reply.is_some()) {
                     return Err(bad(
                         "require_reply",
@@ -451,7 +459,10 @@ impl Validator<'_> {
                 if hickory_proto::rr::Name::from_ascii(&name).is_err() || name.len() > 253 {
                     return Err(bad("query", format!("{name:?}: a DNS name")));
                 }
-                let qtype = c.query_type.unwrap_or_else(|| "SOA".into()).to_ascii_uppercase();
+                let qtype = c
+                    .query_type
+                    .unwrap_or_else(|| "SOA".into())
+                    .to_ascii_uppercase();
                 if !DNS_TYPES.contains(&qtype.as_str()) {
                     return Err(bad(
                         "query_type",
@@ -468,7 +479,10 @@ impl Validator<'_> {
                     }
                     Some(RawCommand::Argv(v)) if v.first().is_some_and(|p| !p.is_empty()) => v,
                     Some(_) => {
-                        return Err(bad("command", "a command line, or a list: program, arguments".into()));
+                        return Err(bad(
+                            "command",
+                            "a command line, or a list: program, arguments".into(),
+                        ));
                     }
                 };
                 if argv.iter().any(|a| a.contains('\0')) {

@@ -15,7 +15,9 @@ use super::Target;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Healthy; an `exec` check with `dynamic` may set the real's weight.
-    Healthy { weight: Option<u32> },
+    Healthy {
+        weight: Option<u32>,
+    },
     /// The real answered and asked to be drained (an HTTP status in `drain`).
     Drain(String),
     Failed(String),
@@ -31,13 +33,31 @@ const MAX_STDERR: usize = 512;
 pub struct Prober {
     target: Target,
     check: Check,
-    http: Option<reqwest::Client>,
+    http: Option<Http>,
+}
+
+/// An HTTP check's client, and its URL and method made once.
+struct Http {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    method: reqwest::Method,
 }
 
 impl Prober {
-    pub fn new(target: Target, check: Check) -> Result<Prober, String> {
+    pub fn new(target: Target, check: Check, clients: &mut Clients) -> Result<Prober, String> {
         let http = match &check.probe {
-            ProbeSpec::Http(h) => Some(http_client(&target, &check, h)?),
+            ProbeSpec::Http(h) => {
+                let at = SocketAddr::new(target.real, check.port.unwrap_or(target.port));
+                Some(Http {
+                    client: clients.get(&target, &check, h)?,
+                    url: url(at, h)?,
+                    method: if h.method == "HEAD" {
+                        reqwest::Method::HEAD
+                    } else {
+                        reqwest::Method::GET
+                    },
+                })
+            }
             _ => None,
         };
         Ok(Prober {
@@ -49,7 +69,10 @@ impl Prober {
 
     /// Where the check connects: the real's address, on the check's port or the real's.
     fn at(&self) -> SocketAddr {
-        SocketAddr::new(self.target.real, self.check.port.unwrap_or(self.target.port))
+        SocketAddr::new(
+            self.target.real,
+            self.check.port.unwrap_or(self.target.port),
+        )
     }
 
     /// One check, ended by its timeout whatever the real does.
@@ -60,7 +83,7 @@ impl Prober {
             match &self.check.probe {
                 ProbeSpec::Tcp => tcp(at).await,
                 ProbeSpec::Http(h) => match &self.http {
-                    Some(client) => http(client, at, h).await,
+                    Some(client) => http(client, h).await,
                     None => Outcome::Failed("no HTTP client".into()),
                 },
                 ProbeSpec::Udp(u) => udp(at, u, limit).await,
@@ -84,23 +107,57 @@ async fn tcp(at: SocketAddr) -> Outcome {
     }
 }
 
-fn http_client(target: &Target, check: &Check, h: &HttpCheck) -> Result<reqwest::Client, String> {
-    let mut b = reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(0)
-        .http1_only()
-        .timeout(Duration::from_secs(u64::from(check.timeout)))
-        .user_agent(concat!("xdpvs/", env!("CARGO_PKG_VERSION"), " health check"));
-    if let Some(tls) = &h.tls {
-        b = b.tls_backend_preconfigured(tls_config(tls)?);
-        if let Some(sni) = &tls.sni {
-            // The URL names the server; this pins the name to the real's address.
-            let at = SocketAddr::new(target.real, check.port.unwrap_or(target.port));
-            b = b.resolve(sni, at);
+/// The HTTP clients of the checks, shared by every check with the same TLS settings (a
+/// client holds its TLS configuration and connector: about 100 KiB). A check with an
+/// SNI name has a client of its own, which pins that name to its real's address.
+#[derive(Default)]
+pub struct Clients {
+    made: std::collections::HashMap<(Option<TlsCheck>, Option<SocketAddr>), reqwest::Client>,
+}
+
+impl Clients {
+    fn get(
+        &mut self,
+        target: &Target,
+        check: &Check,
+        h: &HttpCheck,
+    ) -> Result<reqwest::Client, String> {
+        let pinned = h
+            .tls
+            .as_ref()
+            .and_then(|t| t.sni.as_ref())
+            .map(|_| SocketAddr::new(target.real, check.port.unwrap_or(target.port)));
+        let key = (h.tls.clone(), pinned);
+        if let Some(c) = self.made.get(&key) {
+            return Ok(c.clone());
         }
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(0)
+            .http1_only()
+            .user_agent(concat!(
+                "xdpvs/",
+                env!("CARGO_PKG_VERSION"),
+                " health check"
+            ));
+        if let Some(tls) = &h.tls {
+            b = b.tls_backend_preconfigured(tls_config(tls)?);
+            if let (Some(sni), Some(at)) = (&tls.sni, pinned) {
+                // The URL names the server; this pins the name to the real's address.
+                b = b.resolve(sni, at);
+            }
+        }
+        let client = b.build().map_err(|e| format!("HTTP client: {e}"))?;
+        self.made.insert(key, client.clone());
+        Ok(client)
     }
-    b.build().map_err(|e| format!("HTTP client: {e}"))
+
+    /// Drops the clients no check holds any more.
+    pub fn prune(&mut self) {
+        // A client is an Arc inside: held by a check, it lives on in the check.
+        self.made.clear();
+    }
 }
 
 /// The TLS client of an `https` check: the real's certificate verified or not, ALPN
@@ -193,7 +250,8 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
 }
 
-async fn http(client: &reqwest::Client, at: SocketAddr, h: &HttpCheck) -> Outcome {
+/// The URL an HTTP check asks for: the real's address, or the SNI name pinned to it.
+fn url(at: SocketAddr, h: &HttpCheck) -> Result<reqwest::Url, String> {
     let scheme = if h.tls.is_some() { "https" } else { "http" };
     let host = match h.tls.as_ref().and_then(|t| t.sni.as_deref()) {
         Some(name) => name.to_owned(),
@@ -202,13 +260,16 @@ async fn http(client: &reqwest::Client, at: SocketAddr, h: &HttpCheck) -> Outcom
             IpAddr::V6(a) => format!("[{a}]"),
         },
     };
-    let url = format!("{scheme}://{host}:{}{}", at.port(), h.path);
-    let method = if h.method == "HEAD" {
-        reqwest::Method::HEAD
-    } else {
-        reqwest::Method::GET
-    };
-    let mut request = client.request(method, &url).header("connection", "close");
+    let text = format!("{scheme}://{host}:{}{}", at.port(), h.path);
+    reqwest::Url::parse(&text).map_err(|e| format!("{text}: {e}"))
+}
+
+async fn http(c: &Http, h: &HttpCheck) -> Outcome {
+    let url = &c.url;
+    let mut request = c
+        .client
+        .request(c.method.clone(), url.clone())
+        .header("connection", "close");
     if let Some(host) = &h.host {
         request = request.header("host", host);
     }
@@ -427,7 +488,11 @@ async fn exec(target: &Target, at: SocketAddr, e: &ExecCheck, limit: Duration) -
         Err(err) => return Outcome::Failed(format!("{program}: {err}")),
     };
     let said = String::from_utf8_lossy(&text);
-    let said = said.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let said = said
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim();
     match status.code() {
         Some(0) => Outcome::Healthy { weight: None },
         Some(code @ 2..=255) if e.dynamic => Outcome::Healthy {

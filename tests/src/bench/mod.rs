@@ -4,6 +4,7 @@
 //! and writes docs/PERFORMANCE.md. Benchmarks report; they never fail on a figure.
 
 pub mod control;
+pub mod health;
 pub mod lru;
 pub mod per_packet;
 pub mod rate;

@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, path::Path};
 
-use super::{control, lru, per_packet, per_packet::Target, rate, rate::Director};
+use super::{control, health, lru, per_packet, per_packet::Target, rate, rate::Director};
 
 /// Where a run's block starts and ends in docs/PERFORMANCE.md.
 pub const BEGIN: &str = "<!-- bench:begin (written by `cargo xtask bench`; edit outside) -->";
@@ -17,6 +17,7 @@ pub struct Results {
     pub per_packet: Vec<per_packet::Measured>,
     pub rate: Vec<rate::Measured>,
     pub control: Vec<control::Measured>,
+    pub health: Vec<health::Measured>,
     pub lru: Vec<lru::Measured>,
     /// The differential run, if one was made: (frames, differing frames, differing
     /// counters, seconds).
@@ -168,6 +169,16 @@ impl Results {
         if !self.control.is_empty() {
             let _ = writeln!(out, "### Control plane\n");
             self.control_table(&mut out);
+            out.push('\n');
+        }
+        if !self.health.is_empty() {
+            let _ = writeln!(
+                out,
+                "### Health checks (the daemon's own cost, /proc utime + stime)\n\n| what | figure |\n|---|---|"
+            );
+            for m in &self.health {
+                let _ = writeln!(out, "| {} | {} |", m.what, m.value);
+            }
             out.push('\n');
         }
         if !self.lru.is_empty() {

@@ -9,7 +9,7 @@ use xdpvs_testbed::{
 };
 
 const USAGE: &str = "\
-usage: xdpvs-bench [--quick] [--only per-packet,lru,rate,control,differential] [--rounds N]
+usage: xdpvs-bench [--quick] [--only per-packet,lru,rate,control,health,differential] [--rounds N]
                    [--iterations N] [--frames N] [--services N,N] [--write FILE]
 
   --quick       a smoke run: 1 round, few iterations, 100 services; figures mean little
@@ -34,9 +34,16 @@ struct Options {
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
-        parts: ["per-packet", "lru", "rate", "control", "differential"]
-            .map(str::to_owned)
-            .to_vec(),
+        parts: [
+            "per-packet",
+            "lru",
+            "rate",
+            "control",
+            "health",
+            "differential",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
         rounds: 5,
         iterations: 1_000_000,
         frames: 4_000_000,
@@ -70,7 +77,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--only" => {
                 o.parts = value()?.split(',').map(str::to_owned).collect();
                 if let Some(bad) = o.parts.iter().find(|p| {
-                    !["per-packet", "lru", "rate", "control", "differential"].contains(&p.as_str())
+                    ![
+                        "per-packet",
+                        "lru",
+                        "rate",
+                        "control",
+                        "health",
+                        "differential",
+                    ]
+                    .contains(&p.as_str())
                 }) {
                     return Err(format!("--only: unknown part {bad:?}"));
                 }
@@ -157,6 +172,10 @@ fn main() -> ExitCode {
             eprintln!("xdpvs-bench: control plane …");
             results.control = control::measure(&rig, &options.services);
         }
+    }
+    if wants("health") {
+        eprintln!("xdpvs-bench: health checks of 1,000 reals …");
+        results.health = bench::health::measure(options.quick);
     }
     if wants("differential") {
         eprintln!("xdpvs-bench: differential run …");
