@@ -75,6 +75,18 @@ impl Prober {
         )
     }
 
+    /// What the check does, for its errors.
+    fn describe(&self) -> String {
+        let at = self.at();
+        match (&self.check.probe, &self.http) {
+            (ProbeSpec::Http(h), Some(c)) => format!("{} {}", h.method, c.url),
+            (ProbeSpec::Tcp | ProbeSpec::Http(_), _) => format!("connect to {at}"),
+            (ProbeSpec::Udp(_), _) => format!("udp to {at}"),
+            (ProbeSpec::Dns(d), _) => format!("dns {} {} to {at}", d.qtype, d.name),
+            (ProbeSpec::Exec(e), _) => e.argv.first().cloned().unwrap_or_default(),
+        }
+    }
+
     /// One check, ended by its timeout whatever the real does.
     pub async fn run(&self) -> Outcome {
         let limit = Duration::from_secs(u64::from(self.check.timeout));
@@ -95,7 +107,11 @@ impl Prober {
         };
         match tokio::time::timeout(limit + Duration::from_millis(200), work).await {
             Ok(outcome) => outcome,
-            Err(_) => Outcome::Failed(format!("no answer within {} s", self.check.timeout)),
+            Err(_) => Outcome::Failed(format!(
+                "{}: no answer within {} s",
+                self.describe(),
+                self.check.timeout
+            )),
         }
     }
 }
