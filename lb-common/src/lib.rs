@@ -269,6 +269,12 @@ pub struct Counters {
     /// New flows scheduled (LVS "Conns"): each flow's first packet, counted once it has
     /// a real, whether or not the connection table kept it.
     pub flows: u64,
+    /// TCP flows begun with a SYN (the passive health signal's handshakes).
+    pub syns: u64,
+    /// SYN-ACKs back from the real (NAT and full-NAT, where the director sees replies).
+    pub synacks: u64,
+    /// RSTs back from the real (NAT and full-NAT).
+    pub resets: u64,
 }
 
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 20);
@@ -277,7 +283,7 @@ const _: () = assert!(core::mem::size_of::<PersistParams>() == 8);
 const _: () = assert!(core::mem::size_of::<RealConns>() == 8);
 const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
 const _: () = assert!(core::mem::size_of::<RealServer>() == 48);
-const _: () = assert!(core::mem::size_of::<Counters>() == 24);
+const _: () = assert!(core::mem::size_of::<Counters>() == 48);
 const _: () = assert!(core::mem::size_of::<SnatPool>() == 72);
 
 #[cfg(feature = "user")]

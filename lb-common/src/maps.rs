@@ -58,9 +58,9 @@ pub const SETTINGS: &str = "XDPVS_SETTINGS_V2";
 /// (flood guard inserts, ICMP errors sent).
 pub const FLOOD: &str = "XDPVS_FLOOD_V1";
 /// `PerCpuArray<Counters>` indexed by service id.
-pub const SERVICE_STATS: &str = "XDPVS_SVCST_V2";
+pub const SERVICE_STATS: &str = "XDPVS_SVCST_V3";
 /// `PerCpuArray<Counters>` indexed by real index.
-pub const REAL_STATS: &str = "XDPVS_REALST_V2";
+pub const REAL_STATS: &str = "XDPVS_REALST_V3";
 /// `PerCpuArray<u64>` indexed by `reason::Reason` code: every packet's outcome.
 pub const REASONS: &str = "XDPVS_REASON_V4";
 /// `PerCpuArray<u64>` indexed by `event::Event` code.

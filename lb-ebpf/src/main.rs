@@ -270,9 +270,10 @@ fn try_forward(ctx: &XdpContext, l3: usize, chosen: u64) -> Result<Verdict, Reas
             }
             let index = schedule::decode(chosen)?;
             let r = real(index).ok_or(Reason::DropInternal)?;
-            stats::count_new_flow(service.id, index);
             let is_tcp = ip.proto == IPPROTO_TCP;
-            if is_tcp && l4.flags & 0x12 != 0x02 {
+            let syn = is_tcp && l4.flags & 0x12 == 0x02;
+            stats::count_new_flow(service.id, index, u64::from(syn));
+            if is_tcp && !syn {
                 stats::count_event(Event::CtMidstreamMiss);
             }
             let state = first_state(is_tcp, l4.flags);
@@ -372,6 +373,7 @@ fn reply(ctx: &XdpContext, l3: usize) -> Result<Verdict, Reason> {
     }
     let verdict = nat::to_client(ctx, &ip, &flow)?;
     stats::count_forward(ctx, u32::from(flow.service), flow.real);
+    stats::count_answer(flow.real, l4.flags);
     Ok(verdict)
 }
 

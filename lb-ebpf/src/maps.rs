@@ -121,11 +121,11 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 pub static FLOOD: PerCpuArray<FloodWindow> = PerCpuArray::with_max_entries(WINDOWS, 0);
 
 /// Forwarded packets and bytes per service.
-#[map(name = "XDPVS_SVCST_V2")]
+#[map(name = "XDPVS_SVCST_V3")]
 pub static SERVICE_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
 
 /// Forwarded packets and bytes per real server.
-#[map(name = "XDPVS_REALST_V2")]
+#[map(name = "XDPVS_REALST_V3")]
 pub static REAL_STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(MAX_REALS, 0);
 
 /// Packets per outcome (`lb_common::reason::Reason`).

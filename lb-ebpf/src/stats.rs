@@ -23,19 +23,49 @@ pub fn count_forward(ctx: &XdpContext, id: u32, index: u32) {
     count_real(index, bytes);
 }
 
-/// A new flow scheduled for service `id` to real `index`. (The VIP path's stack is at
-/// the verifier's limit: called where `id` and `index` are live anyway, it adds none.)
+/// A new flow scheduled for service `id` to real `index`; `syn`: a TCP handshake
+/// begins (1) or not (0). (The VIP path's stack is at the verifier's limit: called where
+/// these are live anyway, it adds none.)
 #[inline(always)]
-pub fn count_new_flow(id: u32, index: u32) {
+pub fn count_new_flow(id: u32, index: u32, syn: u64) {
     if let Some(c) = SERVICE_STATS.get_ptr_mut(id) {
         // SAFETY: as in `bump`.
-        unsafe { (*c).flows += 1 };
+        unsafe {
+            (*c).flows += 1;
+            (*c).syns += syn;
+        }
     }
     if let Some(c) = REAL_STATS.get_ptr_mut(index) {
         // SAFETY: as in `bump`.
-        unsafe { (*c).flows += 1 };
+        unsafe {
+            (*c).flows += 1;
+            (*c).syns += syn;
+        }
     }
 }
+
+/// A NAT real's TCP answer with `flags`: its SYN-ACKs and RSTs, the passive health
+/// signals (docs/HEALTH.md).
+#[inline(always)]
+pub fn count_answer(index: u32, flags: u8) {
+    if flags & (TCP_RST | TCP_SYN) == 0 {
+        return;
+    }
+    if let Some(c) = REAL_STATS.get_ptr_mut(index) {
+        // SAFETY: as in `bump`.
+        unsafe {
+            if flags & TCP_RST != 0 {
+                (*c).resets += 1;
+            } else if flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK {
+                (*c).synacks += 1;
+            }
+        }
+    }
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn count_service(id: u32, bytes: u64) {

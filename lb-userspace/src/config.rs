@@ -1069,6 +1069,19 @@ impl Validator<'_> {
             Some(c) => Some(self.check(c, &format!("{field}.check"))?),
             None => None,
         };
+        if s.forwarding == Forwarding::Dr
+            && check
+                .iter()
+                .chain(reals.iter().filter_map(|r| r.check.as_ref()))
+                .any(|c| c.passive)
+        {
+            return Err(self.invalid(
+                at.clone(),
+                "passive health signals need NAT or full-NAT: under direct routing the \
+                 reals answer the clients directly, so the director never sees their \
+                 replies",
+            ));
+        }
         let (quorum, hysteresis, sorry) = self.quorum(
             s.quorum,
             s.hysteresis,

@@ -834,6 +834,55 @@ impl Director {
         log_health(&target, on_failure, &change);
     }
 
+    /// Whether a check reads the data path's passive signals.
+    fn watches_signals(&self) -> bool {
+        self.config.services.iter().any(|s| {
+            s.reals
+                .iter()
+                .any(|r| s.check_of(r).is_some_and(|c| c.passive))
+        })
+    }
+
+    /// Reads each passively watched real's handshakes, SYN-ACKs and resets; a suspect
+    /// real is checked at once.
+    fn read_signals(&mut self) {
+        let snapshot = match self.dataplane.snapshot(&self.plan) {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("reading the passive health signals: {e}");
+                return;
+            }
+        };
+        let mut seen = Vec::new();
+        for ((s, (_, reals)), plan) in self
+            .effective
+            .services
+            .iter()
+            .zip(&snapshot.services)
+            .zip(&self.plan.services)
+        {
+            for ((r, c), rp) in s.reals.iter().zip(reals).zip(&plan.reals) {
+                if !s.check_of(r).is_some_and(|c| c.passive) {
+                    continue;
+                }
+                let target = Target::of(s, r);
+                let signals = crate::health::Signals {
+                    real: rp.index,
+                    syns: c.syns,
+                    synacks: c.synacks,
+                    resets: c.resets,
+                };
+                if let Some(why) = self.health.signals(&target, signals)
+                    && self.checkers.nudge(&target)
+                {
+                    log::info!("{target} is suspect ({why}); checking it now");
+                }
+                seen.push(target);
+            }
+        }
+        self.health.keep_signals(&seen);
+    }
+
     /// Leaves the data path running after the director is dropped: `lo` forwarding stays
     /// on (its saved value stays on disk for the next daemon or `xdpvs teardown`).
     fn keep(&mut self) {
@@ -1061,6 +1110,7 @@ async fn serve(
     );
     let watching = sd_notify::watchdog_enabled().is_some();
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    let mut passive = tokio::time::interval(crate::health::SIGNAL_PERIOD);
     let mut next_recount = Instant::now() + RECOUNT_PERIOD;
     let mut dirty: Option<Instant> = None;
     loop {
@@ -1110,6 +1160,7 @@ async fn serve(
             _ = tokio::time::sleep_until(
                 director.ramps.next_due().map_or(debounce, Instant::from_std)
             ), if director.ramps.next_due().is_some() => director.step_ramps(neighbours).await,
+            _ = passive.tick(), if director.watches_signals() => director.read_signals(),
             _ = watchdog.tick(), if watching => notify(&[NotifyState::Watchdog]),
         }
     }

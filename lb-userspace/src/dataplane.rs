@@ -1029,6 +1029,9 @@ impl Dataplane {
                 packets: a.packets + c.packets,
                 flows: a.flows + c.flows,
                 bytes: a.bytes + c.bytes,
+                syns: a.syns + c.syns,
+                synacks: a.synacks + c.synacks,
+                resets: a.resets + c.resets,
             })
         };
         let mut services = Vec::with_capacity(plan.services.len());

@@ -241,6 +241,40 @@ async fn run(
     }
 }
 
+/// How often the data path's passive signals are read.
+pub const SIGNAL_PERIOD: Duration = Duration::from_secs(1);
+
+/// A real's passive signals as the data path counted them (totals).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    /// The real's index: a new index (the real was removed and came back) restarts the
+    /// counts.
+    pub real: u32,
+    pub syns: u64,
+    pub synacks: u64,
+    pub resets: u64,
+}
+
+/// Whether a real's signals since the last reading make it suspect, and why: it reset
+/// a connection, or handshakes went to it and none was answered.
+pub fn suspect(before: Signals, now: Signals) -> Option<String> {
+    if before.real != now.real {
+        return None;
+    }
+    let resets = now.resets.saturating_sub(before.resets);
+    let syns = now.syns.saturating_sub(before.syns);
+    let synacks = now.synacks.saturating_sub(before.synacks);
+    if resets > 0 {
+        Some(format!("{resets} resets from it in the last second"))
+    } else if syns > 0 && synacks == 0 {
+        Some(format!(
+            "{syns} handshakes sent to it, none answered in the last second"
+        ))
+    } else {
+        None
+    }
+}
+
 /// A checked real's health.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -273,6 +307,8 @@ pub struct State {
     pub last_check: Option<SystemTime>,
     /// The weight a `dynamic` exec check set.
     pub weight: Option<u32>,
+    /// Times the passive signals made it suspect.
+    pub suspected: u64,
     /// Its series of the latency histogram and of the result counters (ok, drain,
     /// failed), taken once: a result costs no label look-up.
     latency: prometheus::Histogram,
@@ -312,6 +348,8 @@ const RESULTS: [&str; 3] = ["ok", "drain", "failed"];
 /// `rise` successes in a row, or at once when its check asks for a drain.
 pub struct Health {
     states: HashMap<Target, State>,
+    /// The last passive signals read of each watched real.
+    signals: HashMap<Target, Signals>,
     quorum_lost: HashMap<ServiceKey, bool>,
     latency: HistogramVec,
     results: IntCounterVec,
@@ -349,6 +387,7 @@ impl Default for Health {
         .unwrap_or_else(|e| unreachable!("{e}"));
         Health {
             states: HashMap::new(),
+            signals: HashMap::new(),
             quorum_lost: HashMap::new(),
             latency,
             results,
@@ -381,6 +420,7 @@ impl Health {
                     last_took: Duration::ZERO,
                     last_check: None,
                     weight: None,
+                    suspected: 0,
                     latency: latency.with_label_values(&l),
                     results: [result(RESULTS[0]), result(RESULTS[1]), result(RESULTS[2])],
                 }
@@ -444,6 +484,29 @@ impl Health {
             after,
             cause,
         })
+    }
+
+    /// Records a watched real's signals; says why it is suspect if it is (an up or
+    /// draining real: a down one is checked anyway).
+    pub fn signals(&mut self, target: &Target, now: Signals) -> Option<String> {
+        let before = self.signals.insert(target.clone(), now)?;
+        let up = self
+            .states
+            .get(target)
+            .is_none_or(|s| s.status != Status::Down);
+        let why = suspect(before, now)?;
+        if let Some(st) = self.states.get_mut(target) {
+            st.suspected += 1;
+        }
+        up.then_some(why)
+    }
+
+    /// Forgets the signals of reals no longer watched.
+    pub fn keep_signals(&mut self, watched: &[Target]) {
+        if self.signals.len() != watched.len() {
+            let keep: std::collections::HashSet<&Target> = watched.iter().collect();
+            self.signals.retain(|t, _| keep.contains(t));
+        }
     }
 
     /// Forgets reals the configuration no longer checks.
@@ -674,6 +737,38 @@ mod tests {
                 to: None
             })
         );
+    }
+
+    #[test]
+    fn resets_and_unanswered_handshakes_make_a_real_suspect() {
+        let at = |syns, synacks, resets| Signals {
+            real: 3,
+            syns,
+            synacks,
+            resets,
+        };
+        assert!(suspect(at(10, 10, 0), at(15, 15, 0)).is_none());
+        assert!(suspect(at(10, 10, 0), at(10, 10, 0)).is_none());
+        let why = suspect(at(10, 10, 0), at(12, 10, 0));
+        assert_eq!(
+            why.as_deref(),
+            Some("2 handshakes sent to it, none answered in the last second")
+        );
+        let why = suspect(at(10, 10, 0), at(15, 14, 1));
+        assert_eq!(why.as_deref(), Some("1 resets from it in the last second"));
+        // A real that came back under a new index starts its counts afresh.
+        let renumbered = Signals {
+            real: 4,
+            ..at(0, 0, 0)
+        };
+        assert!(suspect(at(10, 10, 0), renumbered).is_none());
+        // The first reading has nothing to compare with; a down real is not nudged.
+        let mut h = Health::default();
+        assert_eq!(h.signals(&target(), at(1, 0, 0)), None);
+        assert!(h.signals(&target(), at(2, 0, 0)).is_some());
+        let c = check(1, 1);
+        assert_eq!(feed(&mut h, &c, failed()), Some(Status::Down));
+        assert_eq!(h.signals(&target(), at(3, 0, 0)), None);
     }
 
     #[test]

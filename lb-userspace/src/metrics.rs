@@ -96,6 +96,24 @@ pub fn render(
         "Bytes forwarded to (and under NAT from) the real server.",
         &real,
     );
+    let r_syns = counter(
+        &r,
+        "xdpvs_real_handshakes_total",
+        "TCP flows begun with a SYN scheduled to the real.",
+        &real,
+    );
+    let r_synacks = counter(
+        &r,
+        "xdpvs_real_handshakes_answered_total",
+        "SYN-ACKs from the real (NAT and full-NAT only: the director sees the replies).",
+        &real,
+    );
+    let r_resets = counter(
+        &r,
+        "xdpvs_real_resets_total",
+        "RSTs from the real (NAT and full-NAT only).",
+        &real,
+    );
     let r_active = gauge(
         &r,
         "xdpvs_real_active_connections",
@@ -219,6 +237,9 @@ pub fn render(
             r_conns.with_label_values(&labels).inc_by(c.flows);
             r_packets.with_label_values(&labels).inc_by(c.packets);
             r_bytes.with_label_values(&labels).inc_by(c.bytes);
+            r_syns.with_label_values(&labels).inc_by(c.syns);
+            r_synacks.with_label_values(&labels).inc_by(c.synacks);
+            r_resets.with_label_values(&labels).inc_by(c.resets);
             let (active, inactive) = conns.get(&rp.index).copied().unwrap_or_default();
             r_active.with_label_values(&labels).set(i64_of(active));
             r_inactive.with_label_values(&labels).set(i64_of(inactive));

@@ -138,7 +138,8 @@ pub fn listing(
                 .zip(&cs.reals)
                 .map(|((r, c), cr)| {
                     let (active, inactive) = conns.get(&r.index).copied().unwrap_or_default();
-                    let (health, since, error, checked) = health_fields(cs, cr, health);
+                    let (status, since, error, checked) = health_fields(cs, cr, health);
+                    let suspected = health.state(&Target::of(cs, cr)).map(|st| st.suspected);
                     json!({
                         "address": r.address.to_string(),
                         "port": r.port,
@@ -149,11 +150,12 @@ pub fn listing(
                         "bytes": c.bytes,
                         "active_connections": active,
                         "inactive_connections": inactive,
-                        "health": health,
+                        "health": status,
                         "health_since": since,
                         "last_error": error,
                         "last_check": checked,
                         "check": cs.check_of(cr).map(|c| c.kind().to_string()),
+                        "suspected": suspected,
                         "sorry": cr.sorry,
                     })
                 })

@@ -13,7 +13,7 @@ use serde_json::Value;
 use xdpvs_testbed::{
     checked::{CERT, CERT_NAME, dns_server, http_server, https_server, silent_server},
     rig::{DrRig, VIP, cli_ok, client_sources, http_get, real_address, real_banner as banner},
-    traffic::{ask_each, tcp_ask, tcp_line_server, udp_server},
+    traffic::{ask_each, tcp_ask, tcp_line_server, tcp_server, udp_server},
 };
 
 /// The reals' health in `xdpvs list --json`: (service port, real address) → (health,
@@ -352,6 +352,88 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
         daemon.stderr()
     );
     assert_eq!(ask(81, 5, 80).len(), 5);
+    let (status, _, stderr) = daemon.stop();
+    assert!(status.success(), "{stderr:#?}");
+}
+
+#[test]
+fn under_nat_a_reals_resets_make_it_suspect_and_checked_at_once() {
+    use xdpvs_testbed::nat_rig::{self, NatRig, RealsRoute};
+    let rig = NatRig::new(2, RealsRoute::ViaDirector, 1500);
+    let serve = |i: usize| {
+        tcp_server(
+            &rig.reals[i],
+            SocketAddr::new([0, 0, 0, 0].into(), 8080),
+            &format!("real {}", nat_rig::real_address(i)),
+        )
+    };
+    let mut servers = [Some(serve(0)), Some(serve(1))];
+    // Checked every 60 s: only the passive signal can find the failure soon.
+    let yaml = nat_rig::config("nat", &[(0, 1), (1, 1)]).replacen(
+        "    forwarding: nat\n",
+        "    forwarding: nat\n    check: {type: tcp, interval: 60, timeout: 1, rise: 1, fall: 1, passive: true}\n",
+        1,
+    );
+    let config = rig.write_config(&yaml);
+    let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
+    assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
+    // The first checks fall within the first minute; let both reals' pass first.
+    let vip80 = SocketAddr::new(nat_rig::VIP.into(), 80);
+    let sources = nat_rig::client_sources();
+    let ask_all = |skip: usize| -> Vec<Result<String, String>> {
+        rig.client.enter(|| {
+            sources
+                .iter()
+                .skip(skip)
+                .take(20)
+                .map(|&s| tcp_ask(s, vip80, Duration::from_secs(1)).map_err(|e| e.to_string()))
+                .collect()
+        })
+    };
+    let before = ask_all(0);
+    assert!(before.iter().all(Result::is_ok), "{before:?}");
+    // Real 1's server stops: its kernel resets each new connection.
+    let stopped = Instant::now();
+    servers[1] = None;
+    let during = ask_all(20);
+    assert!(
+        during.iter().any(Result::is_err),
+        "no connection reached the stopped real: {during:?}"
+    );
+    assert!(
+        daemon.logged(
+            "198.51.100.12:8080 of service tcp 192.0.2.100:80 is suspect (",
+            Duration::from_secs(5)
+        ),
+        "{:#?}",
+        daemon.stderr()
+    );
+    assert!(
+        daemon.logged(
+            "198.51.100.12:8080 of service tcp 192.0.2.100:80 is down",
+            Duration::from_secs(5)
+        ),
+        "{:#?}",
+        daemon.stderr()
+    );
+    let took = stopped.elapsed();
+    // One reading of the signals (1 s) and one check, far inside the 60 s interval.
+    assert!(took < Duration::from_secs(5), "down after {took:?}");
+    let after = ask_all(40);
+    assert!(
+        after.iter().all(Result::is_ok),
+        "a request failed once the real was down: {after:?}"
+    );
+    let metrics = http_get(&rig.director, "127.0.0.1:9469", "/metrics").unwrap_or_default();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("xdpvs_real_resets_total{")
+                && l.contains("real_address=\"198.51.100.12\"")
+                && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    eprintln!("passive signal: real down {took:?} after its server stopped (interval 60 s)");
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
 }
