@@ -54,6 +54,8 @@ fn random_and_mutated_frames_match_the_reference_model() {
                 | "drop_forwarding_off"
                 | "drop_real_offlink"
                 | "drop_no_real"
+                // A service whose quorum the daemon marked lost: e2e_checks counts it.
+                | "drop_quorum_lost"
                 | "pass_eth_truncated"
                 // The flood guard is off in the model's rig; packet_nat covers it.
                 | "drop_insert_refused"
