@@ -13,7 +13,8 @@
 
 use lb_common::{
     AddrWords, MAX_LEAST_REALS, REAL_NONE, SCHED_DH, SCHED_LC, SCHED_NQ, SCHED_RR, SCHED_SED,
-    SCHED_WLC, SCHED_WRR, SVC_F_HASH_PORT, SVC_F_PERSIST, SVC_F_QUORUM_LOST, ServiceValue, TABLE_LEN_SLOT,
+    SCHED_WLC, SCHED_WRR, SVC_F_HASH_PORT, SVC_F_PERSIST, SVC_F_QUORUM_LOST, ServiceValue,
+    TABLE_LEN_SLOT,
     hash::{addr_hash, addr_port_hash, position},
     reason::Reason,
 };
