@@ -145,7 +145,7 @@ fn an_http_check_wants_its_status() {
     );
     let (_, json, _) = cli(&config, &["list", "--json"]);
     assert!(json.contains("\"health\": \"down\""), "{json}");
-    assert!(json.contains("http to 192.0.2.11:8080"), "{json}");
+    assert!(json.contains("GET http://192.0.2.11:8080/health"), "{json}");
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
 }
