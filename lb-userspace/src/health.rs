@@ -771,6 +771,88 @@ mod tests {
         assert_eq!(h.signals(&target(), at(3, 0, 0)), None);
     }
 
+    /// A service of three checked reals, weights 1, 2, 3, with this quorum text.
+    fn quorum_config(extra: &str) -> Config {
+        let text = format!(
+            "director: {{interfaces: [eth0]}}\nservices:\n  - {{address: 192.0.2.100, port: 80, \
+             protocol: tcp, scheduler: wrr, check: {{type: tcp}}, {extra}reals: [{{address: \
+             192.0.2.11, weight: 1}}, {{address: 192.0.2.12, weight: 2}}, {{address: \
+             192.0.2.13, weight: 3}}]}}\n"
+        );
+        Config::parse(&text, std::path::Path::new("test.yaml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn set(h: &mut Health, config: &Config, real: usize, up: bool) {
+        let s = &config.services[0];
+        let c = check(1, 1);
+        let outcome = if up { OK } else { failed() };
+        h.record(
+            Probe {
+                target: Target::of(s, &s.reals[real]),
+                outcome,
+                took: Duration::ZERO,
+            },
+            &c,
+        );
+    }
+
+    #[test]
+    fn the_quorum_is_lost_and_regained_across_its_hysteresis() {
+        let config = quorum_config("quorum: 4, hysteresis: 1, sorry: {address: 192.0.2.50}, ");
+        let mut h = Health::default();
+        let live = |e: &Config| -> Vec<(u32, bool)> {
+            e.services[0]
+                .reals
+                .iter()
+                .map(|r| (r.scheduling_weight(), r.sorry))
+                .collect()
+        };
+        // All up: 6 live. Real 2 (weight 3) down: 3, not below 4 - 1: held.
+        set(&mut h, &config, 2, false);
+        let (e, changes) = h.apply(&config);
+        assert!(changes.is_empty() && !e.services[0].quorum_lost);
+        // Real 1 down too: 1 < 3: lost; every real held, the sorry server in.
+        set(&mut h, &config, 1, false);
+        let (e, changes) = h.apply(&config);
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].lost && changes[0].sorry && changes[0].live == 1);
+        assert_eq!(live(&e), [(0, false), (0, false), (0, false), (1, true)]);
+        // Real 1 back: 3 live, below 4 + 1: still lost.
+        set(&mut h, &config, 1, true);
+        let (e, changes) = h.apply(&config);
+        assert!(changes.is_empty() && e.services[0].quorum_lost);
+        // Real 2 back: 6 ≥ 5: regained, no sorry server.
+        set(&mut h, &config, 2, true);
+        let (e, changes) = h.apply(&config);
+        assert!(changes.len() == 1 && !changes[0].lost);
+        assert_eq!(live(&e), [(1, false), (2, false), (3, false)]);
+    }
+
+    #[test]
+    fn on_failure_remove_takes_the_real_out_and_inhibit_keeps_it_at_weight_0() {
+        let mut h = Health::default();
+        let config = quorum_config("");
+        set(&mut h, &config, 0, false);
+        let (e, _) = h.apply(&config);
+        let reals: Vec<_> = e.services[0]
+            .reals
+            .iter()
+            .map(|r| (r.scheduling_weight(), r.down))
+            .collect();
+        assert_eq!(reals, [(0, true), (2, false), (3, false)]);
+        let mut removing = config.clone();
+        if let Some(c) = removing.services[0].check.as_mut() {
+            c.on_failure = OnFailure::Remove;
+        }
+        let (e, _) = h.apply(&removing);
+        let left: Vec<_> = e.services[0]
+            .reals
+            .iter()
+            .map(|r| r.address.to_string())
+            .collect();
+        assert_eq!(left, ["192.0.2.12", "192.0.2.13"]);
+    }
+
     #[test]
     fn jitter_only_shortens_the_interval() {
         let mut state = 7;

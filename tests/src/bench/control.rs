@@ -132,7 +132,7 @@ pub fn daemon_footprint(rig: &Rig, services: usize) -> (f64, u64, u64) {
 }
 
 /// The daemon is started through `ip netns exec`, which execs it: the pid is the daemon's.
-fn status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
     status

@@ -108,7 +108,7 @@ impl HealthRig {
         let (cpu0, checks0, t0) = (cpu_ticks(pid), self.checks(), Instant::now());
         std::thread::sleep(Duration::from_secs(window));
         let (cpu1, checks1, took) = (cpu_ticks(pid), self.checks(), t0.elapsed());
-        let rss = rss_bytes(pid);
+        let rss = super::control::status_kib(pid, "VmRSS:") * 1024;
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let share = |a: u64, b: u64| (b - a) as f64 / hz / took.as_secs_f64();
@@ -236,18 +236,6 @@ fn cpu_ticks(pid: u32) -> (u64, u64) {
         f.get(11).copied().unwrap_or(0),
         f.get(12).copied().unwrap_or(0),
     )
-}
-
-fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024
 }
 
 /// Every health-check figure.

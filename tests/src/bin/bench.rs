@@ -21,6 +21,16 @@ usage: xdpvs-bench [--quick] [--only per-packet,lru,rate,control,health,differen
   --random N    frames of the differential run (default 20000000; quick 1000000)
   --write       replace the results block of this Markdown file";
 
+/// The parts a run may make, in the order it makes them.
+const PARTS: [&str; 6] = [
+    "per-packet",
+    "lru",
+    "rate",
+    "control",
+    "health",
+    "differential",
+];
+
 struct Options {
     parts: Vec<String>,
     rounds: usize,
@@ -34,16 +44,7 @@ struct Options {
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let mut o = Options {
-        parts: [
-            "per-packet",
-            "lru",
-            "rate",
-            "control",
-            "health",
-            "differential",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
+        parts: PARTS.map(str::to_owned).to_vec(),
         rounds: 5,
         iterations: 1_000_000,
         frames: 4_000_000,
@@ -76,17 +77,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--only" => {
                 o.parts = value()?.split(',').map(str::to_owned).collect();
-                if let Some(bad) = o.parts.iter().find(|p| {
-                    ![
-                        "per-packet",
-                        "lru",
-                        "rate",
-                        "control",
-                        "health",
-                        "differential",
-                    ]
-                    .contains(&p.as_str())
-                }) {
+                if let Some(bad) = o.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
                     return Err(format!("--only: unknown part {bad:?}"));
                 }
             }
