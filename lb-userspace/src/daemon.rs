@@ -846,40 +846,36 @@ impl Director {
     /// Reads each passively watched real's handshakes, SYN-ACKs and resets; a suspect
     /// real is checked at once.
     fn read_signals(&mut self) {
-        let snapshot = match self.dataplane.snapshot(&self.plan) {
-            Ok(s) => s,
+        let mut watched = Vec::new();
+        for (s, plan) in self.effective.services.iter().zip(&self.plan.services) {
+            for (r, rp) in s.reals.iter().zip(&plan.reals) {
+                if s.check_of(r).is_some_and(|c| c.passive) {
+                    watched.push((Target::of(s, r), rp.index));
+                }
+            }
+        }
+        let indices: Vec<u32> = watched.iter().map(|(_, i)| *i).collect();
+        let counters = match self.dataplane.real_counters(&indices) {
+            Ok(c) => c,
             Err(e) => {
                 log::warn!("reading the passive health signals: {e}");
                 return;
             }
         };
-        let mut seen = Vec::new();
-        for ((s, (_, reals)), plan) in self
-            .effective
-            .services
-            .iter()
-            .zip(&snapshot.services)
-            .zip(&self.plan.services)
-        {
-            for ((r, c), rp) in s.reals.iter().zip(reals).zip(&plan.reals) {
-                if !s.check_of(r).is_some_and(|c| c.passive) {
-                    continue;
-                }
-                let target = Target::of(s, r);
-                let signals = crate::health::Signals {
-                    real: rp.index,
-                    syns: c.syns,
-                    synacks: c.synacks,
-                    resets: c.resets,
-                };
-                if let Some(why) = self.health.signals(&target, signals)
-                    && self.checkers.nudge(&target)
-                {
-                    log::info!("{target} is suspect ({why}); checking it now");
-                }
-                seen.push(target);
+        for ((target, index), c) in watched.iter().zip(counters) {
+            let signals = crate::health::Signals {
+                real: *index,
+                syns: c.syns,
+                synacks: c.synacks,
+                resets: c.resets,
+            };
+            if let Some(why) = self.health.signals(target, signals)
+                && self.checkers.nudge(target)
+            {
+                log::info!("{target} is suspect ({why}); checking it now");
             }
         }
+        let seen: Vec<Target> = watched.into_iter().map(|(t, _)| t).collect();
         self.health.keep_signals(&seen);
     }
 

@@ -1006,6 +1006,18 @@ impl Dataplane {
         map.insert(key, template, 0).map_err(&e)
     }
 
+    /// The counters of the reals with these indices (the passive health signals read
+    /// only the watched ones).
+    pub fn real_counters(&self, indices: &[u32]) -> Result<Vec<Counters>, DataplaneError> {
+        let real: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map(maps::REAL_STATS)?)
+            .map_err(map_err(maps::REAL_STATS))?;
+        indices
+            .iter()
+            .map(|i| real.get(i, 0).map(sum))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::REAL_STATS))
+    }
+
     /// Reads every counter the plan refers to.
     pub fn snapshot(&self, plan: &Plan) -> Result<Snapshot, DataplaneError> {
         let reasons: PerCpuArray<_, u64> =
@@ -1024,16 +1036,6 @@ impl Dataplane {
             .map_err(map_err(maps::SERVICE_STATS))?;
         let real: PerCpuArray<_, Counters> = PerCpuArray::try_from(self.map(maps::REAL_STATS)?)
             .map_err(map_err(maps::REAL_STATS))?;
-        let sum = |values: aya::maps::PerCpuValues<Counters>| {
-            values.iter().fold(Counters::default(), |a, c| Counters {
-                packets: a.packets + c.packets,
-                flows: a.flows + c.flows,
-                bytes: a.bytes + c.bytes,
-                syns: a.syns + c.syns,
-                synacks: a.synacks + c.synacks,
-                resets: a.resets + c.resets,
-            })
-        };
         let mut services = Vec::with_capacity(plan.services.len());
         for s in &plan.services {
             let counters = sum(svc
@@ -1061,6 +1063,18 @@ impl Dataplane {
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, DataplaneError> {
         map_in(&mut self.ebpf, name)
     }
+}
+
+/// One counter set from its per-CPU values.
+fn sum(values: aya::maps::PerCpuValues<Counters>) -> Counters {
+    values.iter().fold(Counters::default(), |a, c| Counters {
+        packets: a.packets + c.packets,
+        flows: a.flows + c.flows,
+        bytes: a.bytes + c.bytes,
+        syns: a.syns + c.syns,
+        synacks: a.synacks + c.synacks,
+        resets: a.resets + c.resets,
+    })
 }
 
 /// A map of the object by name. A free function, so a caller holding other fields of the

@@ -161,7 +161,8 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
         "director: {{interfaces: [eth0], hash_seed: 1}}\nservices:\n\
          - {{address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh, check: {{type: http, port: 8080, interval: 1, timeout: 1, rise: 2, fall: 2}}, reals: [{{address: 192.0.2.11}}, {{address: 192.0.2.12}}]}}\n\
          - {{address: 192.0.2.100, port: 90, protocol: tcp, scheduler: wrr, check: {{type: exec, command: '{marker}', interval: 2, timeout: 1, fall: 1}}, reals: [{{address: 192.0.2.11}}]}}\n\
-         - {{address: 192.0.2.100, port: 91, protocol: tcp, scheduler: wrr, check: {{type: exec, command: 'exit 9', dynamic: true, interval: 1, timeout: 1}}, reals: [{{address: 192.0.2.11, weight: 1}}]}}\n"
+         - {{address: 192.0.2.100, port: 91, protocol: tcp, scheduler: wrr, check: {{type: exec, command: 'exit 9', dynamic: true, interval: 1, timeout: 1}}, reals: [{{address: 192.0.2.11, weight: 1}}]}}\n\
+         - {{address: 192.0.2.100, port: 92, protocol: tcp, scheduler: wrr, check: {{type: exec, command: 'head -c 1000000 /dev/zero >&2', interval: 1, timeout: 1, fall: 1}}, reals: [{{address: 192.0.2.11}}]}}\n"
     ));
     let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
@@ -241,6 +242,16 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
         .find(|s| s["port"] == 91)
         .map(|s| s["reals"][0]["weight"].clone());
     assert_eq!(weight, Some(Value::from(7)), "{json}");
+    // A command that writes a megabyte to its standard error still ends, healthy: the
+    // pipe is drained past what is kept.
+    assert!(
+        !daemon
+            .stderr()
+            .iter()
+            .any(|l| l.contains("service tcp 192.0.2.100:92 is down")),
+        "{:#?}",
+        daemon.stderr()
+    );
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");
 }

@@ -433,8 +433,11 @@ async fn dns(at: SocketAddr, d: &DnsCheck) -> Outcome {
         let Ok(answer) = Message::from_vec(&buf[..n]) else {
             return fail(format!("a {n}-byte reply that is not a DNS message"));
         };
-        // Another query's late answer: keep waiting for ours.
-        if answer.metadata.id != query.metadata.id {
+        // Another query's late answer: keep waiting for ours. (A server that echoes
+        // the query back sends a query, not an answer.)
+        if answer.metadata.id != query.metadata.id
+            || answer.metadata.message_type != hickory_proto::op::MessageType::Response
+        {
             continue;
         }
         if answer.metadata.response_code != ResponseCode::NoError {
@@ -477,6 +480,8 @@ async fn exec(target: &Target, at: SocketAddr, e: &ExecCheck, limit: Duration) -
         let mut text = Vec::new();
         if let Some(s) = stderr.as_mut() {
             let _ = s.take(MAX_STDERR as u64).read_to_end(&mut text).await;
+            // The rest is drained, so a talkative command never blocks on a full pipe.
+            let _ = tokio::io::copy(s, &mut tokio::io::sink()).await;
         }
         text
     };
