@@ -189,5 +189,18 @@ mod tests {
         ramps.begin(&before, &after, t0);
         ramps.begin(&after, &before, t0);
         assert!(ramps.next_due().is_none());
+        // A real its health check brought back (down, draining or held by a lost
+        // quorum before) ramps as well.
+        for mark in [
+            |r: &mut Real| r.down = true,
+            |r: &mut Real| r.draining = true,
+            |r: &mut Real| r.held = true,
+        ] {
+            let mut was = after.clone();
+            mark(&mut was.services[0].reals[1]);
+            let mut ramps = Ramps::default();
+            ramps.begin(&was, &after, t0);
+            assert_eq!(weights(&ramps.apply(&after, t0)), [100, 25]);
+        }
     }
 }
