@@ -719,12 +719,22 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
                 if drained {
                     notes.push(format!("drained (weight {})", number(r, "weight")));
                 }
+                let since = r
+                    .get("health_since")
+                    .and_then(Value::as_u64)
+                    .map(|t| {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        format!(" for {} s", now.saturating_sub(t))
+                    })
+                    .unwrap_or_default();
                 if health == "down" {
                     let removed = if flag("removed") { "removed, " } else { "" };
-                    notes.push(format!("{removed}down: {}", text(r, "last_error")));
+                    notes.push(format!("{removed}down{since}: {}", text(r, "last_error")));
                 }
                 if health == "draining" {
-                    notes.push("draining: its check asked for it".into());
+                    notes.push(format!("draining{since}: its check asked for it"));
                 }
                 if flag("sorry") {
                     notes.push("sorry server".into());

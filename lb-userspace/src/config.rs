@@ -1546,6 +1546,10 @@ services:
                 "check.command: an exec check needs a command",
             ),
             ("{type: exec, command: []}", "check.command"),
+            (
+                "{type: exec, command: 5}",
+                "a command: a line for /bin/sh -c, or a list",
+            ),
             ("{type: exec, command: \" \"}", "check.command"),
             (
                 "{type: tcp, command: x}",

@@ -335,7 +335,7 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
     assert!(list.contains("sorry server"), "{list}");
     assert!(list.contains("held: quorum lost"), "{list}");
     assert!(
-        list.contains("removed, down: connect to 192.0.2.12:8080"),
+        list.contains("removed, down for ") && list.contains(" s: connect to 192.0.2.12:8080"),
         "{list}"
     );
 

@@ -92,7 +92,10 @@ fn a_real_whose_check_fails_gets_no_new_flows_and_comes_back() {
     );
     let (code, list, _) = cli(&config, &["list"]);
     assert_eq!(code, 0);
-    assert!(list.contains("down: connect to 192.0.2.12:8080"), "{list}");
+    assert!(
+        list.contains("down for ") && list.contains(" s: connect to 192.0.2.12:8080"),
+        "{list}"
+    );
 
     // It answers again: up after two good checks, and takes new flows.
     health[1] = Some(check_port(1));

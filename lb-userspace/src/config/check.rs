@@ -156,7 +156,10 @@ pub const DNS_TYPES: [&str; 9] = ["A", "AAAA", "SOA", "NS", "MX", "TXT", "CNAME"
 pub const MAX_UDP_BYTES: usize = 1472;
 
 #[derive(Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "a command: a line for /bin/sh -c, or a list of the program and its arguments"
+)]
 pub(super) enum RawCommand {
     Shell(String),
     Argv(Vec<String>),
