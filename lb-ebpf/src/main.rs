@@ -34,7 +34,7 @@ use lb_common::{
     FWD_DR, IPPROTO_TCP, IPPROTO_UDP, RealServer,
     conntrack::{
         FLOW_F_EXPIRE_NODEST, FLOW_F_NAT, FLOW_F_PERSIST, FLOW_F_REPLY, FRAG_F_REPLY, FragValue,
-        first_state, flow_key_v4, next_state_reply,
+        STATE_TCP_SYN, first_state, flow_key_v4, next_state_reply,
     },
     event::Event,
     reason::{Action, Reason},
@@ -271,9 +271,8 @@ fn try_forward(ctx: &XdpContext, l3: usize, chosen: u64) -> Result<Verdict, Reas
             let index = schedule::decode(chosen)?;
             let r = real(index).ok_or(Reason::DropInternal)?;
             let is_tcp = ip.proto == IPPROTO_TCP;
-            let syn = is_tcp && l4.flags & 0x12 == 0x02;
-            stats::count_new_flow(service.id, index, u64::from(syn));
-            if is_tcp && !syn {
+            stats::count_new_flow(service.id, index);
+            if is_tcp && l4.flags & 0x12 != 0x02 {
                 stats::count_event(Event::CtMidstreamMiss);
             }
             let state = first_state(is_tcp, l4.flags);
@@ -313,6 +312,10 @@ fn try_forward(ctx: &XdpContext, l3: usize, chosen: u64) -> Result<Verdict, Reas
     }
     let verdict = rewrite::send(ctx, &ip, &hop)?;
     stats::count_forward(ctx, u32::from(flow.service), flow.real);
+    // A handshake counts once it is on its way (the passive health signal).
+    if !first_pass && flow.state == STATE_TCP_SYN {
+        stats::count_syn(u32::from(flow.service), flow.real);
+    }
     Ok(verdict)
 }
 

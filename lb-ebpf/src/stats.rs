@@ -23,24 +23,32 @@ pub fn count_forward(ctx: &XdpContext, id: u32, index: u32) {
     count_real(index, bytes);
 }
 
-/// A new flow scheduled for service `id` to real `index`; `syn`: a TCP handshake
-/// begins (1) or not (0). (The VIP path's stack is at the verifier's limit: called where
-/// these are live anyway, it adds none.)
+/// A new flow scheduled for service `id` to real `index`. (The VIP path's stack is at
+/// the verifier's limit: called where `id` and `index` are live anyway, it adds none.)
 #[inline(always)]
-pub fn count_new_flow(id: u32, index: u32, syn: u64) {
+pub fn count_new_flow(id: u32, index: u32) {
     if let Some(c) = SERVICE_STATS.get_ptr_mut(id) {
         // SAFETY: as in `bump`.
-        unsafe {
-            (*c).flows += 1;
-            (*c).syns += syn;
-        }
+        unsafe { (*c).flows += 1 };
     }
     if let Some(c) = REAL_STATS.get_ptr_mut(index) {
         // SAFETY: as in `bump`.
-        unsafe {
-            (*c).flows += 1;
-            (*c).syns += syn;
-        }
+        unsafe { (*c).flows += 1 };
+    }
+}
+
+/// A new flow's SYN sent on to real `index` of service `id` (the passive health
+/// signal's handshakes: counted once forwarded, so a SYN the director dropped is not
+/// taken for one the real left unanswered).
+#[inline(always)]
+pub fn count_syn(id: u32, index: u32) {
+    if let Some(c) = SERVICE_STATS.get_ptr_mut(id) {
+        // SAFETY: as in `bump`.
+        unsafe { (*c).syns += 1 };
+    }
+    if let Some(c) = REAL_STATS.get_ptr_mut(index) {
+        // SAFETY: as in `bump`.
+        unsafe { (*c).syns += 1 };
     }
 }
 

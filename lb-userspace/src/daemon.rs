@@ -132,6 +132,8 @@ struct Director {
     effective: Config,
     /// Slow start: the reals whose weights ramp up.
     ramps: Ramps,
+    /// Health changes recorded but not yet in the data path (an apply failed).
+    unapplied: Vec<(Target, OnFailure, HealthChange)>,
     /// The health checks' tasks, and each checked real's state.
     checkers: Checkers,
     health: Health,
@@ -198,6 +200,15 @@ fn log_health(target: &Target, on_failure: OnFailure, change: &HealthChange) {
     }
 }
 
+/// Whether a check of `config` reads the data path's passive signals.
+fn watches_signals(config: &Config) -> bool {
+    config.services.iter().any(|s| {
+        s.reals
+            .iter()
+            .any(|r| s.check_of(r).is_some_and(|c| c.passive))
+    })
+}
+
 /// Logs each service whose quorum was lost or regained.
 fn log_quorum(changes: &[QuorumChange]) {
     for q in changes {
@@ -206,7 +217,7 @@ fn log_quorum(changes: &[QuorumChange]) {
                 "service {} lost its quorum: live weight {} is below {}; {}",
                 q.service,
                 q.live,
-                q.quorum,
+                q.threshold,
                 if q.sorry {
                     "its sorry server takes the new flows"
                 } else {
@@ -219,7 +230,7 @@ fn log_quorum(changes: &[QuorumChange]) {
                  take new flows again",
                 q.service,
                 q.live,
-                q.quorum
+                q.threshold
             );
         }
     }
@@ -333,7 +344,9 @@ async fn start(
     // a running data path as it was.
     // Every real starts up; a quorum the configured weights cannot reach is lost now.
     let mut health = Health::default();
-    let (effective, quorum_changes) = health.apply(&config);
+    let applied = health.apply(&config);
+    health.commit(&applied);
+    let (effective, quorum_changes) = applied.into_parts();
     let plan = compile(netlink, config_path, &effective, &kept).await?;
     let mut interfaces: Vec<Link> = Vec::new();
     for name in &config.director.interfaces {
@@ -366,6 +379,7 @@ async fn start(
             .collect(),
         effective,
         ramps: Ramps::default(),
+        unapplied: Vec::new(),
         checkers: Checkers::new(probes),
         health,
         config,
@@ -614,11 +628,11 @@ impl Director {
         if config.director.xdp_mode != self.config.director.xdp_mode {
             return Err(needs_restart("director.xdp_mode"));
         }
-        let (effective, quorum_changes) = self.health.apply(&config);
+        let healthy = self.health.apply(&config);
         let mut ramps = self.ramps.clone();
         let now = std::time::Instant::now();
-        ramps.begin(&self.effective, &effective, now);
-        let ramped = ramps.apply(&effective, now);
+        ramps.begin(&self.effective, &healthy.config, now);
+        let ramped = ramps.apply(&healthy.config, now);
         let plan = compile(&self.netlink, &path, &ramped, &Ids::of(&self.plan)).await?;
         let before: HashSet<(u32, u32)> = real_ids(&self.plan);
         let after: HashSet<(u32, u32)> = real_ids(&plan);
@@ -678,6 +692,15 @@ impl Director {
         self.plan = plan;
         self.checkers.follow(&config);
         self.health.retain(&config);
+        self.health.commit(&healthy);
+        if !watches_signals(&config) {
+            self.health.keep_signals(&[]);
+        }
+        let (effective, quorum_changes) = healthy.into_parts();
+        // Health changes waiting for the data path are applied now: logged once, here.
+        for (target, on_failure, change) in self.unapplied.drain(..) {
+            log_health(&target, on_failure, &change);
+        }
         log_quorum(&quorum_changes);
         self.effective = effective;
         self.ramps = ramps;
@@ -791,6 +814,7 @@ impl Director {
         };
         Ok(crate::metrics::render(
             &self.effective,
+            &self.config,
             &self.plan,
             &snapshot,
             &tables,
@@ -818,29 +842,33 @@ impl Director {
     /// drain or got a new weight is applied at once, then logged once with its cause.
     async fn on_probe(&mut self, probe: Probe, neighbours: &mut ManagedNeighbours) {
         let target = probe.target.clone();
-        let Some(check) = self.checkers.check_of(&target) else {
+        let Some(check) = self.checkers.check_of(&target, probe.generation) else {
             return;
         };
         let on_failure = check.on_failure;
         let Some(change) = self.health.record(probe, check) else {
             return;
         };
-        // Logged once applied: the line means what it says.
+        // Logged once applied (by `change`): the line means what it says.
+        self.unapplied.push((target.clone(), on_failure, change));
+        self.apply_health(neighbours).await;
+    }
+
+    /// Applies the health changes waiting for the data path; one that cannot be applied
+    /// now waits for the next try (each second) or the next change.
+    async fn apply_health(&mut self, neighbours: &mut ManagedNeighbours) {
         let (config, doc) = (self.config.clone(), self.doc.clone());
         if let Err(e) = self.change(config, doc, false, neighbours).await {
-            log::error!("applying the health of {target}: {e}");
-            return;
+            log::error!(
+                "applying {} health changes (tried again each second): {e}",
+                self.unapplied.len()
+            );
         }
-        log_health(&target, on_failure, &change);
     }
 
     /// Whether a check reads the data path's passive signals.
     fn watches_signals(&self) -> bool {
-        self.config.services.iter().any(|s| {
-            s.reals
-                .iter()
-                .any(|r| s.check_of(r).is_some_and(|c| c.passive))
-        })
+        watches_signals(&self.config)
     }
 
     /// Reads each passively watched real's handshakes, SYN-ACKs and resets; a suspect
@@ -1107,6 +1135,9 @@ async fn serve(
     let watching = sd_notify::watchdog_enabled().is_some();
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     let mut passive = tokio::time::interval(crate::health::SIGNAL_PERIOD);
+    passive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_recount = Instant::now() + RECOUNT_PERIOD;
     let mut dirty: Option<Instant> = None;
     loop {
@@ -1157,6 +1188,9 @@ async fn serve(
                 director.ramps.next_due().map_or(debounce, Instant::from_std)
             ), if director.ramps.next_due().is_some() => director.step_ramps(neighbours).await,
             _ = passive.tick(), if director.watches_signals() => director.read_signals(),
+            _ = retry.tick(), if !director.unapplied.is_empty() => {
+                director.apply_health(neighbours).await;
+            }
             _ = watchdog.tick(), if watching => notify(&[NotifyState::Watchdog]),
         }
     }

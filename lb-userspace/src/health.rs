@@ -72,12 +72,15 @@ impl std::fmt::Display for Target {
 #[derive(Debug)]
 pub struct Probe {
     pub target: Target,
+    /// The task's generation: a result of a check since replaced is not counted.
+    pub generation: u64,
     pub outcome: Outcome,
     pub took: Duration,
 }
 
 struct Running {
     check: Check,
+    generation: u64,
     task: JoinHandle<()>,
     nudge: Arc<Notify>,
 }
@@ -87,6 +90,7 @@ pub struct Checkers {
     running: HashMap<Target, Running>,
     tx: mpsc::Sender<Probe>,
     clients: probe::Clients,
+    generations: u64,
 }
 
 impl Checkers {
@@ -99,6 +103,7 @@ impl Checkers {
             running: HashMap::new(),
             tx,
             clients: probe::Clients::default(),
+            generations: 0,
         }
     }
 
@@ -119,8 +124,10 @@ impl Checkers {
             }
             let nudge = Arc::new(Notify::new());
             let prober = probe::Prober::new(target.clone(), check.clone(), &mut self.clients);
+            self.generations += 1;
+            let generation = self.generations;
             let task = tokio::spawn(run(
-                target.clone(),
+                (target.clone(), generation),
                 check.clone(),
                 prober,
                 self.tx.clone(),
@@ -130,6 +137,7 @@ impl Checkers {
                 target,
                 Running {
                     check: check.clone(),
+                    generation,
                     task,
                     nudge,
                 },
@@ -150,9 +158,13 @@ impl Checkers {
         }
     }
 
-    /// The check a real runs now.
-    pub fn check_of(&self, target: &Target) -> Option<&Check> {
-        self.running.get(target).map(|r| &r.check)
+    /// The check a real runs now, if `generation` is its task's (a result of a check
+    /// since replaced or stopped is not counted).
+    pub fn check_of(&self, target: &Target, generation: u64) -> Option<&Check> {
+        self.running
+            .get(target)
+            .filter(|r| r.generation == generation)
+            .map(|r| &r.check)
     }
 
     pub fn len(&self) -> usize {
@@ -205,7 +217,7 @@ fn jittered(interval: Duration, jitter: u32, state: &mut u64) -> Duration {
 }
 
 async fn run(
-    target: Target,
+    (target, generation): (Target, u64),
     check: Check,
     prober: Result<probe::Prober, String>,
     tx: mpsc::Sender<Probe>,
@@ -227,6 +239,7 @@ async fn run(
         };
         let probe = Probe {
             target: target.clone(),
+            generation,
             outcome,
             took: start.elapsed(),
         };
@@ -309,6 +322,8 @@ pub struct State {
     pub weight: Option<u32>,
     /// Times the passive signals made it suspect.
     pub suspected: u64,
+    /// The check task whose results it counts: a new check starts its streaks afresh.
+    generation: u64,
     /// Its series of the latency histogram and of the result counters (ok, drain,
     /// failed), taken once: a result costs no label look-up.
     latency: prometheus::Histogram,
@@ -334,8 +349,25 @@ pub struct QuorumChange {
     pub service: String,
     pub lost: bool,
     pub live: u64,
-    pub quorum: u32,
+    /// The threshold crossed: `quorum - hysteresis` when lost, `quorum + hysteresis`
+    /// when regained.
+    pub threshold: u64,
     pub sorry: bool,
+}
+
+/// What [`Health::apply`] makes of a configuration: the configuration the data path is
+/// to run, the quorum changes, and the quorums to keep once it runs.
+pub struct Applied {
+    pub config: Config,
+    pub changes: Vec<QuorumChange>,
+    quorum_lost: HashMap<ServiceKey, bool>,
+}
+
+impl Applied {
+    /// The configuration to run and the quorum changes.
+    pub fn into_parts(self) -> (Config, Vec<QuorumChange>) {
+        (self.config, self.changes)
+    }
 }
 
 type ServiceKey = (Protocol, IpAddr, u16);
@@ -421,10 +453,16 @@ impl Health {
                     last_check: None,
                     weight: None,
                     suspected: 0,
+                    generation: probe.generation,
                     latency: latency.with_label_values(&l),
                     results: [result(RESULTS[0]), result(RESULTS[1]), result(RESULTS[2])],
                 }
             });
+        if state.generation != probe.generation {
+            state.generation = probe.generation;
+            state.good = 0;
+            state.bad = 0;
+        }
         state.latency.observe(probe.took.as_secs_f64());
         let result = match &probe.outcome {
             Outcome::Healthy { .. } => 0,
@@ -554,10 +592,12 @@ impl Health {
     /// The configuration the data path runs: each real as its health has it (down and
     /// draining reals take no new flows; a down real of an `on_failure: remove` check is
     /// taken out; a `dynamic` check's weight), and each service with a quorum held or
-    /// lost (lost: its reals held, its sorry server in). Records the quorum changes.
-    pub fn apply(&mut self, config: &Config) -> (Config, Vec<QuorumChange>) {
+    /// lost (lost: its reals held, its sorry server in). Nothing is kept until
+    /// [`Health::commit`]: a configuration that fails to apply changes no quorum.
+    pub fn apply(&self, config: &Config) -> Applied {
         let mut effective = config.clone();
         let mut changes = Vec::new();
+        let mut quorum_lost = HashMap::new();
         for s in &mut effective.services {
             let service = s.clone();
             s.reals.retain_mut(|r| {
@@ -589,15 +629,20 @@ impl Health {
                 live < u64::from(quorum).saturating_sub(u64::from(s.hysteresis))
             };
             if lost != was {
+                let h = u64::from(s.hysteresis);
                 changes.push(QuorumChange {
                     service: s.to_string(),
                     lost,
                     live,
-                    quorum,
+                    threshold: if lost {
+                        u64::from(quorum) - h
+                    } else {
+                        u64::from(quorum) + h
+                    },
                     sorry: s.sorry.is_some(),
                 });
-                self.quorum_lost.insert(key, lost);
             }
+            quorum_lost.insert(key, lost);
             s.quorum_lost = lost;
             if lost {
                 for r in &mut s.reals {
@@ -619,7 +664,16 @@ impl Health {
                 }
             }
         }
-        (effective, changes)
+        Applied {
+            config: effective,
+            changes,
+            quorum_lost,
+        }
+    }
+
+    /// Keeps the quorums of an applied configuration, once the data path runs it.
+    pub fn commit(&mut self, applied: &Applied) {
+        self.quorum_lost = applied.quorum_lost.clone();
     }
 }
 
@@ -656,6 +710,7 @@ mod tests {
         match h.record(
             Probe {
                 target: target(),
+                generation: 0,
                 outcome,
                 took: Duration::ZERO,
             },
@@ -694,6 +749,30 @@ mod tests {
     }
 
     #[test]
+    fn a_new_check_starts_its_streaks_afresh() {
+        let c = check(2, 3);
+        let mut h = Health::default();
+        let at = |generation| Probe {
+            target: target(),
+            generation,
+            outcome: failed(),
+            took: Duration::ZERO,
+        };
+        assert!(h.record(at(1), &c).is_none());
+        assert!(h.record(at(1), &c).is_none());
+        // The check was replaced: its first failure is the first of its streak.
+        assert!(h.record(at(2), &c).is_none());
+        assert!(h.record(at(2), &c).is_none());
+        assert!(matches!(
+            h.record(at(2), &c),
+            Some(HealthChange::Status {
+                to: Status::Down,
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn a_drain_answer_drains_at_once_and_rise_good_answers_end_it() {
         let c = check(2, 3);
         let mut h = Health::default();
@@ -719,6 +798,7 @@ mod tests {
         let mut h = Health::default();
         let p = |w| Probe {
             target: target(),
+            generation: 0,
             outcome: Outcome::Healthy { weight: w },
             took: Duration::ZERO,
         };
@@ -771,6 +851,12 @@ mod tests {
         assert_eq!(h.signals(&target(), at(3, 0, 0)), None);
     }
 
+    fn applied(h: &mut Health, config: &Config) -> (Config, Vec<QuorumChange>) {
+        let a = h.apply(config);
+        h.commit(&a);
+        (a.config, a.changes)
+    }
+
     /// A service of three checked reals, weights 1, 2, 3, with this quorum text.
     fn quorum_config(extra: &str) -> Config {
         let text = format!(
@@ -789,6 +875,7 @@ mod tests {
         h.record(
             Probe {
                 target: Target::of(s, &s.reals[real]),
+                generation: 0,
                 outcome,
                 took: Duration::ZERO,
             },
@@ -809,21 +896,21 @@ mod tests {
         };
         // All up: 6 live. Real 2 (weight 3) down: 3, not below 4 - 1: held.
         set(&mut h, &config, 2, false);
-        let (e, changes) = h.apply(&config);
+        let (e, changes) = applied(&mut h, &config);
         assert!(changes.is_empty() && !e.services[0].quorum_lost);
         // Real 1 down too: 1 < 3: lost; every real held, the sorry server in.
         set(&mut h, &config, 1, false);
-        let (e, changes) = h.apply(&config);
+        let (e, changes) = applied(&mut h, &config);
         assert_eq!(changes.len(), 1);
         assert!(changes[0].lost && changes[0].sorry && changes[0].live == 1);
         assert_eq!(live(&e), [(0, false), (0, false), (0, false), (1, true)]);
         // Real 1 back: 3 live, below 4 + 1: still lost.
         set(&mut h, &config, 1, true);
-        let (e, changes) = h.apply(&config);
+        let (e, changes) = applied(&mut h, &config);
         assert!(changes.is_empty() && e.services[0].quorum_lost);
         // Real 2 back: 6 ≥ 5: regained, no sorry server.
         set(&mut h, &config, 2, true);
-        let (e, changes) = h.apply(&config);
+        let (e, changes) = applied(&mut h, &config);
         assert!(changes.len() == 1 && !changes[0].lost);
         assert_eq!(live(&e), [(1, false), (2, false), (3, false)]);
     }
@@ -833,7 +920,7 @@ mod tests {
         let mut h = Health::default();
         let config = quorum_config("");
         set(&mut h, &config, 0, false);
-        let (e, _) = h.apply(&config);
+        let (e, _) = applied(&mut h, &config);
         let reals: Vec<_> = e.services[0]
             .reals
             .iter()
@@ -844,7 +931,7 @@ mod tests {
         if let Some(c) = removing.services[0].check.as_mut() {
             c.on_failure = OnFailure::Remove;
         }
-        let (e, _) = h.apply(&removing);
+        let (e, _) = applied(&mut h, &removing);
         let left: Vec<_> = e.services[0]
             .reals
             .iter()

@@ -45,6 +45,7 @@ fn i64_of(v: u64) -> i64 {
 /// The metrics text of one scrape.
 pub fn render(
     config: &Config,
+    configured: &Config,
     plan: &Plan,
     snapshot: &Snapshot,
     tables: &Tables,
@@ -267,6 +268,47 @@ pub fn render(
                             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
                     );
                 }
+            }
+        }
+    }
+    // The reals `on_failure: remove` took out: in no plan, still down.
+    for cs in &configured.services {
+        let Some(es) = config
+            .services
+            .iter()
+            .find(|s| s.protocol == cs.protocol && s.address == cs.address && s.port == cs.port)
+        else {
+            continue;
+        };
+        for rc in cs.reals.iter().filter(|r| cs.check_of(r).is_some()) {
+            if es
+                .reals
+                .iter()
+                .any(|r| r.address == rc.address && r.port == rc.port)
+            {
+                continue;
+            }
+            let (protocol, address, port) = (
+                cs.protocol.to_string(),
+                cs.address.to_string(),
+                cs.port.to_string(),
+            );
+            let (ra, rport) = (rc.address.to_string(), rc.port.to_string());
+            let labels = [
+                protocol.as_str(),
+                address.as_str(),
+                port.as_str(),
+                ra.as_str(),
+                rport.as_str(),
+            ];
+            r_up.with_label_values(&labels).set(0);
+            r_draining.with_label_values(&labels).set(0);
+            if let Some(s) = health.state(&Target::of(cs, rc)) {
+                r_since.with_label_values(&labels).set(
+                    s.since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+                );
             }
         }
     }

@@ -162,7 +162,7 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
          - {{address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh, check: {{type: http, port: 8080, interval: 1, timeout: 1, rise: 2, fall: 2}}, reals: [{{address: 192.0.2.11}}, {{address: 192.0.2.12}}]}}\n\
          - {{address: 192.0.2.100, port: 90, protocol: tcp, scheduler: wrr, check: {{type: exec, command: '{marker}', interval: 2, timeout: 1, fall: 1}}, reals: [{{address: 192.0.2.11}}]}}\n\
          - {{address: 192.0.2.100, port: 91, protocol: tcp, scheduler: wrr, check: {{type: exec, command: 'exit 9', dynamic: true, interval: 1, timeout: 1}}, reals: [{{address: 192.0.2.11, weight: 1}}]}}\n\
-         - {{address: 192.0.2.100, port: 92, protocol: tcp, scheduler: wrr, check: {{type: exec, command: 'head -c 1000000 /dev/zero >&2', interval: 1, timeout: 1, fall: 1}}, reals: [{{address: 192.0.2.11}}]}}\n"
+         - {{address: 192.0.2.100, port: 92, protocol: tcp, scheduler: wrr, check: {{type: exec, command: 'head -c 1000000 /dev/zero >&2; sleep 3 & exit 0', interval: 1, timeout: 1, fall: 1}}, reals: [{{address: 192.0.2.11}}]}}\n"
     ));
     let (daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
@@ -227,6 +227,36 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
         most <= 2,
         "{most} processes of the hung check alive at once"
     );
+    // A reload that drops the check while it runs takes its processes with it.
+    let alive = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", &marker])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while alive() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the hung check never ran"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = std::fs::read_to_string(&config).unwrap_or_else(|e| panic!("{e}"));
+    let without: String = text
+        .lines()
+        .filter(|l| !l.contains(&marker))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&config, without).unwrap_or_else(|e| panic!("{e}"));
+    assert!(daemon.reload(), "{:#?}", daemon.stderr());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        alive(),
+        0,
+        "a check dropped by a reload left its command running"
+    );
     // The dynamic check's exit 9 is weight 7.
     assert!(
         daemon.logged("its check set the weight to 7", Duration::from_secs(5)),
@@ -242,8 +272,9 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
         .find(|s| s["port"] == 91)
         .map(|s| s["reals"][0]["weight"].clone());
     assert_eq!(weight, Some(Value::from(7)), "{json}");
-    // A command that writes a megabyte to its standard error still ends, healthy: the
-    // pipe is drained past what is kept.
+    // A command that writes a megabyte to its standard error and leaves a helper
+    // holding it open still ends, healthy: the pipe is drained past what is kept, and
+    // read no longer than a moment after the command exits.
     assert!(
         !daemon
             .stderr()
@@ -331,6 +362,11 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
         .unwrap_or(0.0);
     assert!(counted >= 3.0, "drop_quorum_lost {counted}");
     assert!(metrics.contains("xdpvs_service_quorum_lost{address=\"192.0.2.100\",name=\"\",port=\"81\",protocol=\"tcp\"} 1"), "{metrics}");
+    // The removed real is in no plan, and still reported down.
+    assert!(
+        metrics.contains("xdpvs_real_up{address=\"192.0.2.100\",port=\"81\",protocol=\"tcp\",real_address=\"192.0.2.12\",real_port=\"81\"} 0"),
+        "{metrics}"
+    );
     let list = cli_ok(&config, &["list"]);
     assert!(list.contains("sorry server"), "{list}");
     assert!(list.contains("held: quorum lost"), "{list}");

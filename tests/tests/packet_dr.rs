@@ -780,6 +780,20 @@ fn every_parse_branch_gives_its_action_bytes_and_reason() {
                 .map(|r| r.name())
                 .collect();
             let action = case.action;
+            // A handshake counts (the passive health signal) only once forwarded: a
+            // SYN dropped for want of a neighbour, a route or a real is not one the
+            // real left unanswered.
+            let syns = |s: &lb_userspace::dataplane::Snapshot| -> u64 {
+                s.services.iter().map(|(c, _)| c.syns).sum()
+            };
+            let forwarded = matches!(case.reason, Reason::ForwardTx | Reason::ForwardRedirect);
+            if syns(&after) > syns(&before) + u64::from(forwarded) {
+                failures.push(format!(
+                    "{}: {} SYNs counted for a frame not forwarded",
+                    case.name,
+                    syns(&after) - syns(&before)
+                ));
+            }
             if result.return_value != action
                 || out != expected
                 || moved != [case.reason.name()]

@@ -328,9 +328,24 @@ fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowK
 fn nat_two_arm_rewrites_both_ways_with_port_mapping_and_tracks_tcp_from_both_sides() {
     with_director(|d, plan, dp| {
         let (client, vip, real) = (v4("203.0.113.7"), v4("192.0.2.100"), v4("198.51.100.11"));
+        // The passive health signals of the real: (SYNs sent, SYN-ACKs, RSTs back).
+        let index = plan
+            .services
+            .iter()
+            .flat_map(|s| &s.reals)
+            .find(|r| r.address == IpAddr::from(real) && r.port == 8080)
+            .map(|r| r.index)
+            .unwrap_or_else(|| panic!("no real {real}:8080"));
+        let signals = |dp: &Dataplane| {
+            dp.real_counters(&[index])
+                .unwrap_or_else(|e| panic!("{e}"))
+                .first()
+                .map(|c| (c.syns, c.synacks, c.resets))
+        };
         let syn = pkt(client, vip, TCP, 40000, 80, 0x02).sent(MAC_A, ROUTER_MAC);
         let to_real = pkt(client, real, TCP, 40000, 8080, 0x02).forwarded(mac_of(real), MAC_B);
         expect(dp, plan, d.xa0, &syn, REDIRECTED, &to_real, "syn");
+        assert_eq!(signals(dp), Some((1, 0, 0)));
         let forward = key(client, vip, 40000, 80, TCP);
         let reply = key(real, client, 8080, 40000, TCP);
         let f = dp
@@ -358,6 +373,10 @@ fn nat_two_arm_rewrites_both_ways_with_port_mapping_and_tracks_tcp_from_both_sid
         let syn_ack = pkt(real, client, TCP, 8080, 40000, 0x12).sent(MAC_B, mac_of(real));
         let to_client = pkt(vip, client, TCP, 80, 40000, 0x12).forwarded(ROUTER_MAC, MAC_A);
         expect(dp, plan, d.xb0, &syn_ack, REDIRECTED, &to_client, "syn-ack");
+        assert_eq!(signals(dp), Some((1, 1, 0)));
+        // The client's SYN again, on the tracked flow: a retransmission, no new handshake.
+        expect(dp, plan, d.xa0, &syn, REDIRECTED, &to_real, "syn again");
+        assert_eq!(signals(dp), Some((1, 1, 0)));
         let state = |k: &FlowKeyV4| dp.flow(k).ok().flatten().map(|f| f.state);
         assert_eq!(
             state(&forward),
@@ -391,6 +410,11 @@ fn nat_two_arm_rewrites_both_ways_with_port_mapping_and_tracks_tcp_from_both_sid
         assert_eq!(events(Event::HopMoved), hops + 1);
         let (_, out, _) = run(dp, plan, d.xb0, &syn_ack);
         assert_eq!(out[..6], other, "the answer goes to the new router MAC");
+        // The real's reset is counted.
+        let rst = pkt(real, client, TCP, 8080, 40000, 0x04).sent(MAC_B, mac_of(real));
+        let (action, _, _) = run(dp, plan, d.xb0, &rst);
+        assert_eq!(action, XDP_REDIRECT);
+        assert_eq!(signals(dp), Some((1, 2, 1)));
     });
 }
 

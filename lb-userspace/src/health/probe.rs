@@ -105,7 +105,13 @@ impl Prober {
                 ProbeSpec::Exec(e) => exec(&self.target, at, e, limit).await,
             }
         };
-        match tokio::time::timeout(limit + Duration::from_millis(200), work).await {
+        // An exec check kills its command at the limit itself and reports it; the outer
+        // bound only backs that up.
+        let bound = match self.check.probe {
+            ProbeSpec::Exec(_) => limit + Duration::from_millis(500),
+            _ => limit,
+        };
+        match tokio::time::timeout(bound, work).await {
             Ok(outcome) => outcome,
             Err(_) => Outcome::Failed(format!(
                 "{}: no answer within {} s",
@@ -474,9 +480,11 @@ async fn exec(target: &Target, at: SocketAddr, e: &ExecCheck, limit: Duration) -
         Ok(c) => c,
         Err(err) => return Outcome::Failed(format!("starting {program}: {err}")),
     };
-    let pid = child.id();
+    // Whatever way this check ends (its command done, its timeout, its task aborted
+    // by a reload or a stop), the group goes with it: nothing a check started outlives it.
+    let _group = child.id().and_then(|p| i32::try_from(p).ok()).map(Group);
     let mut stderr = child.stderr.take();
-    let read_stderr = async {
+    let reader = tokio::spawn(async move {
         let mut text = Vec::new();
         if let Some(s) = stderr.as_mut() {
             let _ = s.take(MAX_STDERR as u64).read_to_end(&mut text).await;
@@ -484,25 +492,21 @@ async fn exec(target: &Target, at: SocketAddr, e: &ExecCheck, limit: Duration) -
             let _ = tokio::io::copy(s, &mut tokio::io::sink()).await;
         }
         text
-    };
-    let waited = tokio::time::timeout(limit, async {
-        let (status, text) = tokio::join!(child.wait(), read_stderr);
-        (status, text)
-    })
-    .await;
-    let (status, text) = match waited {
-        Ok(r) => r,
+    });
+    let _reader = AbortOnDrop(reader.abort_handle());
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(status) => status,
         Err(_) => {
-            if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                // SAFETY: a signal to the process group this check started.
-                unsafe { libc::kill(-pid, libc::SIGKILL) };
-            }
-            let _ = child.wait().await;
             return Outcome::Failed(format!(
                 "{program} did not end within {} s; killed",
                 limit.as_secs()
             ));
         }
+    };
+    // What it wrote, given a moment: a helper it left behind may hold the pipe open.
+    let text = match tokio::time::timeout(Duration::from_millis(100), reader).await {
+        Ok(Ok(text)) => text,
+        _ => Vec::new(),
     };
     let status = match status {
         Ok(s) => s,
@@ -525,5 +529,25 @@ async fn exec(target: &Target, at: SocketAddr, e: &ExecCheck, limit: Duration) -
             format!("{program} exited {code}: {said}")
         }),
         None => Outcome::Failed(format!("{program} ended by a signal")),
+    }
+}
+
+/// An exec check's process group, killed when the check ends.
+struct Group(i32);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        // SAFETY: a signal to the process group this check started (the group's id is
+        // its leader's pid, not reused while the group has members).
+        unsafe { libc::kill(-self.0, libc::SIGKILL) };
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
