@@ -47,7 +47,8 @@ impl Target {
         }
     }
 
-    fn labels(&self) -> [String; 5] {
+    /// Its metric labels: protocol, address, port, real address, real port.
+    pub fn labels(&self) -> [String; 5] {
         [
             self.protocol.to_string(),
             self.vip.to_string(),

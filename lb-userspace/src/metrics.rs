@@ -38,6 +38,12 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGau
     g
 }
 
+/// Unix seconds, as a gauge holds them.
+fn unix_secs(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64_of(d.as_secs()))
+}
+
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -262,11 +268,7 @@ pub fn render(
                     r_check
                         .with_label_values(&labels)
                         .set(i64::try_from(s.last_took.as_millis()).unwrap_or(i64::MAX));
-                    r_since.with_label_values(&labels).set(
-                        s.since
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
-                    );
+                    r_since.with_label_values(&labels).set(unix_secs(s.since));
                 }
             }
         }
@@ -288,27 +290,13 @@ pub fn render(
             {
                 continue;
             }
-            let (protocol, address, port) = (
-                cs.protocol.to_string(),
-                cs.address.to_string(),
-                cs.port.to_string(),
-            );
-            let (ra, rport) = (rc.address.to_string(), rc.port.to_string());
-            let labels = [
-                protocol.as_str(),
-                address.as_str(),
-                port.as_str(),
-                ra.as_str(),
-                rport.as_str(),
-            ];
+            let target = Target::of(cs, rc);
+            let owned = target.labels();
+            let labels = owned.each_ref().map(String::as_str);
             r_up.with_label_values(&labels).set(0);
             r_draining.with_label_values(&labels).set(0);
-            if let Some(s) = health.state(&Target::of(cs, rc)) {
-                r_since.with_label_values(&labels).set(
-                    s.since
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
-                );
+            if let Some(s) = health.state(&target) {
+                r_since.with_label_values(&labels).set(unix_secs(s.since));
             }
         }
     }
