@@ -314,11 +314,16 @@ async fn http(c: &Http, h: &HttpCheck) -> Outcome {
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
-                body.extend_from_slice(&chunk);
-                if find(&body, wanted.as_bytes()) {
+                // Exactly the first MAX_BODY bytes are searched, however the body is
+                // cut into chunks; each chunk is searched once (with the needle's
+                // length before it, for a match across the cut).
+                let from = body.len().saturating_sub(wanted.len() - 1);
+                let room = MAX_BODY - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if find(&body[from..], wanted.as_bytes()) {
                     return Outcome::Healthy { weight: None };
                 }
-                if body.len() >= MAX_BODY {
+                if body.len() == MAX_BODY {
                     break;
                 }
             }
@@ -331,7 +336,7 @@ async fn http(c: &Http, h: &HttpCheck) -> Outcome {
     Outcome::Failed(format!(
         "{} {url}: status {status}, body without {wanted:?} (first {} bytes read)",
         h.method,
-        body.len().min(MAX_BODY)
+        body.len()
     ))
 }
 
