@@ -178,6 +178,22 @@ fn tcp(src: &str, dst: &str, dport: u16, flags: u8) -> Vec<u8> {
 }
 
 /// The paths that exist today, with their baselines first.
+/// A DR SYN to `vip`, a new flow every packet, into a full table; target ≤ 6× MAC swap.
+fn first_packet(name: &'static str, vip: &str) -> Case {
+    Case {
+        name,
+        target: Target::Xdpvs,
+        frame: tcp("198.51.100.7", vip, 80, 0x02),
+        flows: NEW_FLOW_PACKETS as u32,
+        action: XDP_TX,
+        goal: Some(Goal {
+            baseline: Target::MacSwap,
+            ratio: 6.0,
+        }),
+        answer_to: None,
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     let udp = frame(
         "198.51.100.7",
@@ -228,18 +244,10 @@ pub fn cases() -> Vec<Case> {
             }),
             answer_to: None,
         },
-        Case {
-            name: "DR TCP SYN, new flow every packet, into a full table (1M entries)",
-            target: Target::Xdpvs,
-            frame: tcp("198.51.100.7", "192.0.2.100", 80, 0x02),
-            flows: NEW_FLOW_PACKETS as u32,
-            action: XDP_TX,
-            goal: Some(Goal {
-                baseline: Target::MacSwap,
-                ratio: 6.0,
-            }),
-            answer_to: None,
-        },
+        first_packet(
+            "DR TCP SYN, new flow every packet, into a full table (1M entries)",
+            "192.0.2.100",
+        ),
         Case {
             name: "DR UDP, same flow every packet",
             target: Target::Xdpvs,
@@ -259,18 +267,11 @@ pub fn cases() -> Vec<Case> {
             answer_to: None,
         },
     ];
-    cases.extend(SCHEDULER_ROWS.iter().map(|&(vip, name)| Case {
-        name,
-        target: Target::Xdpvs,
-        frame: tcp("198.51.100.7", vip, 80, 0x02),
-        flows: NEW_FLOW_PACKETS as u32,
-        action: XDP_TX,
-        goal: Some(Goal {
-            baseline: Target::MacSwap,
-            ratio: 6.0,
-        }),
-        answer_to: None,
-    }));
+    cases.extend(
+        SCHEDULER_ROWS
+            .iter()
+            .map(|&(vip, name)| first_packet(name, vip)),
+    );
     cases.extend(nat_cases());
     cases
 }
