@@ -6,32 +6,34 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use aya::{Pod, maps::MapError};
+use aya_obj::generated::{
+    bpf_attr__bindgen_ty_3 as BatchAttr,
+    bpf_cmd::{self, BPF_MAP_LOOKUP_BATCH, BPF_MAP_UPDATE_BATCH},
+};
 
-/// `bpf(2)` commands.
-const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-
-/// `union bpf_attr` as the batch commands read it.
-#[repr(C)]
-#[derive(Default)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
+/// A batch command's attributes, all zero but `fill`'s.
+fn batch_attr(fill: impl FnOnce(&mut BatchAttr)) -> BatchAttr {
+    let mut attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: 0,
+        values: 0,
+        count: 0,
+        map_fd: 0,
+        elem_flags: 0,
+        flags: 0,
+    };
+    fill(&mut attr);
+    attr
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<()> {
+fn bpf<T>(cmd: bpf_cmd, attr: &mut T) -> std::io::Result<()> {
     // SAFETY: `attr` is a live, initialised bpf_attr prefix of the size passed; the
     // pointers inside it point at buffers that outlive the call.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            cmd,
+            cmd as libc::c_long,
             std::ptr::from_mut(attr),
             size_of::<T>() as libc::c_uint,
         )
@@ -68,13 +70,12 @@ pub fn update_each<K: Pod, V: Pod>(
         return Ok(());
     }
     let count = keys.len().min(values.len() / cpus.max(1));
-    let mut attr = BatchAttr {
-        keys: keys.as_ptr() as u64,
-        values: values.as_ptr() as u64,
-        count: count as u32,
-        map_fd: map.as_raw_fd() as u32,
-        ..BatchAttr::default()
-    };
+    let mut attr = batch_attr(|a| {
+        a.keys = keys.as_ptr() as u64;
+        a.values = values.as_ptr() as u64;
+        a.count = count as u32;
+        a.map_fd = map.as_raw_fd() as u32;
+    });
     bpf(BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|e| syscall_error("bpf_map_update_batch", e))?;
     if attr.count as usize != count {
         return Err(syscall_error(
@@ -96,21 +97,23 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
     let mut token_in = [0u8; 64];
     let mut token_out = [0u8; 64];
     let mut first = true;
+    // One pair of buffers for the whole walk (grown only when a bucket overflows them).
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
     loop {
-        let mut keys = vec![K::default(); chunk];
-        let mut values = vec![V::default(); chunk];
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { token_in.as_ptr() as u64 },
-            out_batch: token_out.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: chunk as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
+        keys.resize(chunk, K::default());
+        values.resize(chunk, V::default());
+        let mut attr = batch_attr(|a| {
+            a.in_batch = if first { 0 } else { token_in.as_ptr() as u64 };
+            a.out_batch = token_out.as_mut_ptr() as u64;
+            a.keys = keys.as_mut_ptr() as u64;
+            a.values = values.as_mut_ptr() as u64;
+            a.count = chunk as u32;
+            a.map_fd = map.as_raw_fd() as u32;
+        });
         let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         let got = (attr.count as usize).min(chunk);
-        out.extend(keys.into_iter().zip(values).take(got));
+        out.extend(keys.iter().copied().zip(values.iter().copied()).take(got));
         match result {
             Ok(()) => {
                 token_in = token_out;

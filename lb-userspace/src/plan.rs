@@ -252,18 +252,14 @@ pub fn compile_keeping(
                 },
             });
         }
-        let members: Vec<Member> = reals
-            .iter()
-            .map(|r| Member {
-                address: r.address,
-                port: r.port,
-                weight: r.weight,
-            })
-            .collect();
         let index_of = |pos: u32| reals.get(pos as usize).map_or(REAL_NONE, |r| r.index);
-        let table = tables
-            .next()
-            .unwrap_or_else(|| service_table(s, &members, config.director.hash_seed))?;
+        // `all_tables` made one table per service, in order.
+        let table = tables.next().ok_or_else(|| PlanError {
+            origin: s.origin.clone(),
+            subject: "virtual service",
+            address: s.address,
+            message: "no scheduling table was made for it".into(),
+        })??;
         let table = if s.scheduler.counts_connections() {
             // (position, weight) pairs: only the positions become real indices.
             table

@@ -7,11 +7,11 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 
 use aya::maps::{MapData, MapError};
-use aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY;
+use aya_obj::generated::{BPF_F_INNER_MAP, BPF_F_MMAPABLE, bpf_map_type::BPF_MAP_TYPE_ARRAY};
 
 /// The flags of the program's inner-map template, which a table must have exactly:
 /// `BPF_F_INNER_MAP` (tables of any size fit the outer map) and `BPF_F_MMAPABLE`.
-const TABLE_FLAGS: u32 = (1 << 12) | (1 << 10);
+const TABLE_FLAGS: u32 = BPF_F_INNER_MAP | BPF_F_MMAPABLE;
 
 /// A new table map holding `table` (real indices, two per element) after its length
 /// (`lb_common::TABLE_LEN_SLOT`).
