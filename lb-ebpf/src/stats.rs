@@ -1,7 +1,12 @@
 //! Per-CPU counters: no atomics on the packet path; the daemon sums the CPUs.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{Counters, event::Event, reason::Reason};
+use lb_common::{
+    Counters,
+    conntrack::{TCP_ACK, TCP_RST, TCP_SYN},
+    event::Event,
+    reason::Reason,
+};
 
 use crate::maps::{EVENTS, REAL_STATS, REASONS, SERVICE_STATS};
 
@@ -70,10 +75,6 @@ pub fn count_answer(index: u32, flags: u8) {
         }
     }
 }
-
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 pub fn count_service(id: u32, bytes: u64) {

@@ -604,3 +604,16 @@ pub fn http_get(ns: &Netns, at: &str, path: &str) -> Option<String> {
             .then(|| body.to_owned())
     })
 }
+
+/// The values of the Prometheus text's samples of metric `name` whose labels include
+/// every one of `labels` (each written `key="value"`).
+pub fn metric_values(text: &str, name: &str, labels: &[&str]) -> Vec<f64> {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && labels.iter().all(|want| l.contains(want))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect()
+}

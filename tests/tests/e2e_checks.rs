@@ -12,7 +12,10 @@ use std::{
 use serde_json::Value;
 use xdpvs_testbed::{
     checked::{CERT, CERT_NAME, dns_server, http_server, https_server, silent_server},
-    rig::{DrRig, VIP, cli_ok, client_sources, http_get, real_address, real_banner as banner},
+    rig::{
+        DrRig, VIP, cli_ok, client_sources, http_get, metric_values, real_address,
+        real_banner as banner,
+    },
     traffic::{ask_each, tcp_ask, tcp_line_server, tcp_server, udp_server},
 };
 
@@ -122,16 +125,17 @@ fn every_check_type_tells_a_healthy_real_from_a_failing_one() {
     // The hung real's checks (each waits out its timeout) held up none of the others:
     // the healthy real of the same service was checked about once a second throughout.
     let metrics = http_get(&rig.director, "127.0.0.1:9469", "/metrics").unwrap_or_default();
-    let ok_checks = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("xdpvs_real_checks_total{")
-                && l.contains("port=\"81\"")
-                && l.contains("real_address=\"192.0.2.11\"")
-                && l.contains("result=\"ok\"")
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let ok_checks: f64 = metric_values(
+        &metrics,
+        "xdpvs_real_checks_total",
+        &[
+            "port=\"81\"",
+            "real_address=\"192.0.2.11\"",
+            "result=\"ok\"",
+        ],
+    )
+    .iter()
+    .sum();
     let seconds = start.elapsed().as_secs_f64();
     assert!(
         ok_checks >= seconds - 2.0,
@@ -145,16 +149,29 @@ fn every_check_type_tells_a_healthy_real_from_a_failing_one() {
     assert!(status.success(), "{stderr:#?}");
 }
 
-/// Where `n` new connections (from sources after `skip`) landed.
-fn reached(rig: &DrRig, n: usize, skip: usize) -> Vec<String> {
+/// Where `n` new connections to the VIP's `port` (from sources after `skip`) landed.
+fn reached_on(rig: &DrRig, port: u16, n: usize, skip: usize) -> Vec<String> {
     let sources: Vec<_> = client_sources().into_iter().skip(skip).take(n).collect();
     rig.client.enter(|| {
         ask_each(
             &sources,
-            SocketAddr::new(VIP.into(), 80),
+            SocketAddr::new(VIP.into(), port),
             Duration::from_secs(3),
         )
     })
+}
+
+fn reached(rig: &DrRig, n: usize, skip: usize) -> Vec<String> {
+    reached_on(rig, 80, n, skip)
+}
+
+/// Processes whose command line has `marker`.
+fn alive(marker: &str) -> usize {
+    std::process::Command::new("pgrep")
+        .args(["-f", marker])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -225,12 +242,7 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
     // shell and its sleep) are ever alive; survivors would pile up, one set per run.
     let mut most = 0;
     for _ in 0..30 {
-        let alive = std::process::Command::new("pgrep")
-            .args(["-f", &marker])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-            .unwrap_or(0);
-        most = most.max(alive);
+        most = most.max(alive(&marker));
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
@@ -238,15 +250,8 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
         "{most} processes of the hung check alive at once"
     );
     // A reload that drops the check while it runs takes its processes with it.
-    let alive = || {
-        std::process::Command::new("pgrep")
-            .args(["-f", &marker])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-            .unwrap_or(0)
-    };
     let start = Instant::now();
-    while alive() == 0 {
+    while alive(&marker) == 0 {
         assert!(
             start.elapsed() < Duration::from_secs(5),
             "the hung check never ran"
@@ -263,7 +268,7 @@ fn a_503_drains_without_alarm_and_a_hung_exec_check_is_killed() {
     assert!(daemon.reload(), "{:#?}", daemon.stderr());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        alive(),
+        alive(&marker),
         0,
         "a check dropped by a reload left its command running"
     );
@@ -322,16 +327,7 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
     ));
     let (mut daemon, ready) = rig.start_daemon(&config, Duration::from_secs(30));
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
-    let ask = |port: u16, n: usize, skip: usize| {
-        let sources: Vec<_> = client_sources().into_iter().skip(skip).take(n).collect();
-        rig.client.enter(|| {
-            ask_each(
-                &sources,
-                SocketAddr::new(VIP.into(), port),
-                Duration::from_secs(1),
-            )
-        })
-    };
+    let ask = |port: u16, n: usize, skip: usize| reached_on(&rig, port, n, skip);
     let before = ask(80, 20, 0);
     assert!(
         !before.contains(&banner(2)),
@@ -365,11 +361,13 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
         .collect();
     assert_eq!(refused, [true; 3], "port 81 served without its quorum");
     let metrics = http_get(&rig.director, "127.0.0.1:9469", "/metrics").unwrap_or_default();
-    let counted = metrics
-        .lines()
-        .find(|l| l.starts_with("xdpvs_packets_total{reason=\"drop_quorum_lost\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let counted: f64 = metric_values(
+        &metrics,
+        "xdpvs_packets_total",
+        &["reason=\"drop_quorum_lost\""],
+    )
+    .iter()
+    .sum();
     assert!(counted >= 3.0, "drop_quorum_lost {counted}");
     assert!(metrics.contains("xdpvs_service_quorum_lost{address=\"192.0.2.100\",name=\"\",port=\"81\",protocol=\"tcp\"} 1"), "{metrics}");
     // The removed real is in no plan, and still reported down.
@@ -509,14 +507,14 @@ fn under_nat_a_reals_resets_make_it_suspect_and_checked_at_once() {
         "a request failed once the real was down: {after:?}"
     );
     let metrics = http_get(&rig.director, "127.0.0.1:9469", "/metrics").unwrap_or_default();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("xdpvs_real_resets_total{")
-                && l.contains("real_address=\"198.51.100.12\"")
-                && !l.ends_with(" 0")),
-        "{metrics}"
-    );
+    let resets: f64 = metric_values(
+        &metrics,
+        "xdpvs_real_resets_total",
+        &["real_address=\"198.51.100.12\""],
+    )
+    .iter()
+    .sum();
+    assert!(resets > 0.0, "{metrics}");
     eprintln!("passive signal: real down {took:?} after its server stopped (interval 60 s)");
     let (status, _, stderr) = daemon.stop();
     assert!(status.success(), "{stderr:#?}");

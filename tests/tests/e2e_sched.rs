@@ -8,8 +8,8 @@ use std::{
 };
 
 use xdpvs_testbed::{
-    rig::{CLIENT, DrRig, VIP, cli_ok, client_sources, event, real_address, real_banner},
-    traffic::{Sessions, ask_each, tcp_ask, tcp_server},
+    rig::{CLIENT, DrRig, VIP, cli_ok, client_sources, event, real_banner},
+    traffic::{Sessions, ask_each, tcp_server},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -21,18 +21,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 #[test]
 fn persistence_holds_a_client_across_ports_and_expires() {
     let rig = DrRig::new(3);
-    let _servers: Vec<_> = rig
-        .reals
-        .iter()
-        .enumerate()
-        .map(|(i, ns)| {
-            tcp_server(
-                ns,
-                SocketAddr::new(VIP.into(), 80),
-                &format!("real {}", real_address(i)),
-            )
-        })
-        .collect();
+    let _servers = banner_servers(&rig);
     let config = rig.write_config(
         "director: {interfaces: [eth0], xdp_mode: driver}\nservices:\n  - {address: \
          192.0.2.100, port: 80, protocol: tcp, scheduler: rr, persistence: {timeout: 2},\n     \
@@ -42,14 +31,10 @@ fn persistence_holds_a_client_across_ports_and_expires() {
     assert!(ready, "daemon not ready: {:#?}", daemon.stderr());
     let vip80 = SocketAddr::new(VIP.into(), 80);
     let round = || -> BTreeSet<String> {
-        rig.client.enter(|| {
-            (0..8)
-                .map(|_| {
-                    tcp_ask(CLIENT.into(), vip80, TIMEOUT)
-                        .unwrap_or_else(|e| panic!("tcp to {vip80}: {e}"))
-                })
-                .collect()
-        })
+        rig.client
+            .enter(|| ask_each(&[CLIENT.into(); 8], vip80, TIMEOUT))
+            .into_iter()
+            .collect()
     };
     let first = round();
     assert_eq!(
@@ -152,14 +137,9 @@ fn raise_to_100(config: &std::path::Path) {
 /// The share of 40 new connections the joining real (.12) answers.
 fn joining_share(rig: &DrRig) -> f64 {
     let vip80 = SocketAddr::new(VIP.into(), 80);
-    let answers: Vec<String> = rig.client.enter(|| {
-        (0..40)
-            .map(|_| {
-                tcp_ask(CLIENT.into(), vip80, TIMEOUT)
-                    .unwrap_or_else(|e| panic!("tcp to {vip80}: {e}"))
-            })
-            .collect()
-    });
+    let answers = rig
+        .client
+        .enter(|| ask_each(&[CLIENT.into(); 40], vip80, TIMEOUT));
     answers.iter().filter(|a| **a == real_banner(1)).count() as f64 / 40.0
 }
 

@@ -8,7 +8,6 @@
 
 use std::{net::IpAddr, path::Path};
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb_common::{
     NH_OFFLINK,
     conntrack::{Flow, FlowKeyV4, STATE_TCP_ESTABLISHED, Settings},
@@ -760,18 +759,7 @@ fn every_parse_branch_gives_its_action_bytes_and_reason() {
         let mut failures = Vec::new();
         for case in cases(&plan) {
             let before = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
-            let mut out = vec![0u8; case.frame.len() + 256];
-            let ctx = packet::xdp_md(case.frame.len(), director.xa0);
-            let result = dp
-                .program()
-                .test_run(TestRunOptions {
-                    data_in: Some(&case.frame),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                })
-                .unwrap_or_else(|e| panic!("{}: test run failed: {e}", case.name));
-            out.truncate(result.data_size_out as usize);
+            let (return_value, out) = run(&dp, director.xa0, &case.frame);
             let after = dp.snapshot(&plan).unwrap_or_else(|e| panic!("{e}"));
             let expected = case.output.expected(&case.frame);
             let moved: Vec<&str> = Reason::ALL
@@ -794,7 +782,7 @@ fn every_parse_branch_gives_its_action_bytes_and_reason() {
                     syns(&after) - syns(&before)
                 ));
             }
-            if result.return_value != action
+            if return_value != action
                 || out != expected
                 || moved != [case.reason.name()]
                 || after.reason(case.reason) != before.reason(case.reason) + 1
@@ -803,7 +791,7 @@ fn every_parse_branch_gives_its_action_bytes_and_reason() {
                     "{}: action {} (want {action}), reasons moved {moved:?} (want [{}]), \
                      output {}",
                     case.name,
-                    result.return_value,
+                    return_value,
                     case.reason.name(),
                     if out == expected {
                         "as expected".into()

@@ -158,11 +158,9 @@ impl HealthRig {
 
     /// Checks made so far, from the daemon's own counter.
     fn checks(&self) -> f64 {
-        http_get(&self.dir_ns, "127.0.0.1:9469", "/metrics")
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.starts_with("xdpvs_real_checks_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        let text = http_get(&self.dir_ns, "127.0.0.1:9469", "/metrics").unwrap_or_default();
+        rig::metric_values(&text, "xdpvs_real_checks_total", &[])
+            .iter()
             .sum()
     }
 }
