@@ -714,7 +714,6 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
                 let flag = |name| r.get(name).and_then(Value::as_bool) == Some(true);
                 let drained = flag("drained");
                 let health = text(r, "health");
-                let down = health == "down" || health == "draining";
                 let mut notes = Vec::new();
                 if drained {
                     notes.push(format!("drained (weight {})", number(r, "weight")));
@@ -746,11 +745,9 @@ pub fn format_services(value: &Value, stats: bool, rate: bool) -> String {
                     out,
                     "  -> {remote:<28} {:<7} {:<6} {:<10} {:<9}{}{}",
                     forward_name(text(s, "forwarding")),
-                    if drained || down || (quorum_lost && !flag("sorry")) {
-                        0
-                    } else {
-                        number(r, "weight")
-                    },
+                    // What the scheduler uses now: 0 while drained, down, draining or
+                    // held, a slow start's step while it ramps.
+                    number(r, "scheduling_weight"),
                     number(r, "active_connections"),
                     number(r, "inactive_connections"),
                     if notes.is_empty() { "" } else { " " },

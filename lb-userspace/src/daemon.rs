@@ -132,6 +132,9 @@ struct Director {
     effective: Config,
     /// Slow start: the reals whose weights ramp up.
     ramps: Ramps,
+    /// Whether a check reads the data path's passive signals (kept, not looked for at
+    /// each turn of the loop).
+    watching_signals: bool,
     /// Health changes recorded but not yet in the data path (an apply failed).
     unapplied: Vec<(Target, OnFailure, HealthChange)>,
     /// The health checks' tasks, and each checked real's state.
@@ -380,6 +383,7 @@ async fn start(
         effective,
         ramps: Ramps::default(),
         unapplied: Vec::new(),
+        watching_signals: watches_signals(&config),
         checkers: Checkers::new(probes),
         health,
         config,
@@ -693,7 +697,8 @@ impl Director {
         self.checkers.follow(&config);
         self.health.retain(&config);
         self.health.commit(&healthy);
-        if !watches_signals(&config) {
+        self.watching_signals = watches_signals(&config);
+        if !self.watching_signals {
             self.health.keep_signals(&[]);
         }
         let (effective, quorum_changes) = healthy.into_parts();
@@ -864,11 +869,6 @@ impl Director {
                 self.unapplied.len()
             );
         }
-    }
-
-    /// Whether a check reads the data path's passive signals.
-    fn watches_signals(&self) -> bool {
-        watches_signals(&self.config)
     }
 
     /// Reads each passively watched real's handshakes, SYN-ACKs and resets; a suspect
@@ -1142,6 +1142,7 @@ async fn serve(
     let mut dirty: Option<Instant> = None;
     loop {
         let debounce = dirty.unwrap_or_else(|| Instant::now() + RESYNC_PERIOD);
+        let ramp_due = director.ramps.next_due();
         tokio::select! {
             _ = signals.term.recv() => break,
             _ = signals.int.recv() => break,
@@ -1185,9 +1186,9 @@ async fn serve(
                 next_recount = started + RECOUNT_PERIOD.max(took * RECOUNT_SHARE);
             }
             _ = tokio::time::sleep_until(
-                director.ramps.next_due().map_or(debounce, Instant::from_std)
-            ), if director.ramps.next_due().is_some() => director.step_ramps(neighbours).await,
-            _ = passive.tick(), if director.watches_signals() => director.read_signals(),
+                ramp_due.map_or(debounce, Instant::from_std)
+            ), if ramp_due.is_some() => director.step_ramps(neighbours).await,
+            _ = passive.tick(), if director.watching_signals => director.read_signals(),
             _ = retry.tick(), if !director.unapplied.is_empty() => {
                 director.apply_health(neighbours).await;
             }

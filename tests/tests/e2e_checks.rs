@@ -377,7 +377,12 @@ fn a_lost_quorum_sends_new_flows_to_the_sorry_server_or_drops_them_counted() {
     );
     let list = cli_ok(&config, &["list"]);
     assert!(list.contains("sorry server"), "{list}");
-    assert!(list.contains("held: quorum lost"), "{list}");
+    assert!(
+        list.lines().any(|l| l.contains("-> 192.0.2.11:80 ")
+            && l.contains("Route   0 ")
+            && l.contains("held: quorum lost")),
+        "{list}"
+    );
     assert!(
         list.contains("removed, down for ") && list.contains(" s: connect to 192.0.2.12:8080"),
         "{list}"
