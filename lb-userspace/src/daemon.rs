@@ -802,7 +802,6 @@ impl Director {
         let (snapshot, flows) = self.readings()?;
         Ok(stats::listing(
             &self.effective,
-            &self.config,
             &self.plan,
             &snapshot,
             &flows,
@@ -819,7 +818,6 @@ impl Director {
         };
         Ok(crate::metrics::render(
             &self.effective,
-            &self.config,
             &self.plan,
             &snapshot,
             &tables,

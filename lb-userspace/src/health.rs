@@ -362,6 +362,15 @@ pub struct Applied {
     pub config: Config,
     pub changes: Vec<QuorumChange>,
     quorum_lost: HashMap<ServiceKey, bool>,
+    removed: Vec<Removed>,
+}
+
+/// A real its check took out of its service (`on_failure: remove`), as configured.
+#[derive(Clone)]
+pub struct Removed {
+    pub target: Target,
+    pub real: Real,
+    pub check: crate::config::CheckKind,
 }
 
 impl Applied {
@@ -384,6 +393,7 @@ pub struct Health {
     /// The last passive signals read of each watched real.
     signals: HashMap<Target, Signals>,
     quorum_lost: HashMap<ServiceKey, bool>,
+    removed: Vec<Removed>,
     latency: HistogramVec,
     results: IntCounterVec,
 }
@@ -422,6 +432,7 @@ impl Default for Health {
             states: HashMap::new(),
             signals: HashMap::new(),
             quorum_lost: HashMap::new(),
+            removed: Vec::new(),
             latency,
             results,
         }
@@ -599,14 +610,16 @@ impl Health {
         let mut effective = config.clone();
         let mut changes = Vec::new();
         let mut quorum_lost = HashMap::new();
+        let mut removed = Vec::new();
         for s in &mut effective.services {
             let service = s.clone();
             s.reals.retain_mut(|r| {
-                let remove = match service.check_of(r) {
-                    Some(check) => check.on_failure == OnFailure::Remove,
+                let (remove, kind) = match service.check_of(r) {
+                    Some(check) => (check.on_failure == OnFailure::Remove, check.kind()),
                     None => return true,
                 };
-                let Some(st) = self.states.get(&Target::of(&service, r)) else {
+                let target = Target::of(&service, r);
+                let Some(st) = self.states.get(&target) else {
                     return true;
                 };
                 r.down = st.status == Status::Down;
@@ -614,7 +627,15 @@ impl Health {
                 if let Some(w) = st.weight {
                     r.weight = w;
                 }
-                !(r.down && remove)
+                let out = r.down && remove;
+                if out {
+                    removed.push(Removed {
+                        target,
+                        real: r.clone(),
+                        check: kind,
+                    });
+                }
+                !out
             });
             let Some(quorum) = s.quorum else { continue };
             let live: u64 = s
@@ -669,12 +690,19 @@ impl Health {
             config: effective,
             changes,
             quorum_lost,
+            removed,
         }
     }
 
     /// Keeps the quorums of an applied configuration, once the data path runs it.
     pub fn commit(&mut self, applied: &Applied) {
         self.quorum_lost = applied.quorum_lost.clone();
+        self.removed = applied.removed.clone();
+    }
+
+    /// The reals taken out of their services now (`on_failure: remove`).
+    pub fn removed(&self) -> &[Removed] {
+        &self.removed
     }
 }
 

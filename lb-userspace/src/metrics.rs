@@ -51,7 +51,6 @@ fn i64_of(v: u64) -> i64 {
 /// The metrics text of one scrape.
 pub fn render(
     config: &Config,
-    configured: &Config,
     plan: &Plan,
     snapshot: &Snapshot,
     tables: &Tables,
@@ -274,30 +273,13 @@ pub fn render(
         }
     }
     // The reals `on_failure: remove` took out: in no plan, still down.
-    for cs in &configured.services {
-        let Some(es) = config
-            .services
-            .iter()
-            .find(|s| s.protocol == cs.protocol && s.address == cs.address && s.port == cs.port)
-        else {
-            continue;
-        };
-        for rc in cs.reals.iter().filter(|r| cs.check_of(r).is_some()) {
-            if es
-                .reals
-                .iter()
-                .any(|r| r.address == rc.address && r.port == rc.port)
-            {
-                continue;
-            }
-            let target = Target::of(cs, rc);
-            let owned = target.labels();
-            let labels = owned.each_ref().map(String::as_str);
-            r_up.with_label_values(&labels).set(0);
-            r_draining.with_label_values(&labels).set(0);
-            if let Some(s) = health.state(&target) {
-                r_since.with_label_values(&labels).set(unix_secs(s.since));
-            }
+    for removed in health.removed() {
+        let owned = removed.target.labels();
+        let labels = owned.each_ref().map(String::as_str);
+        r_up.with_label_values(&labels).set(0);
+        r_draining.with_label_values(&labels).set(0);
+        if let Some(s) = health.state(&removed.target) {
+            r_since.with_label_values(&labels).set(unix_secs(s.since));
         }
     }
     for &reason in Reason::ALL {

@@ -118,7 +118,6 @@ pub fn connection_counts(plan: &Plan, flows: &[(FlowKeyV4, Flow)]) -> HashMap<u3
 /// otherwise (other TCP states, UDP), as in `ipvsadm -L`.
 pub fn listing(
     config: &Config,
-    configured: &Config,
     plan: &Plan,
     snapshot: &Snapshot,
     flows: &[(FlowKeyV4, Flow)],
@@ -160,7 +159,7 @@ pub fn listing(
                         "sorry": cr.sorry,
                     })
                 })
-                .chain(removed(configured, cs, health))
+                .chain(removed(cs, health))
                 .collect();
             json!({
                 "name": s.name,
@@ -197,13 +196,18 @@ fn health_fields(s: &Service, r: &Real, health: &Health) -> (Value, Value, Value
     if r.sorry || s.check_of(r).is_none() {
         return (Value::Null, Value::Null, Value::Null, Value::Null);
     }
+    state_fields(health.state(&Target::of(s, r)))
+}
+
+/// A checked real's state as listed (no state yet: up, as it starts).
+fn state_fields(state: Option<&crate::health::State>) -> (Value, Value, Value, Value) {
     let unix = |t: std::time::SystemTime| {
         json!(
             t.duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
         )
     };
-    match health.state(&Target::of(s, r)) {
+    match state {
         None => (json!("up"), Value::Null, Value::Null, Value::Null),
         Some(st) => (
             json!(st.status.name()),
@@ -216,28 +220,18 @@ fn health_fields(s: &Service, r: &Real, health: &Health) -> (Value, Value, Value
 
 /// The reals of a service its health checks took out (`on_failure: remove`): listed
 /// with their state, weight 0 and no counters.
-fn removed<'a>(
-    configured: &'a Config,
-    effective: &'a Service,
-    health: &'a Health,
-) -> impl Iterator<Item = Value> + 'a {
-    configured
-        .services
+fn removed<'a>(effective: &'a Service, health: &'a Health) -> impl Iterator<Item = Value> + 'a {
+    health
+        .removed()
         .iter()
-        .filter(move |s| {
-            s.protocol == effective.protocol
-                && s.address == effective.address
-                && s.port == effective.port
+        .filter(move |g| {
+            g.target.protocol == effective.protocol
+                && g.target.vip == effective.address
+                && g.target.vport == effective.port
         })
-        .flat_map(|s| s.reals.iter().map(move |r| (s, r)))
-        .filter(move |(_, r)| {
-            !effective
-                .reals
-                .iter()
-                .any(|e| e.address == r.address && e.port == r.port)
-        })
-        .map(move |(s, r)| {
-            let (status, since, error, checked) = health_fields(s, r, health);
+        .map(move |g| {
+            let (status, since, error, checked) = state_fields(health.state(&g.target));
+            let r = &g.real;
             json!({
                 "address": r.address.to_string(),
                 "port": r.port,
@@ -254,7 +248,7 @@ fn removed<'a>(
                 "health_since": since,
                 "last_error": error,
                 "last_check": checked,
-                "check": s.check_of(r).map(|c| c.kind().to_string()),
+                "check": g.check.to_string(),
                 "sorry": false,
             })
         })
