@@ -62,15 +62,12 @@ pub fn is_expired(flow: &Flow, now: u32) -> bool {
 /// `SERVICE_PARAMS` by the id the entry holds, an array read. A hit updates the entry's
 /// state by the client's flags and, once a second, its last-seen time.
 #[inline(always)]
-/// `count`: whether to count what it finds (a packet's second pass does not).
-pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32, count: bool) -> Lookup {
+pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32) -> Lookup {
     let Some((entry, flow)) = find(key) else {
         return Lookup::Miss;
     };
     if is_expired(&flow, now) {
-        if count {
-            stats::count_event(Event::CtExpired);
-        }
+        stats::count_event(Event::CtExpired);
         return Lookup::Stale(flow);
     }
     // A reply entry under a client's key is the caller's to refuse; its state stays.
@@ -80,9 +77,7 @@ pub fn lookup(key: &FlowKeyV4, tcp_flags: u8, now: u32, count: bool) -> Lookup {
         match conntrack::next_state(flow.state, tcp_flags) {
             Some(state) => state,
             None => {
-                if count {
-                    stats::count_event(Event::CtReused);
-                }
+                stats::count_event(Event::CtReused);
                 return Lookup::Stale(flow);
             }
         }

@@ -182,8 +182,13 @@ fn try_forward(ctx: &XdpContext, l3: usize, chosen: u64) -> Result<Verdict, Reas
             Reason::PassNotVip
         }
     })?;
+    // A new flow's second pass (`chosen` is its real) sees the same frame again: what
+    // the first pass checked and looked up is not done twice.
+    let first_pass = chosen == schedule::UNCHOSEN;
     // The filter may let through an address that is not a VIP: the kernel judges those.
-    hygiene::check(ctx, &ip).map_err(|r| vip_or_not(&ip, r))?;
+    if first_pass {
+        hygiene::check(ctx, &ip).map_err(|r| vip_or_not(&ip, r))?;
+    }
     if ip.proto == IPPROTO_ICMP {
         return icmp_error(ctx, &ip);
     }
@@ -204,8 +209,11 @@ fn try_forward(ctx: &XdpContext, l3: usize, chosen: u64) -> Result<Verdict, Reas
     // the real and the service, so the hit path needs no SERVICES look-up.
     let now = conntrack::now();
     let key = flow_key_v4(&ip.src, &ip.dst, l4.sport, l4.dport, ip.proto);
-    let first_pass = chosen == schedule::UNCHOSEN;
-    let mut found = conntrack::lookup(&key, l4.flags, now, first_pass);
+    let mut found = if first_pass {
+        conntrack::lookup(&key, l4.flags, now)
+    } else {
+        Lookup::Miss
+    };
     // Once a second (or on a state change) a NAT flow checks its other entry: made again
     // if evicted; if another flow holds its key by now, this entry ends and the packet is
     // scheduled afresh (two flows must never share a translation).
