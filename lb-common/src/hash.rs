@@ -7,25 +7,20 @@ use crate::AddrWords;
 /// and finaliser over the four words. Branch- and loop-free, so it verifies cheaply.
 #[inline(always)]
 pub fn addr_hash(addr: &AddrWords, seed: u32) -> u32 {
-    let mut h = seed;
-    h = mix(h, addr[0]);
-    h = mix(h, addr[1]);
-    h = mix(h, addr[2]);
-    h = mix(h, addr[3]);
-    fmix(h ^ 16)
+    fmix(mix_addr(addr, seed) ^ 16)
 }
 
 /// Hashes an address and a port (the client's, for `sh-port` / `mh-port`): the same
 /// mix over a fifth word.
 #[inline(always)]
 pub fn addr_port_hash(addr: &AddrWords, port: u16, seed: u32) -> u32 {
-    let mut h = seed;
-    h = mix(h, addr[0]);
-    h = mix(h, addr[1]);
-    h = mix(h, addr[2]);
-    h = mix(h, addr[3]);
-    h = mix(h, u32::from(port));
-    fmix(h ^ 20)
+    fmix(mix(mix_addr(addr, seed), u32::from(port)) ^ 20)
+}
+
+/// The block mix over the address's four words.
+#[inline(always)]
+fn mix_addr(addr: &AddrWords, seed: u32) -> u32 {
+    mix(mix(mix(mix(seed, addr[0]), addr[1]), addr[2]), addr[3])
 }
 
 /// The position a hash picks in a table of `len` positions (`len > 0`).
