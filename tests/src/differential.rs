@@ -54,14 +54,8 @@ impl Rng {
     }
 }
 
-/// The rig's configuration, and the three it is reloaded with in turn. The per-packet
-/// rig's services with other schedulers (from 192.0.2.110 on) are left out: the model
-/// knows only hashing schedulers.
+/// The rig's hashing configuration, and the three it is reloaded with in turn.
 fn configs(base: &str) -> [String; 4] {
-    let base = base
-        .split("  - {address: 192.0.2.110")
-        .next()
-        .unwrap_or(base);
     let web_tail =
         "{address: 192.0.2.12}, {address: 192.0.2.13}]}\n  - {address: 192.0.2.100, port: 53";
     assert!(
@@ -137,7 +131,7 @@ pub fn run(director: &Director, frames: u64, seed: u64) -> Report {
         })
         .collect();
     let mut model = Model::new(director.xa0(), MAC_A, hops);
-    let configs = configs(director.config());
+    let configs = configs(director.hashing_config());
     let apply = |dp: &mut Dataplane, model: &mut Model, yaml: &str, previous: Option<&Plan>| {
         let mut next = director.plan_from(yaml, previous);
         for s in &mut next.services {

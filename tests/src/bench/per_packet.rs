@@ -56,7 +56,9 @@ pub const FRAME_LEN: usize = 64;
 /// counter) before flows repeat: the template varies 2^24 flows.
 pub const NEW_FLOW_PACKETS: u64 = 1 << 24;
 
-const CONFIG: &str = "\
+/// The hashing services (DR, NAT, full-NAT): the part the differential run's model
+/// knows. `&three` is defined here and used in [`SCHEDULERS`] too.
+const HASHING: &str = "\
 director: {interfaces: [xa0], hash_seed: 1}
 services:
   - {address: 192.0.2.100, port: 80, protocol: tcp, scheduler: sh,
@@ -76,6 +78,11 @@ services:
                  198.51.100.203, 198.51.100.204, 198.51.100.205, 198.51.100.206,
                  198.51.100.207, 198.51.100.208]},
      reals: [{address: 192.0.2.11, port: 8080}]}
+";
+
+/// The services of the other schedulers, a first-packet row each ([`SCHEDULER_ROWS`]),
+/// after [`HASHING`] in the rig's configuration.
+const SCHEDULERS: &str = "\
   - {address: 192.0.2.110, port: 80, protocol: tcp, scheduler: rr, reals: *three}
   - {address: 192.0.2.111, port: 80, protocol: tcp, scheduler: wrr, reals: *three}
   - {address: 192.0.2.112, port: 80, protocol: tcp, scheduler: lc, reals: *three}
@@ -89,7 +96,7 @@ services:
 ";
 
 /// A first-packet row per scheduler (the `sh` row is the DR one above): each service of
-/// CONFIG from 192.0.2.110 on, with its name.
+/// SCHEDULERS, with its name.
 const SCHEDULER_ROWS: [(&str, &str); 9] = [
     ("192.0.2.110", "first packet, rr, into a full table"),
     ("192.0.2.111", "first packet, wrr, into a full table"),
@@ -360,7 +367,7 @@ impl Director {
     }
 
     fn plan(&self) -> Plan {
-        self.plan_from(CONFIG, None)
+        self.plan_from(&format!("{HASHING}{SCHEDULERS}"), None)
     }
 
     /// The plan of another configuration over the same reals, keeping `previous`'s
@@ -403,9 +410,10 @@ impl Director {
         self.xb0
     }
 
-    /// The configuration the director's plan is compiled from.
-    pub fn config(&self) -> &'static str {
-        CONFIG
+    /// The hashing part of the director's configuration (the differential run's model
+    /// knows only hashing schedulers).
+    pub fn hashing_config(&self) -> &'static str {
+        HASHING
     }
 }
 
