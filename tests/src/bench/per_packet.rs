@@ -82,8 +82,8 @@ services:
 
 /// The services of the other schedulers, a first-packet row each ([`SCHEDULER_ROWS`]),
 /// after [`HASHING`] in the rig's configuration.
-const SCHEDULERS: &str = "\
-  - {address: 192.0.2.110, port: 80, protocol: tcp, scheduler: rr, reals: *three}
+const SCHEDULERS: &str =
+    "  - {address: 192.0.2.110, port: 80, protocol: tcp, scheduler: rr, reals: *three}
   - {address: 192.0.2.111, port: 80, protocol: tcp, scheduler: wrr, reals: *three}
   - {address: 192.0.2.112, port: 80, protocol: tcp, scheduler: lc, reals: *three}
   - {address: 192.0.2.113, port: 80, protocol: tcp, scheduler: wlc, reals: *three}
